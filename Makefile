@@ -1,0 +1,48 @@
+# WhatsApp delivery monitor: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KAFKA4_VERSION ?= 4.1.1
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help install run test test-kafka4 lint format bench clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed ## Create the virtualenv and install the package with dev extras
+
+run: install ## Local Kafka (fetched with Maven) + worker; prints where the metrics are
+	$(VENV)/bin/delivery-monitor run
+
+test: install ## The whole suite on Kafka 3.9 (default) plus the smoke subset on Kafka 4.x
+	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-kafka4
+
+test-kafka4: install ## The kafka_smoke subset against the Kafka 4.x broker
+	DELIVERY_MONITOR_KAFKA_VERSION=$(KAFKA4_VERSION) $(PY) -m pytest -m kafka_smoke $(PYTEST_ARGS)
+
+lint: install ## ruff (lint + format check) and mypy --strict
+	$(VENV)/bin/ruff check streams tests bench
+	$(VENV)/bin/ruff format --check streams tests bench
+	$(VENV)/bin/mypy
+
+format: install ## Apply ruff's formatter and safe fixes
+	$(VENV)/bin/ruff format streams tests bench
+	$(VENV)/bin/ruff check --fix streams tests bench
+
+bench: install ## Benchmarks (bench/): parser throughput vs a decode-only baseline
+	$(PY) bench/bench_parse.py
+
+clean: ## Remove the virtualenv and caches (not the Kafka jar cache)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,195 @@
+"""``delivery-monitor``: the command line. Each subcommand is a thin shell over a module."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from streams import __version__
+from streams.asyncutil import run_sync
+from streams.localkafka import (
+    LocalKafka,
+    LocalKafkaError,
+    ensure_distribution,
+    read_running_broker,
+)
+from streams.localkafka.distribution import ToolMissingError
+from streams.settings import Settings, SettingsError
+
+log = logging.getLogger("streams.cli")
+
+
+class CliError(Exception):
+    """A failure the user can act on: printed as one line, exit code 2."""
+
+
+def local_kafka_dir(settings: Settings, version: str) -> Path:
+    return settings.data_dir / f"kafka-{version}"
+
+
+def local_kafka(settings: Settings, version: str | None = None) -> LocalKafka:
+    version = version or settings.kafka_version
+    return LocalKafka(local_kafka_dir(settings, version), settings.cache_dir, version)
+
+
+def resolve_bootstrap(settings: Settings) -> str:
+    """The external cluster if configured, else the running local broker."""
+    if settings.bootstrap_servers:
+        return settings.bootstrap_servers
+    info = read_running_broker(local_kafka_dir(settings, settings.kafka_version))
+    if info is None:
+        for candidate in sorted(settings.data_dir.glob("kafka-*")):
+            info = read_running_broker(candidate)
+            if info is not None:
+                break
+    if info is None:
+        raise CliError(
+            "no Kafka broker: run `delivery-monitor kafka start` first, "
+            "or set KAFKA_BOOTSTRAP_SERVERS to an existing cluster"
+        )
+    return info.bootstrap
+
+
+def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
+    kafka = local_kafka(settings, args.kafka_version)
+    if args.action == "fetch":
+        lib = ensure_distribution(kafka.version, settings.cache_dir)
+        print(f"Apache Kafka {kafka.version}: {len(list(lib.glob('*.jar')))} jars in {lib}")
+        return 0
+    if args.action == "start":
+        if settings.bootstrap_servers:
+            print(
+                "note: KAFKA_BOOTSTRAP_SERVERS is set; the worker uses that cluster, "
+                "not this local broker",
+                file=sys.stderr,
+            )
+        info = kafka.start(timeout_s=args.timeout)
+        print(
+            f"Apache Kafka {info.version} (KRaft, single node) is running, pid {info.pid}\n"
+            f"  log: {info.log_file}\n"
+            f"  use it: export KAFKA_BOOTSTRAP_SERVERS={info.bootstrap}",
+            file=sys.stderr,
+        )
+        print(info.bootstrap)
+        return 0
+    if args.action == "stop":
+        stopped = kafka.stop()
+        print("stopped" if stopped else "not running", file=sys.stderr)
+        return 0
+    running = read_running_broker(kafka.data_dir)
+    if running is None:
+        print(f"Kafka {kafka.version}: not running", file=sys.stderr)
+        return 1
+    print(
+        f"Kafka {running.version}: running at {running.bootstrap}, "
+        f"pid {running.pid}, log {running.log_file}"
+    )
+    return 0
+
+
+def prepare_topics(settings: Settings, bootstrap: str) -> None:
+    from streams.topics import ensure_topics, source_topics
+
+    created = run_sync(
+        ensure_topics(bootstrap, source_topics(settings), settings.topic_replication_factor),
+        timeout_s=120,
+    )
+    if created:
+        print(f"created topics: {', '.join(created)}", file=sys.stderr)
+
+
+def run_worker(settings: Settings, bootstrap: str) -> int:
+    from faust.worker import Worker
+
+    from streams.app import create_app
+
+    prepare_topics(settings, bootstrap)
+    app = create_app(settings, bootstrap)
+    print(
+        f"worker {settings.app_id}: Kafka {bootstrap}, consuming {settings.topic_raw}; "
+        f"metrics at http://{settings.web_host}:{settings.web_port}/metrics",
+        file=sys.stderr,
+    )
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    if args.web_port is not None:
+        settings = settings.replace(web_port=args.web_port)
+    return run_worker(settings, resolve_bootstrap(settings))
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """Local development: the local broker (unless an external one is set) plus a worker."""
+    started: LocalKafka | None = None
+    if settings.bootstrap_servers:
+        bootstrap = settings.bootstrap_servers
+    else:
+        kafka = local_kafka(settings)
+        already = read_running_broker(kafka.data_dir)
+        info = kafka.start()
+        if already is None:
+            started = kafka
+        bootstrap = info.bootstrap
+        print(f"Apache Kafka {info.version} at {bootstrap} (log {info.log_file})", file=sys.stderr)
+    try:
+        return run_worker(settings, bootstrap)
+    finally:
+        if started is not None and not args.keep_kafka:
+            print("stopping the local Kafka broker", file=sys.stderr)
+            started.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="delivery-monitor",
+        description="Stream-processing delivery monitor for WhatsApp Business senders.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    kafka = sub.add_parser(
+        "kafka", help="run a local Apache Kafka broker (start|stop|status|fetch)"
+    )
+    kafka.add_argument("action", choices=["start", "stop", "status", "fetch"])
+    kafka.add_argument(
+        "--kafka-version",
+        default=None,
+        help="Kafka release, e.g. 3.9.1 (default) or 4.1.1; env DELIVERY_MONITOR_KAFKA_VERSION",
+    )
+    kafka.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for start")
+    kafka.set_defaults(func=cmd_kafka)
+
+    worker = sub.add_parser("worker", help="run the stream-processing worker")
+    worker.add_argument("--web-port", type=int, default=None, help="port of /metrics and the API")
+    worker.set_defaults(func=cmd_worker)
+
+    run = sub.add_parser("run", help="local Kafka (unless KAFKA_BOOTSTRAP_SERVERS) + worker")
+    run.add_argument("--keep-kafka", action="store_true", help="leave the broker running on exit")
+    run.set_defaults(func=cmd_run)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        result: int = args.func(settings, args)
+        return result
+    except (CliError, SettingsError, ToolMissingError, LocalKafkaError) as exc:
+        print(f"delivery-monitor: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

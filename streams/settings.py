@@ -1,0 +1,121 @@
+"""One frozen settings object, built from the environment in one place.
+
+Nothing else in the package reads ``os.environ``. Every setting has a default that works with the
+embedded local broker; ``KAFKA_BOOTSTRAP_SERVERS`` points the monitor at an existing cluster.
+Secrets are wrapped in :class:`Secret` so they never show up in reprs or logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "DELIVERY_MONITOR_"
+DEFAULT_KAFKA_VERSION = "3.9.1"
+KAFKA4_VERSION = "4.1.1"
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A secret value (webhook URL, app secret): masked in ``repr`` and ``str``."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self.value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+def _user_dir(env: Mapping[str, str], xdg: str, fallback: str) -> Path:
+    base = env.get(xdg) or str(Path(env.get("HOME", str(Path.home()))) / fallback)
+    return Path(base) / "whatsapp-delivery-monitor"
+
+
+def _guarantee(value: str) -> str:
+    value = value.strip().lower()
+    if value not in ("at_least_once", "exactly_once"):
+        raise SettingsError(
+            f"{ENV_PREFIX}PROCESSING_GUARANTEE={value!r}: use at_least_once or exactly_once"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Configuration of every ``delivery-monitor`` command. See the README's configuration table."""
+
+    bootstrap_servers: str | None = None
+    app_id: str = "whatsapp-delivery-monitor"
+    topic_raw: str = "whatsapp.webhooks.raw"
+    topic_send_log: str = "whatsapp.send-log"
+    topic_dead_letter: str = "whatsapp.webhooks.dead-letter"
+    topic_alerts: str = "whatsapp.monitor.alerts"
+    topic_partitions: int = 4
+    topic_replication_factor: int = 1
+    store: str = "rocksdb://"
+    processing_guarantee: str = "at_least_once"
+    data_dir: Path = Path(".")
+    cache_dir: Path = Path(".")
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    kafka_version: str = DEFAULT_KAFKA_VERSION
+    log_level: str = "info"
+    slack_webhook_url: Secret = Secret("")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: the process environment)."""
+        env = os.environ if env is None else env
+        d = cls()
+
+        def get(name: str, default: str) -> str:
+            return env.get(ENV_PREFIX + name, default)
+
+        def get_int(name: str, default: int, minimum: int = 0) -> int:
+            raw = get(name, str(default))
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} is not an integer") from None
+            if value < minimum:
+                raise SettingsError(f"{ENV_PREFIX}{name}={value} must be >= {minimum}")
+            return value
+
+        state = _user_dir(env, "XDG_STATE_HOME", ".local/state")
+        cache = _user_dir(env, "XDG_CACHE_HOME", ".cache")
+        return cls(
+            bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            app_id=get("APP_ID", d.app_id),
+            topic_raw=get("TOPIC_RAW", d.topic_raw),
+            topic_send_log=get("TOPIC_SEND_LOG", d.topic_send_log),
+            topic_dead_letter=get("TOPIC_DEAD_LETTER", d.topic_dead_letter),
+            topic_alerts=get("TOPIC_ALERTS", d.topic_alerts),
+            topic_partitions=get_int("TOPIC_PARTITIONS", d.topic_partitions, minimum=1),
+            topic_replication_factor=get_int(
+                "TOPIC_REPLICATION_FACTOR", d.topic_replication_factor, minimum=1
+            ),
+            store=get("STORE", d.store),
+            processing_guarantee=_guarantee(get("PROCESSING_GUARANTEE", d.processing_guarantee)),
+            data_dir=Path(get("DATA_DIR", str(state))),
+            cache_dir=Path(get("CACHE_DIR", str(cache))),
+            web_host=get("WEB_HOST", d.web_host),
+            web_port=get_int("WEB_PORT", d.web_port, minimum=0),
+            kafka_version=get("KAFKA_VERSION", d.kafka_version),
+            log_level=get("LOG_LEVEL", d.log_level).lower(),
+            slack_webhook_url=Secret(get("SLACK_WEBHOOK_URL", "")),
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed (settings are immutable)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

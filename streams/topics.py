@@ -1,0 +1,71 @@
+"""Creating the monitor's source topics before a worker starts (faust needs them to exist)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TopicCreationError(RuntimeError):
+    """The broker refused to create a topic the monitor needs."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic the monitor reads or writes, with its partition count and configs."""
+
+    name: str
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+def source_topics(settings: Settings) -> list[TopicSpec]:
+    """The topics that must exist before the worker starts (internal ones faust creates)."""
+    n = settings.topic_partitions
+    return [
+        TopicSpec(settings.topic_raw, n, {"max.message.bytes": str(4 * 1024 * 1024)}),
+        TopicSpec(settings.topic_send_log, n),
+        TopicSpec(settings.topic_dead_letter, n, {"max.message.bytes": str(4 * 1024 * 1024)}),
+        # One partition: a single owner delivers notifications, so workers never double-post.
+        TopicSpec(settings.topic_alerts, 1, {"cleanup.policy": "compact"}),
+    ]
+
+
+async def ensure_topics(
+    bootstrap: str, specs: list[TopicSpec], replication_factor: int
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if not missing:
+            return []
+        new = [
+            NewTopic(
+                name=s.name,
+                num_partitions=s.partitions,
+                replication_factor=replication_factor,
+                topic_configs=dict(s.configs),
+            )
+            for s in missing
+        ]
+        response = await admin.create_topics(new)
+        for item in getattr(response, "topic_errors", []):
+            name, code = item[0], item[1]
+            # 36 = TOPIC_ALREADY_EXISTS: another worker created it between list and create.
+            if code not in (0, TopicAlreadyExistsError.errno):
+                message = item[2] if len(item) > 2 else ""
+                raise TopicCreationError(f"could not create topic {name!r}: error {code} {message}")
+        log.info("created topics %s", ", ".join(s.name for s in missing))
+        return [s.name for s in missing]
+    finally:
+        await admin.close()

@@ -1,0 +1,101 @@
+"""The worker as users run it, on the real broker: records in, exact counter out over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from support import (
+    WorkerProcess,
+    committed_offsets,
+    list_topics,
+    produce,
+    unique_env,
+    wait_until,
+)
+
+from streams.asyncutil import run_sync
+from streams.settings import Settings
+from streams.topics import ensure_topics, source_topics
+
+pytestmark = [pytest.mark.kafka]
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "whatsapp"
+
+
+def status_payloads(n: int) -> list[bytes]:
+    """``n`` distinct Cloud API status webhooks built from Meta's documented example."""
+    template = orjson.loads((FIXTURE / "meta_doc_status_sent_marketing_pmp.json").read_bytes())
+    out = []
+    for i in range(n):
+        status = template["entry"][0]["changes"][0]["value"]["statuses"][0]
+        status["id"] = f"wamid.TEST{i:08d}"
+        status["timestamp"] = str(1_751_000_000 + i)
+        out.append(orjson.dumps(template))
+    return out
+
+
+def create_topics(env: dict[str, str]) -> Settings:
+    settings = Settings.from_env(env)
+    run_sync(ensure_topics(env["KAFKA_BOOTSTRAP_SERVERS"], source_topics(settings), 1))
+    return settings
+
+
+@pytest.mark.kafka_smoke
+def test_worker_counts_10000_webhooks_exactly(
+    kafka_bootstrap: str, tmp_path: Path, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """10,000 payloads, half before the worker starts and half while it runs, count exactly."""
+    env = unique_env(kafka_bootstrap, tmp_path / "state")
+    settings = create_topics(env)
+    payloads = status_payloads(10_000)
+    assert produce(kafka_bootstrap, settings.topic_raw, payloads[:5_000]) == 5_000
+
+    worker = start_worker(env)
+    assert produce(kafka_bootstrap, settings.topic_raw, payloads[5_000:]) == 5_000
+
+    labels = {"topic": settings.topic_raw}
+    name = "whatsapp_monitor_records_consumed_total"
+    wait_until(
+        lambda: worker.metric(name, labels) == 10_000,
+        120,
+        f"{name} == 10000 (worker log:\n{worker.log_tail()})",
+    )
+    # Every record is committed, and nothing was counted twice while the group committed.
+    wait_until(
+        lambda: committed_offsets(kafka_bootstrap, settings.app_id, settings.topic_raw) == 10_000,
+        60,
+        "committed offsets == 10000",
+    )
+    assert worker.metric(name, labels) == 10_000
+
+
+@pytest.mark.kafka_smoke
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_faust_topics_groups_and_transactions_work(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+    guarantee: str,
+) -> None:
+    """On this broker version faust creates its internal topics, joins its consumer group and
+    (exactly_once) commits offsets through transactions."""
+    env = unique_env(
+        kafka_bootstrap, tmp_path / "state", DELIVERY_MONITOR_PROCESSING_GUARANTEE=guarantee
+    )
+    worker = start_worker(env)
+    settings = Settings.from_env(env)
+    assert settings.topic_raw in list_topics(kafka_bootstrap)  # created by the worker itself
+    produce(kafka_bootstrap, settings.topic_raw, status_payloads(500))
+    name, labels = "whatsapp_monitor_records_consumed_total", {"topic": settings.topic_raw}
+    wait_until(lambda: worker.metric(name, labels) == 500, 120, f"{name} == 500")
+    wait_until(
+        lambda: committed_offsets(kafka_bootstrap, settings.app_id, settings.topic_raw) == 500,
+        60,
+        "the group's committed offsets reach 500",
+    )
+    internal = [t for t in list_topics(kafka_bootstrap) if t.startswith(settings.app_id)]
+    assert any("__assignor-__leader" in t for t in internal), internal
+    assert worker.stop() == 0, worker.log_tail()

@@ -1,0 +1,207 @@
+"""Test helpers: the worker as a real subprocess, producing to the real broker, scraping metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    probe: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.2
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+def unique_env(bootstrap: str, data_dir: Path, **overrides: str) -> dict[str, str]:
+    """Environment for one worker under test: its own app id, topics, data dir and port."""
+    tag = uuid.uuid4().hex[:10]
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "DELIVERY_MONITOR_APP_ID": f"test-{tag}",
+        "DELIVERY_MONITOR_TOPIC_RAW": f"t-{tag}.raw",
+        "DELIVERY_MONITOR_TOPIC_SEND_LOG": f"t-{tag}.send-log",
+        "DELIVERY_MONITOR_TOPIC_DEAD_LETTER": f"t-{tag}.dead-letter",
+        "DELIVERY_MONITOR_TOPIC_ALERTS": f"t-{tag}.alerts",
+        "DELIVERY_MONITOR_DATA_DIR": str(data_dir),
+        "DELIVERY_MONITOR_WEB_PORT": str(free_port()),
+        "DELIVERY_MONITOR_LOG_LEVEL": "info",
+    }
+    env.update(overrides)
+    return env
+
+
+class WorkerProcess:
+    """``delivery-monitor worker`` as users run it, in its own process group."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.port = int(env["DELIVERY_MONITOR_WEB_PORT"])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> WorkerProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=REPO,
+            )
+        wait_until(self._ready, timeout_s, f"worker /metrics on port {self.port}")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"worker exited with {self.proc.returncode} during start:\n{self.log_tail()}"
+            )
+        try:
+            self.get("/metrics", timeout_s=2)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+        return True
+
+    def get(self, path: str, timeout_s: float = 10.0) -> bytes:
+        with urllib.request.urlopen(self.base_url + path, timeout=timeout_s) as resp:
+            body: bytes = resp.read()
+            return body
+
+    def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """Value of one sample scraped over HTTP (``None`` if absent)."""
+        text = self.get("/metrics").decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in (labels or {}).items()
+                ):
+                    return float(sample.value)
+        return None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return self.kill()
+
+    def kill(self) -> int | None:
+        if self.proc is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.wait(30)
+
+
+async def produce_async(
+    bootstrap: str, topic: str, values: Iterable[bytes], keys: Iterable[bytes] | None = None
+) -> int:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        max_request_size=4 * 1024 * 1024,
+    )
+    await producer.start()
+    count = 0
+    try:
+        key_iter = iter(keys) if keys is not None else None
+        for value in values:
+            key = next(key_iter) if key_iter is not None else None
+            await producer.send(topic, value, key=key)
+            count += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return count
+
+
+def produce(bootstrap: str, topic: str, values: Iterable[bytes]) -> int:
+    """Produce ``values`` to ``topic`` (idempotent, acks=all); returns how many."""
+    return asyncio.run(produce_async(bootstrap, topic, values))
+
+
+async def committed_offsets_async(bootstrap: str, group: str, topic: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return sum(
+            meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0
+        )
+    finally:
+        await admin.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> int:
+    """Sum of the consumer group's committed offsets on ``topic`` (records it is done with)."""
+    return asyncio.run(committed_offsets_async(bootstrap, group, topic))
+
+
+async def list_topics_async(bootstrap: str) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return list(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+def list_topics(bootstrap: str) -> list[str]:
+    return asyncio.run(list_topics_async(bootstrap))
