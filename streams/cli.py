@@ -143,6 +143,12 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             started.stop()
 
 
+def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
+    from streams import inspect
+
+    return inspect.main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="delivery-monitor",
@@ -171,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-kafka", action="store_true", help="leave the broker running on exit")
     run.set_defaults(func=cmd_run)
 
+    inspect = sub.add_parser(
+        "inspect", help="parse webhook files and print normalized events", add_help=False
+    )
+    inspect.add_argument("rest", nargs=argparse.REMAINDER)
+    inspect.set_defaults(func=cmd_inspect)
     return parser
 
 
