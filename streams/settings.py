@@ -72,6 +72,11 @@ class Settings:
     kafka_version: str = DEFAULT_KAFKA_VERSION
     log_level: str = "info"
     slack_webhook_url: Secret = Secret("")
+    grafana_url: str = "http://localhost:3000"
+    ingress_host: str = "127.0.0.1"
+    ingress_port: int = 8080
+    app_secret: Secret = Secret("")
+    verify_token: Secret = Secret("")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +119,11 @@ class Settings:
             kafka_version=get("KAFKA_VERSION", d.kafka_version),
             log_level=get("LOG_LEVEL", d.log_level).lower(),
             slack_webhook_url=Secret(get("SLACK_WEBHOOK_URL", "")),
+            grafana_url=get("GRAFANA_URL", d.grafana_url),
+            ingress_host=get("INGRESS_HOST", d.ingress_host),
+            ingress_port=get_int("INGRESS_PORT", d.ingress_port, minimum=0),
+            app_secret=Secret(get("APP_SECRET", "")),
+            verify_token=Secret(get("VERIFY_TOKEN", "")),
         )
 
     def replace(self, **changes: object) -> Settings:
