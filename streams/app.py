@@ -1,21 +1,32 @@
-"""The one place that wires Faust: app, topics, agents and web routes.
+"""The one place that wires Faust: app, topics, tables, agents and web routes.
 
-Agents stay thin (decode, call the core, update tables, emit); everything else lives in the core
-or in an adapter module.
+Topology (partition counts all equal ``topic_partitions``; keys say what owns a partition):
+
+    raw webhooks (bytes, any key) --ingest--> <app>-messages (by wamid) --messages--> tables
+    send log (JSON, key = wamid) ----------------------------^            |  minute buckets,
+                                              <app>-recipients (by recipient) <-- message state
+                                                     |--recipients--> recipient table
+    unparseable input --> dead-letter topic (original bytes + reason + topic/partition/offset)
+
+Agents stay thin: decode, call a stage (streams.stages), flush, ack.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from streams import api
+from streams.faust_state import BatchPolicy, FaustTableKV, run_batched
 from streams.metrics import MonitorMetrics
 from streams.settings import Settings
+from streams.stages.ingest import DeadLetter, IngestStage
+from streams.stages.messages import MessageStage, Retention, SendLogError
+from streams.stages.recipients import RecipientStage
 
 log = logging.getLogger(__name__)
 
@@ -25,52 +36,181 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{hostport.strip()}" for hostport in bootstrap.split(",") if hostport.strip()]
 
 
+def internal_topic_names(settings: Settings) -> tuple[str, str]:
+    """The repartition topics: statuses by wamid, facts by recipient."""
+    return f"{settings.app_id}-messages", f"{settings.app_id}-recipients"
+
+
+def _raw(app: faust.App, *names: str, **kw: Any) -> Any:
+    return app.topic(
+        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", **kw
+    )
+
+
+class Monitor:
+    """The running monitor inside one worker: app, stages and metrics (for views and tests)."""
+
+    def __init__(self, settings: Settings, bootstrap: str, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        n = settings.topic_partitions
+        self.metrics = MonitorMetrics(registry)
+        self.metrics.precreate([settings.topic_raw, settings.topic_send_log])
+        datadir = settings.data_dir / "worker" / settings.app_id
+        datadir.mkdir(parents=True, exist_ok=True)
+        self.app = app = faust.App(
+            settings.app_id,
+            broker=broker_urls(bootstrap),
+            store=settings.store,
+            datadir=str(datadir),
+            web_host=settings.web_host,
+            web_port=settings.web_port,
+            web_in_thread=False,
+            topic_partitions=n,
+            topic_replication_factor=settings.topic_replication_factor,
+            processing_guarantee=settings.processing_guarantee,
+            autodiscover=False,
+            web_enabled=True,
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
+            stream_buffer_maxsize=16_384,
+            broker_commit_every=50_000,
+            producer_linger=0.005,
+            producer_max_batch_size=512 * 1024,
+        )
+        messages_name, recipients_name = internal_topic_names(settings)
+        self.raw_topic = _raw(app, settings.topic_raw)
+        self.messages_topic = _raw(app, messages_name, partitions=n, internal=True)
+        self.send_log_topic = _raw(app, settings.topic_send_log)
+        self.recipients_topic = _raw(app, recipients_name, partitions=n, internal=True)
+        self.dead_topic = _raw(app, settings.topic_dead_letter)
+        stage2_input = _raw(app, messages_name, settings.topic_send_log)
+
+        self.messages_table = app.Table(
+            "messages",
+            partitions=n,
+            key_type=bytes,
+            value_type=bytes,
+            help="per message state, minute buckets and expiry index (partition-local)",
+        )
+        self.recipients_table = app.Table(
+            "recipients",
+            partitions=n,
+            key_type=bytes,
+            value_type=bytes,
+            help="per recipient state, keyed by phone (else BSUID)",
+        )
+        self.messages_kv = FaustTableKV(self.messages_table)
+        self.recipients_kv = FaustTableKV(self.recipients_table)
+        self.ingest = IngestStage(n, n)
+        self.messages = MessageStage(self.messages_kv, n, Retention())
+        self.recipients = RecipientStage(self.recipients_kv)
+        policy = BatchPolicy()
+        m = self.metrics
+
+        @app.agent(self.raw_topic, name="ingest", concurrency=1)
+        async def ingest(stream: Any) -> None:
+            counter = m.records_consumed.labels(topic=settings.topic_raw)
+
+            def handle(event: Any) -> None:
+                msg = event.message
+                counter.inc()
+                self.ingest.handle(msg.topic, msg.partition, msg.offset, event.value or b"")
+
+            await run_batched(stream, handle, self._flush_ingest, policy)
+
+        @app.agent(stage2_input, name="messages", concurrency=1)
+        async def messages(stream: Any) -> None:
+            bad_send_log: list[DeadLetter] = []
+
+            def handle(event: Any) -> None:
+                msg = event.message
+                self.messages_kv.events[msg.partition] = event
+                if msg.topic == settings.topic_send_log:
+                    m.records_consumed.labels(topic=settings.topic_send_log).inc()
+                    try:
+                        self.messages.handle_send_log(msg.partition, msg.offset, event.value)
+                    except SendLogError as exc:
+                        bad_send_log.append(
+                            DeadLetter(
+                                event.value or b"", str(exc), msg.topic, msg.partition, msg.offset
+                            )
+                        )
+                else:
+                    self.messages.handle_batch(msg.partition, msg.offset, event.value)
+
+            async def flush() -> None:
+                for partition in self.messages.state.partitions():
+                    self.messages.flush(partition)
+                for partition, value in self.messages.drain_outbox().items():
+                    await self.recipients_topic.send(value=value, partition=partition)
+                for dead in bad_send_log:
+                    await self._dead_letter(dead, "send_log")
+                bad_send_log.clear()
+                m.observe_messages(self.messages.stats)
+
+            await run_batched(stream, handle, flush, policy)
+
+        @app.agent(self.recipients_topic, name="recipients", concurrency=1)
+        async def recipients(stream: Any) -> None:
+            def handle(event: Any) -> None:
+                msg = event.message
+                self.recipients_kv.events[msg.partition] = event
+                self.recipients.handle_batch(msg.partition, msg.offset, event.value)
+
+            async def flush() -> None:
+                for partition in self.recipients.state.partitions():
+                    self.recipients.flush(partition)
+                m.observe_recipients(self.recipients.stats)
+
+            await run_batched(stream, handle, flush, policy)
+
+        async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+            """Unflushed state of a revoked partition is dropped: its new owner replays it."""
+            for tp in revoked:
+                if tp.topic == messages_name:
+                    self.messages.revoke(tp.partition)
+                elif tp.topic == recipients_name:
+                    self.recipients.revoke(tp.partition)
+
+        app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+        web_app: Any = app.web.web_app  # type: ignore[attr-defined]  # faust's aiohttp driver
+        web_app.router.add_get("/metrics", make_aiohttp_handler(registry))
+        api.register(self, web_app)
+
+    async def _flush_ingest(self) -> None:
+        messages, recipients, dead = self.ingest.drain()
+        for partition, value in messages.items():
+            await self.messages_topic.send(value=value, partition=partition)
+        for partition, value in recipients.items():
+            await self.recipients_topic.send(value=value, partition=partition)
+        for letter in dead:
+            await self._dead_letter(letter, "ingest")
+        self.metrics.observe_ingest(self.ingest.stats)
+
+    async def _dead_letter(self, letter: DeadLetter, stage: str) -> None:
+        await self.dead_topic.send(key=letter.key, value=letter.value, headers=letter.headers())
+        self.metrics.dead_letters.labels(
+            stage=stage, kind="partial" if letter.partial else "rejected"
+        ).inc()
+        log.warning(
+            "dead letter from %s/%d@%d (%d bytes): %s",
+            letter.topic,
+            letter.partition,
+            letter.offset,
+            len(letter.value),
+            letter.reason[:300],
+        )
+
+
+def create_monitor(
+    settings: Settings, bootstrap: str, registry: CollectorRegistry | None = None
+) -> Monitor:
+    """Build the monitor's Faust app for ``bootstrap`` (no I/O happens until it runs)."""
+    return Monitor(settings, bootstrap, registry if registry is not None else CollectorRegistry())
+
+
 def create_app(
     settings: Settings, bootstrap: str, registry: CollectorRegistry | None = None
 ) -> faust.App:
-    """Build the monitor's Faust app for ``bootstrap`` (no I/O happens until it runs)."""
-    registry = registry if registry is not None else CollectorRegistry()
-    metrics = MonitorMetrics(registry)
-    metrics.precreate([settings.topic_raw])
-
-    datadir = settings.data_dir / "worker" / settings.app_id
-    datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        settings.app_id,
-        broker=broker_urls(bootstrap),
-        store=settings.store,
-        datadir=str(datadir),
-        web_host=settings.web_host,
-        web_port=settings.web_port,
-        web_in_thread=False,
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.topic_replication_factor,
-        processing_guarantee=settings.processing_guarantee,
-        autodiscover=False,
-        web_enabled=True,
-    )
-    raw_topic = app.topic(
-        settings.topic_raw,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        allow_empty=True,
-    )
-
-    @app.agent(raw_topic, name="raw_webhooks", concurrency=1)
-    async def consume_raw(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        counter = metrics.records_consumed.labels(topic=settings.topic_raw)
-        async for _ in stream:
-            counter.inc()
-            yield None
-
-    web_app: Any = app.web.web_app  # type: ignore[attr-defined]  # faust's aiohttp driver
-    web_app.router.add_get("/metrics", make_aiohttp_handler(registry))
-    app.monitor_metrics = metrics  # type: ignore[attr-defined]
-    return app
-
-
-def agent_names(app: Any) -> list[str]:
-    """Names of the agents registered on ``app`` (for the CLI's startup summary)."""
-    return sorted(app.agents.keys())
+    return create_monitor(settings, bootstrap, registry).app

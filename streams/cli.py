@@ -17,6 +17,7 @@ from streams.localkafka import (
 )
 from streams.localkafka.distribution import ToolMissingError
 from streams.settings import Settings, SettingsError
+from streams.topics import TopicCreationError
 
 log = logging.getLogger("streams.cli")
 
@@ -106,6 +107,11 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
     from streams.app import create_app
 
     prepare_topics(settings, bootstrap)
+    if settings.processing_guarantee == "exactly_once":
+        log.warning(
+            "processing_guarantee=exactly_once is experimental in faust and stalls this "
+            "pipeline's repartition stages (see README); at_least_once is exact here too"
+        )
     app = create_app(settings, bootstrap)
     print(
         f"worker {settings.app_id}: Kafka {bootstrap}, consuming {settings.topic_raw}; "
@@ -143,6 +149,17 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             started.stop()
 
 
+def cmd_ingress(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.ingress import app_secret_or_refuse, run_ingress
+
+    if args.port is not None:
+        settings = settings.replace(ingress_port=args.port)
+    app_secret_or_refuse(settings, args.insecure_no_signature)  # refuse before touching Kafka
+    bootstrap = resolve_bootstrap(settings)
+    prepare_topics(settings, bootstrap)
+    return run_ingress(settings, bootstrap, insecure=args.insecure_no_signature)
+
+
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
     from streams import inspect
 
@@ -177,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-kafka", action="store_true", help="leave the broker running on exit")
     run.set_defaults(func=cmd_run)
 
+    ingress = sub.add_parser("ingress", help="receive Meta's webhooks into the raw topic")
+    ingress.add_argument("--port", type=int, default=None, help="listen port (default: settings)")
+    ingress.add_argument(
+        "--insecure-no-signature",
+        action="store_true",
+        help="accept unsigned POSTs when no app secret is set (local demos only)",
+    )
+    ingress.set_defaults(func=cmd_ingress)
+
     inspect = sub.add_parser(
         "inspect", help="parse webhook files and print normalized events", add_help=False
     )
@@ -195,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         result: int = args.func(settings, args)
         return result
-    except (CliError, SettingsError, ToolMissingError, LocalKafkaError) as exc:
+    except (CliError, SettingsError, ToolMissingError, LocalKafkaError, TopicCreationError) as exc:
         print(f"delivery-monitor: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

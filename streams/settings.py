@@ -65,6 +65,7 @@ class Settings:
     topic_replication_factor: int = 1
     store: str = "rocksdb://"
     processing_guarantee: str = "at_least_once"
+    session_timeout_s: float = 30.0
     data_dir: Path = Path(".")
     cache_dir: Path = Path(".")
     web_host: str = "127.0.0.1"
@@ -111,6 +112,7 @@ class Settings:
                 "TOPIC_REPLICATION_FACTOR", d.topic_replication_factor, minimum=1
             ),
             store=get("STORE", d.store),
+            session_timeout_s=float(get_int("SESSION_TIMEOUT", int(d.session_timeout_s), 6)),
             processing_guarantee=_guarantee(get("PROCESSING_GUARANTEE", d.processing_guarantee)),
             data_dir=Path(get("DATA_DIR", str(state))),
             cache_dir=Path(get("CACHE_DIR", str(cache))),

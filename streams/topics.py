@@ -24,6 +24,8 @@ class TopicSpec:
     name: str
     partitions: int
     configs: dict[str, str] = field(default_factory=dict)
+    #: the partition count must be exactly ``partitions`` (co-partitioned with a table)
+    exact: bool = False
 
 
 def source_topics(settings: Settings) -> list[TopicSpec]:
@@ -31,10 +33,15 @@ def source_topics(settings: Settings) -> list[TopicSpec]:
     n = settings.topic_partitions
     return [
         TopicSpec(settings.topic_raw, n, {"max.message.bytes": str(4 * 1024 * 1024)}),
-        TopicSpec(settings.topic_send_log, n),
+        # Joined with the statuses by wamid in the messages table: co-partitioned.
+        TopicSpec(settings.topic_send_log, n, exact=True),
         TopicSpec(settings.topic_dead_letter, n, {"max.message.bytes": str(4 * 1024 * 1024)}),
         # One partition: a single owner delivers notifications, so workers never double-post.
         TopicSpec(settings.topic_alerts, 1, {"cleanup.policy": "compact"}),
+        # Repartition topics (statuses by wamid, facts by recipient): faust would create them
+        # too, but only after the agents subscribe.
+        TopicSpec(f"{settings.app_id}-messages", n, exact=True),
+        TopicSpec(f"{settings.app_id}-recipients", n, exact=True),
     ]
 
 
@@ -46,6 +53,7 @@ async def ensure_topics(
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        await _check_partitions(admin, [s for s in specs if s.exact and s.name in existing])
         missing = [s for s in specs if s.name not in existing]
         if not missing:
             return []
@@ -69,3 +77,19 @@ async def ensure_topics(
         return [s.name for s in missing]
     finally:
         await admin.close()
+
+
+async def _check_partitions(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> None:
+    if not specs:
+        return
+    described = await admin.describe_topics([s.name for s in specs])
+    counts = {d["topic"]: len(d["partitions"]) for d in described}
+    for spec in specs:
+        have = counts.get(spec.name)
+        if have is not None and have != spec.partitions:
+            raise TopicCreationError(
+                f"topic {spec.name!r} has {have} partitions but the monitor is configured for "
+                f"{spec.partitions} (DELIVERY_MONITOR_TOPIC_PARTITIONS); the send log and the "
+                "monitor's internal topics must have the same count so the statuses and the "
+                "send-log records of one wamid meet in the same partition"
+            )

@@ -57,6 +57,8 @@ def unique_env(bootstrap: str, data_dir: Path, **overrides: str) -> dict[str, st
         "DELIVERY_MONITOR_DATA_DIR": str(data_dir),
         "DELIVERY_MONITOR_WEB_PORT": str(free_port()),
         "DELIVERY_MONITOR_LOG_LEVEL": "info",
+        # a SIGKILLed worker's partitions move after this many seconds
+        "DELIVERY_MONITOR_SESSION_TIMEOUT": "8",
     }
     env.update(overrides)
     return env
@@ -205,3 +207,132 @@ async def list_topics_async(bootstrap: str) -> list[str]:
 
 def list_topics(bootstrap: str) -> list[str]:
     return asyncio.run(list_topics_async(bootstrap))
+
+
+async def consume_all_async(
+    bootstrap: str, topic: str, idle_s: float = 2.0
+) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+    """Every record of ``topic`` from the beginning: (key, value, headers)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_bytes=8 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    out: list[tuple[bytes | None, bytes, dict[str, bytes]]] = []
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
+            if not batch:
+                break
+            for records in batch.values():
+                for r in records:
+                    out.append((r.key, r.value, dict(r.headers or ())))
+    finally:
+        await consumer.stop()
+    return out
+
+
+def consume_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+    return asyncio.run(consume_all_async(bootstrap, topic))
+
+
+async def produce_keyed_async(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
+) -> int:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5
+    )
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return len(records)
+
+
+def produce_keyed(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> int:
+    """Produce (key, value) records with the default (murmur2) partitioner, as a sender would."""
+    return asyncio.run(produce_keyed_async(bootstrap, topic, records))
+
+
+def get_json(url: str, timeout_s: float = 30.0) -> tuple[int, object]:
+    import json
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+async def group_lag_async(bootstrap: str, group: str, topics: list[str]) -> int:
+    """Records of ``topics`` not yet committed by ``group`` (end offset - committed)."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        described = await admin.describe_topics(topics)
+        partitions = [
+            tp
+            for d in described
+            for tp in _tps(d["topic"], {p["partition"] for p in d["partitions"]})
+        ]
+        if len({tp.topic for tp in partitions}) != len(topics):  # type: ignore[attr-defined]
+            raise KafkaError(f"not every topic of {topics} is known yet")
+        ends = await consumer.end_offsets(partitions)
+        lag = 0
+        for tp, end in ends.items():
+            meta = committed.get(tp)
+            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            lag += max(0, end - done)
+        return lag
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def _tps(topic: str, partitions: set[int]) -> list[object]:
+    from aiokafka.structs import TopicPartition
+
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
+    return asyncio.run(group_lag_async(bootstrap, group, topics))
+
+
+def wait_drained(
+    bootstrap: str, group: str, topics: list[str], timeout_s: float, what: str = ""
+) -> None:
+    """Wait until ``group`` has committed everything in ``topics`` (twice in a row)."""
+    streak = 0
+
+    from aiokafka.errors import KafkaError
+
+    def probe() -> bool:
+        nonlocal streak
+        try:
+            lag = group_lag(bootstrap, group, topics)
+        except KafkaError:  # e.g. no group coordinator yet on a fresh broker
+            lag = -1
+        streak = streak + 1 if lag == 0 else 0
+        return streak >= 2
+
+    wait_until(probe, timeout_s, f"consumer group {group} to drain {topics} {what}", 1.0)

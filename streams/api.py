@@ -1,0 +1,247 @@
+"""The read API on the worker's web server (JSON).
+
+- ``GET /v1/templates/{name}``, ``/v1/senders/{phone_number_id}``, ``/v1/countries/{cc}``:
+  funnel counts and failure ratios over the last 5 minutes, 1 hour and 24 hours of event time
+  (ending at ``?at=<unix seconds>``, default: the newest event time seen). Minute buckets are
+  partition-local, so the answer sums this worker's partitions and asks the other workers for
+  theirs (``/v1/_local/...``).
+- ``GET /v1/recipients/{id}``: one recipient's state, answered by the worker that owns the key
+  (requests are forwarded to it).
+- ``GET /v1/health``: liveness plus the partitions, watermarks and stage counters of this worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
+from streams.core.recipients import RecipientState, recipient_view
+from streams.stages import partition_for
+from streams.stages.messages import PartitionMeta, TemplateState, meta_key, template_key
+from streams.stages.recipients import RecipientMeta, recipient_key, recipient_meta_key
+from streams.state import decode
+
+if TYPE_CHECKING:
+    from streams.app import Monitor
+
+log = logging.getLogger(__name__)
+
+WINDOWS = {"5m": 5, "1h": 60, "24h": 1440}
+DIMS = {"templates": "t", "senders": "s", "countries": "c"}
+_PHONE = re.compile(r"^\+?[\d\s().-]{6,}$")
+
+
+def normalize_recipient(raw: str) -> str:
+    """A phone in any common format becomes its digits; a BSUID is kept as given."""
+    raw = raw.strip()
+    if _PHONE.match(raw):
+        return re.sub(r"\D", "", raw)
+    return raw
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+class Api:
+    def __init__(self, monitor: Monitor) -> None:
+        self.m = monitor
+        self.n = monitor.settings.topic_partitions
+        self.messages_topic, self.recipients_topic = (
+            monitor.messages_topic.get_topic_name(),
+            monitor.recipients_topic.get_topic_name(),
+        )
+
+    # -- partitions and owners ----------------------------------------------------------------
+    def local_partitions(self, topic: str) -> list[int]:
+        try:
+            actives = self.m.app.assignor.assigned_actives()
+        except Exception:
+            return []
+        return sorted(tp.partition for tp in actives if tp.topic == topic)
+
+    def _peers(self) -> list[str]:
+        """Web URLs of the other workers that own partitions of the messages table."""
+        try:
+            metadata = self.m.app.router.table_metadata(self.m.messages_table.name)
+        except Exception:
+            return []
+        me = str(self.m.app.conf.canonical_url).rstrip("/")
+        return [str(url).rstrip("/") for url in metadata if str(url).rstrip("/") != me]
+
+    def watermark(self) -> int:
+        best = 0
+        for p in self.local_partitions(self.messages_topic):
+            raw = self.m.messages_kv.read(meta_key(p))
+            if raw is not None:
+                best = max(best, decode(raw, PartitionMeta).watermark)
+        return best
+
+    # -- aggregates -----------------------------------------------------------------------------
+    def local_counts(self, dim: str, key: str, at: int) -> dict[str, dict[str, int]]:
+        end = at // 60
+        out: dict[str, dict[str, int]] = {}
+        partitions = self.local_partitions(self.messages_topic)
+        for label, minutes in WINDOWS.items():
+            buckets: list[Bucket | None] = []
+            for p in partitions:
+                for minute in range(end - minutes + 1, end + 1):
+                    raw = self.m.messages_kv.read(BucketId(dim, key, p, minute).encode().encode())
+                    buckets.append(None if raw is None else decode(raw, Bucket))
+            out[label] = sum_counts(buckets)
+        return out
+
+    def local_template_state(self, name: str) -> dict[str, Any] | None:
+        raw = self.m.messages_kv.read(template_key(name))
+        if raw is None:
+            return None
+        s = decode(raw, TemplateState)
+        return {
+            "status": s.status,
+            "status_reason": s.reason,
+            "quality": s.quality,
+            "category": s.category,
+            "paused": s.status in ("PAUSED", "DISABLED"),
+        }
+
+    async def local(self, request: web.Request) -> web.Response:
+        dim = DIMS[request.match_info["dim"]]
+        key = request.match_info["key"]
+        at = int(request.query["at"])
+        body: dict[str, Any] = {"counts": self.local_counts(dim, key, at)}
+        if dim == "t":
+            body["state"] = self.local_template_state(key)
+        return _json(body)
+
+    async def aggregate(self, request: web.Request) -> web.Response:
+        kind = request.match_info["dim"]
+        dim, key = DIMS[kind], request.match_info["key"]
+        try:
+            at = int(request.query["at"]) if "at" in request.query else self.watermark()
+        except ValueError:
+            return _json({"error": "at must be unix seconds"}, 400)
+        counts = self.local_counts(dim, key, at)
+        state = self.local_template_state(key) if dim == "t" else None
+        partial = False
+        peers = self._peers()
+        if peers:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+                results = await asyncio.gather(
+                    *(self._fetch(session, f"{u}/v1/_local/{kind}/{key}?at={at}") for u in peers)
+                )
+            for result in results:
+                if result is None:
+                    partial = True
+                    continue
+                for label, more in result["counts"].items():
+                    merged = dict(counts.get(label, {}))
+                    for outcome, n in more.items():
+                        merged[outcome] = merged.get(outcome, 0) + n
+                    counts[label] = merged
+                state = state or result.get("state")
+        windows = {}
+        for label, c in counts.items():
+            summary = summarize(c)
+            windows[label] = {**summary._asdict(), "counts": c}
+        body = {DIMS_NAMES[dim]: key, "as_of": at, "windows": windows, "partial": partial}
+        if dim == "t":
+            body["state"] = state
+        return _json(body)
+
+    @staticmethod
+    async def _fetch(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+        try:
+            async with session.get(url) as resp:
+                if resp.status != 200:
+                    return None
+                data: dict[str, Any] = await resp.json()
+                return data
+        except (TimeoutError, aiohttp.ClientError):
+            log.warning("worker %s did not answer", url.split("/v1/")[0])
+            return None
+
+    # -- recipients -----------------------------------------------------------------------------
+    async def recipient(self, request: web.Request) -> web.Response:
+        given = request.match_info["id"]
+        rid = normalize_recipient(given)
+        partition = partition_for(rid, self.n)
+        if partition not in self.local_partitions(self.recipients_topic):
+            owner = self._owner(rid)
+            if owner is None:
+                return _json({"error": "the owner of this recipient is not known yet"}, 503)
+            timeout = aiohttp.ClientTimeout(total=10)
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(f"{owner}{request.rel_url}") as resp,
+            ):
+                return web.Response(
+                    status=resp.status, body=await resp.read(), content_type="application/json"
+                )
+        raw = self.m.recipients_kv.read(recipient_key(rid))
+        meta_raw = self.m.recipients_kv.read(recipient_meta_key(partition))
+        now = decode(meta_raw, RecipientMeta).watermark if meta_raw else int(time.time())
+        if "at" in request.query:
+            now = int(request.query["at"])
+        if raw is None:
+            return _json({"recipient": given, "known": False, "as_of": now}, 404)
+        view = recipient_view(decode(raw, RecipientState), given, now)
+        view["known"] = True
+        return _json(view)
+
+    def _owner(self, rid: str) -> str | None:
+        try:
+            url = self.m.app.router.key_store(self.m.recipients_table.name, rid.encode())
+        except Exception:
+            return None
+        return str(url).rstrip("/")
+
+    async def health(self, request: web.Request) -> web.Response:
+        s = self.m.messages.stats
+        return _json(
+            {
+                "status": "ok",
+                "app_id": self.m.settings.app_id,
+                "partitions": {
+                    "messages": self.local_partitions(self.messages_topic),
+                    "recipients": self.local_partitions(self.recipients_topic),
+                },
+                "watermark": self.watermark(),
+                "ingest": {
+                    "records": self.m.ingest.stats.records,
+                    "statuses": self.m.ingest.stats.statuses,
+                    "dead_letters": self.m.ingest.stats.dead_letters,
+                    "partial": self.m.ingest.stats.partial,
+                },
+                "messages": {
+                    "statuses": s.statuses,
+                    "duplicates": s.duplicates,
+                    "replays": s.replays,
+                    "late": s.late,
+                    "send_log": s.send_log,
+                    "attributed_late": s.attributed_late,
+                },
+                "recipients": {
+                    "facts": self.m.recipients.stats.facts,
+                    "applied": self.m.recipients.stats.applied,
+                },
+            }
+        )
+
+
+DIMS_NAMES = {"t": "template", "s": "sender", "c": "country"}
+
+
+def register(monitor: Monitor, web_app: web.Application) -> Api:
+    api = Api(monitor)
+    web_app.router.add_get("/v1/health", api.health)
+    web_app.router.add_get("/v1/recipients/{id}", api.recipient)
+    web_app.router.add_get("/v1/_local/{dim:templates|senders|countries}/{key}", api.local)
+    web_app.router.add_get("/v1/{dim:templates|senders|countries}/{key}", api.aggregate)
+    return api

@@ -1,0 +1,326 @@
+"""Stage 2 logic: one message (wamid) at a time: deduplicate, attribute, derive outcomes.
+
+A message's statuses arrive duplicated (Meta retries for 7 days) and out of order. For each
+message the ledger keeps which funnel stages were already counted, so every stage is counted
+exactly once: ``read`` without ``delivered`` still counts as delivered (and sent), ``failed``
+after ``delivered`` is counted as failed too.
+
+Attribution: the template comes from ``biz_opaque_callback_data`` when present, else from the
+sender's send log. A status counted before its send-log record arrives is counted under template
+``unknown`` and moved to the real template when the record arrives (an exact, retroactive
+correction of the same minute buckets). The first attribution wins.
+
+Exactly-once under at-least-once delivery: every state remembers the last input position it
+absorbed from each source (``applied``); an input at or before it is a replay, and the ledger
+re-derives the same effects from what it stored so downstream records (which keep their own
+``applied``) can skip what they already have.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from streams.core.facts import (
+    Applied,
+    Position,
+    RecipientFact,
+    RecipientFactKind,
+    SendLogRecord,
+    StatusFact,
+    already_applied,
+    mark_applied,
+)
+
+UNKNOWN_TEMPLATE = "unknown"
+MARKETING_CATEGORIES = frozenset({"marketing", "marketing_lite", "group_marketing"})
+
+# Funnel stages, as bits of MessageState.stages.
+ATTEMPTED, SENT, DELIVERED, READ, PLAYED, FAILED, DELETED, WARNING, OTHER = (
+    1 << i for i in range(9)
+)
+_FLAG_MKT_DELIVERED_FACT = 1 << 16
+_FLAG_MKT_ATTEMPT_FACT = 1 << 17
+_FLAG_LINKED = 1 << 18
+
+STAGE_OUTCOMES: tuple[tuple[int, str], ...] = (
+    (ATTEMPTED, "attempted"),
+    (SENT, "sent"),
+    (DELIVERED, "delivered"),
+    (READ, "read"),
+    (PLAYED, "played"),
+    (FAILED, "failed"),
+    (DELETED, "deleted"),
+    (WARNING, "warning"),
+    (OTHER, "other_status"),
+)
+
+_IMPLIES: dict[str, int] = {
+    "sent": ATTEMPTED | SENT,
+    "delivered": ATTEMPTED | SENT | DELIVERED,
+    "read": ATTEMPTED | SENT | DELIVERED | READ,
+    "played": ATTEMPTED | SENT | DELIVERED | PLAYED,
+    "failed": ATTEMPTED | FAILED,
+    "deleted": ATTEMPTED | DELETED,
+    "warning": ATTEMPTED | WARNING,
+}
+
+_FAILURE_FACTS: dict[str, RecipientFactKind] = {
+    "per_user_marketing_limit": RecipientFactKind.LIMIT_FAILURE,
+    "us_marketing_pause": RecipientFactKind.US_PAUSE,
+    "opt_out": RecipientFactKind.OPT_OUT_FAILURE,
+    "undeliverable": RecipientFactKind.UNDELIVERABLE,
+}
+
+
+#: Sub-positions per input item for the recipient facts it yields (at most 4 today).
+FACTS_PER_ITEM = 16
+
+
+def failed_outcome(error_class: str | None) -> str:
+    """Outcome label of a failure: ``failed.<error class>``."""
+    return f"failed.{error_class or 'unknown'}"
+
+
+class Counted(msgspec.Struct, array_like=True, gc=False):
+    """One outcome counted for a message: in which minute, under which template, from where;
+    ``moved_at`` is the send-log input that moved it off template ``unknown``."""
+
+    minute: int
+    outcome: str
+    position: Position
+    template: str
+    moved_at: Position | None = None
+
+
+class Seen(msgspec.Struct, array_like=True, gc=False):
+    """First sighting of one (wamid, status): its input position and raw webhook origin."""
+
+    position: Position
+    origin: Position
+
+
+class MessageState(msgspec.Struct, array_like=True, gc=False):
+    """Everything the monitor keeps about one outbound message, for up to 7 days."""
+
+    wamid: str = ""
+    template: str | None = None
+    campaign: str | None = None
+    category: str | None = None
+    stages: int = 0
+    seen: dict[str, Seen] = {}
+    counted: list[Counted] = []
+    emitted: list[RecipientFact] = []
+    sender: str = ""
+    country: str = ""
+    recipient: str = ""
+    delivered_ts: int = 0
+    first_ts: int = 0
+    last_ts: int = 0
+    applied: Applied = {}
+
+
+class BucketDelta(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """+/- n of one outcome in one minute for one dimension value (t=template, s=sender,
+    c=country)."""
+
+    dim: str
+    key: str
+    minute: int
+    outcome: str
+    delta: int
+
+
+class Effects(msgspec.Struct, gc=False):
+    """What applying one input changed, for the adapter to persist and forward."""
+
+    deltas: list[BucketDelta] = []
+    facts: list[RecipientFact] = []
+    duplicate: bool = False  # Meta sent this (wamid, status) before
+    replayed: bool = False  # the same raw record came again (a stage-1 replay)
+    late: bool = False  # too late for the minute buckets (counted, not bucketed)
+    attributed_late: bool = False  # a send-log record moved counts off "unknown"
+
+
+def minute_of(ts: int) -> int:
+    return ts // 60
+
+
+def _dims(state: MessageState, template: str) -> tuple[tuple[str, str], ...]:
+    return (("t", template), ("s", state.sender or "unknown"), ("c", state.country or "ZZ"))
+
+
+def _is_marketing(category: str | None) -> bool:
+    return category is not None and category in MARKETING_CATEGORIES
+
+
+class MessageLedger:
+    """Applies status facts and send-log records to :class:`MessageState` values.
+
+    ``lateness`` seconds: a status older than ``watermark - lateness`` updates the message but
+    is not added to minute buckets (reported as ``late``). The watermark is passed in by the
+    caller (the highest event time seen on the partition).
+    """
+
+    def __init__(self, lateness: int = 600) -> None:
+        self.lateness = lateness
+
+    def apply_status(
+        self,
+        state: MessageState | None,
+        fact: StatusFact,
+        position: Position,
+        watermark: int,
+        template_from_opaque: str | None,
+        category_from_opaque: str | None,
+        campaign_from_opaque: str | None,
+    ) -> tuple[MessageState, Effects]:
+        state = state if state is not None else MessageState()
+        fx = Effects()
+        if already_applied(state.applied, position):
+            return state, self._replay_effects(state, position, fx)
+        mark_applied(state.applied, position)
+        state.wamid = fact.wamid
+        seen = state.seen.get(fact.status)
+        if seen is not None:
+            if seen.origin == fact.origin:
+                fx.replayed = True
+            else:
+                fx.duplicate = True
+            return state, fx
+        state.seen[fact.status] = Seen(position, fact.origin)
+        state.last_ts = max(state.last_ts, fact.timestamp)
+        if not state.first_ts:
+            state.first_ts = fact.timestamp
+        state.sender = state.sender or fact.sender
+        state.country = state.country or fact.country
+        state.recipient = state.recipient or fact.recipient
+        if state.template is None and template_from_opaque:
+            state.template = template_from_opaque
+            state.campaign = state.campaign or campaign_from_opaque
+        state.category = state.category or fact.category or category_from_opaque
+
+        implied = _IMPLIES.get(fact.status, ATTEMPTED | OTHER)
+        new = implied & ~state.stages
+        state.stages |= new
+        late = fact.timestamp < watermark - self.lateness
+        fx.late = late and bool(new)
+        template = state.template or UNKNOWN_TEMPLATE
+        minute = minute_of(fact.timestamp)
+        for bit, outcome in STAGE_OUTCOMES:
+            if not new & bit:
+                continue
+            label = failed_outcome(fact.error_class) if bit == FAILED else outcome
+            if late:
+                continue
+            state.counted.append(Counted(minute, label, position, template))
+            for dim, key in _dims(state, template):
+                fx.deltas.append(BucketDelta(dim, key, minute, label, 1))
+        if new & DELIVERED:
+            state.delivered_ts = fact.timestamp
+        if new & FAILED and fact.error_class in _FAILURE_FACTS:
+            self._emit(state, fx, _FAILURE_FACTS[fact.error_class], fact.timestamp, position)
+        if fact.phone and fact.user_id and not state.stages & _FLAG_LINKED:
+            state.stages |= _FLAG_LINKED
+            self._emit(
+                state,
+                fx,
+                RecipientFactKind.LINK,
+                fact.timestamp,
+                position,
+                recipient=fact.phone,
+                other=fact.user_id,
+            )
+        self._marketing_facts(state, fx, position)
+        return state, fx
+
+    def apply_send_log(
+        self, state: MessageState | None, record: SendLogRecord, position: Position
+    ) -> tuple[MessageState, Effects]:
+        state = state if state is not None else MessageState()
+        fx = Effects()
+        if already_applied(state.applied, position):
+            return state, self._replay_effects(state, position, fx)
+        mark_applied(state.applied, position)
+        state.wamid = record.wamid
+        state.recipient = state.recipient or (record.recipient or "")
+        state.category = state.category or record.category
+        sent_at = record.sent_at_seconds()
+        if sent_at is not None:
+            state.last_ts = max(state.last_ts, sent_at)
+            state.first_ts = state.first_ts or sent_at
+        if state.template is None:
+            state.template = record.template
+            state.campaign = state.campaign or record.campaign
+            moved = [c for c in state.counted if c.template == UNKNOWN_TEMPLATE]
+            for c in moved:
+                c.template = record.template
+                c.moved_at = position
+            fx.deltas.extend(self._move(moved, record.template))
+            fx.attributed_late = bool(moved)
+        self._marketing_facts(state, fx, position)
+        return state, fx
+
+    @staticmethod
+    def _move(moved: list[Counted], template: str) -> list[BucketDelta]:
+        out = []
+        for c in moved:
+            out.append(BucketDelta("t", UNKNOWN_TEMPLATE, c.minute, c.outcome, -1))
+            out.append(BucketDelta("t", template, c.minute, c.outcome, 1))
+        return out
+
+    def _marketing_facts(self, state: MessageState, fx: Effects, position: Position) -> None:
+        if not _is_marketing(state.category) or not state.recipient:
+            return
+        if state.first_ts and not state.stages & _FLAG_MKT_ATTEMPT_FACT:
+            state.stages |= _FLAG_MKT_ATTEMPT_FACT
+            self._emit(state, fx, RecipientFactKind.MARKETING_ATTEMPT, state.first_ts, position)
+        if state.stages & DELIVERED and not state.stages & _FLAG_MKT_DELIVERED_FACT:
+            state.stages |= _FLAG_MKT_DELIVERED_FACT
+            self._emit(
+                state, fx, RecipientFactKind.MARKETING_DELIVERED, state.delivered_ts, position
+            )
+
+    @staticmethod
+    def _emit(
+        state: MessageState,
+        fx: Effects,
+        kind: RecipientFactKind,
+        ts: int,
+        position: Position,
+        recipient: str | None = None,
+        other: str | None = None,
+    ) -> None:
+        # Several facts can come from one input item: each gets its own sub-position, so the
+        # recipient stage (which applies each position once) keeps them all.
+        sub = sum(1 for f in fx.facts if f.position[:2] == position[:2])
+        fact = RecipientFact(
+            recipient=recipient or state.recipient,
+            kind=kind,
+            timestamp=ts,
+            position=(position[0], position[1], position[2] * FACTS_PER_ITEM + sub),
+            other=other,
+            template=state.template,
+            wamid=state.wamid,
+        )
+        if fact.recipient:
+            state.emitted.append(fact)
+            fx.facts.append(fact)
+
+    def _replay_effects(self, state: MessageState, position: Position, fx: Effects) -> Effects:
+        """The effects the input at ``position`` had when it was first applied."""
+        fx.replayed = True
+        for c in state.counted:
+            if c.position == position:
+                # counted under "unknown" if a send-log record moved it later
+                template = UNKNOWN_TEMPLATE if c.moved_at is not None else c.template
+                for dim, key in _dims(state, template):
+                    fx.deltas.append(BucketDelta(dim, key, c.minute, c.outcome, 1))
+        moved = [c for c in state.counted if c.moved_at == position]
+        if moved:
+            fx.deltas.extend(self._move(moved, moved[0].template))
+        fx.facts.extend(
+            f
+            for f in state.emitted
+            if f.position[:2] == position[:2] and f.position[2] // FACTS_PER_ITEM == position[2]
+        )
+        return fx

@@ -1,0 +1,182 @@
+"""Stage 1: parse raw webhook bodies into facts for the next stages; dead-letter the rest."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from streams.core import (
+    ContactLinkEvent,
+    InboundMessageEvent,
+    ParseError,
+    StatusEvent,
+    TemplateCategoryEvent,
+    TemplateQualityEvent,
+    TemplateStatusEvent,
+    UserPreferenceEvent,
+    parse_webhook,
+)
+from streams.core.facts import (
+    FactBatch,
+    RecipientFact,
+    RecipientFactKind,
+    StatusFact,
+    TemplateFact,
+    encode_batch,
+    source_id,
+)
+from streams.stages import RAW, partition_for
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An input the monitor could not use, kept byte for byte with where it came from."""
+
+    value: bytes
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    partial: bool = False  # some items of the body were used (the rest is in ``reason``)
+
+    @property
+    def key(self) -> bytes:
+        return f"{self.topic}/{self.partition}/{self.offset}".encode()
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            ("dlq.reason", self.reason.encode()[:4000]),
+            ("dlq.topic", self.topic.encode()),
+            ("dlq.partition", str(self.partition).encode()),
+            ("dlq.offset", str(self.offset).encode()),
+            ("dlq.partial", b"true" if self.partial else b"false"),
+        ]
+
+
+@dataclass
+class IngestStats:
+    records: int = 0
+    statuses: int = 0
+    other_events: int = 0
+    dead_letters: int = 0
+    partial: int = 0
+    by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def status_fact(event: StatusEvent, origin: tuple[int, int, int]) -> StatusFact:
+    return StatusFact(
+        wamid=event.wamid,
+        status=event.raw_status if event.status == "unknown" else event.status.value,
+        timestamp=event.timestamp,
+        sender=event.phone_number_id or "",
+        phone=event.recipient_phone,
+        user_id=event.recipient_user_id,
+        country=event.country,
+        is_us=event.is_us,
+        opaque=event.biz_opaque_callback_data,
+        category=event.pricing_category,
+        error_code=event.error_code,
+        error_class=event.error_class.value if event.error_class is not None else None,
+        origin=origin,
+    )
+
+
+class IngestStage:
+    """Parses raw bodies and batches the facts per destination partition until ``drain``."""
+
+    def __init__(self, message_partitions: int, recipient_partitions: int) -> None:
+        self.message_partitions = message_partitions
+        self.recipient_partitions = recipient_partitions
+        self._messages: dict[int, FactBatch] = {}
+        self._recipients: dict[int, FactBatch] = {}
+        self._dead: list[DeadLetter] = []
+        self.stats = IngestStats()
+
+    def _to_messages(self, key: str) -> FactBatch:
+        p = partition_for(key, self.message_partitions)
+        batch = self._messages.get(p)
+        if batch is None:
+            batch = self._messages[p] = FactBatch(statuses=[], recipients=[], templates=[])
+        return batch
+
+    def _recipient(self, fact: RecipientFact) -> None:
+        p = partition_for(fact.recipient, self.recipient_partitions)
+        batch = self._recipients.get(p)
+        if batch is None:
+            batch = self._recipients[p] = FactBatch(statuses=[], recipients=[], templates=[])
+        batch.recipients.append(fact)
+
+    def handle(self, topic: str, partition: int, offset: int, raw: bytes) -> None:
+        self.stats.records += 1
+        try:
+            parsed = parse_webhook(raw)
+        except ParseError as exc:
+            self.stats.dead_letters += 1
+            self._dead.append(DeadLetter(raw, str(exc), topic, partition, offset))
+            return
+        source = source_id(RAW, partition)
+        body_ts = max((t for e in parsed.events if (t := getattr(e, "timestamp", None))), default=0)
+        for index, event in enumerate(parsed.events):
+            pos = (source, offset, index)
+            if isinstance(event, StatusEvent):
+                self.stats.statuses += 1
+                self.stats.by_status[event.status.value] += 1
+                self._to_messages(event.wamid).statuses.append(status_fact(event, pos))
+                continue
+            self.stats.other_events += 1
+            self._other(event, pos, body_ts)
+        if parsed.defects:
+            self.stats.partial += 1
+            reason = "; ".join(str(d) for d in parsed.defects)
+            self._dead.append(DeadLetter(raw, reason, topic, partition, offset, partial=True))
+
+    def _other(self, event: object, pos: tuple[int, int, int], body_ts: int) -> None:
+        K = RecipientFactKind
+        if isinstance(event, InboundMessageEvent):
+            who = event.from_phone or event.from_user_id
+            if who:
+                self._recipient(RecipientFact(who, K.INBOUND_MESSAGE, event.timestamp, pos))
+        elif isinstance(event, ContactLinkEvent):
+            ts = body_ts  # contacts[] carry no time of their own
+            self._recipient(RecipientFact(event.phone, K.LINK, ts, pos, other=event.user_id))
+            self._recipient(RecipientFact(event.user_id, K.LINK, ts, pos, other=event.phone))
+        elif isinstance(event, UserPreferenceEvent):
+            who = event.phone or event.user_id
+            kind = {"stop": K.PREFERENCE_STOP, "resume": K.PREFERENCE_RESUME}.get(event.preference)
+            if who and kind is not None and event.timestamp is not None:
+                self._recipient(RecipientFact(who, kind, event.timestamp, pos))
+        elif isinstance(event, TemplateStatusEvent | TemplateQualityEvent | TemplateCategoryEvent):
+            fact = template_fact(event)
+            if fact is not None:
+                self._to_messages(fact.name).templates.append(fact)
+
+    def drain(self) -> tuple[dict[int, bytes], dict[int, bytes], list[DeadLetter]]:
+        """The encoded batches per destination partition and the dead letters; resets."""
+        messages = {p: encode_batch(b) for p, b in self._messages.items()}
+        recipients = {p: encode_batch(b) for p, b in self._recipients.items()}
+        dead = self._dead
+        self._messages, self._recipients, self._dead = {}, {}, []
+        return messages, recipients, dead
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._messages or self._recipients or self._dead)
+
+
+def template_fact(
+    event: TemplateStatusEvent | TemplateQualityEvent | TemplateCategoryEvent,
+) -> TemplateFact | None:
+    name = event.template_name
+    ts = event.timestamp or 0
+    if not name:
+        return None
+    if isinstance(event, TemplateStatusEvent):
+        if not event.event:
+            return None
+        return TemplateFact(name, "status", event.event, ts, event.reason)
+    if isinstance(event, TemplateQualityEvent):
+        if not event.new_quality:
+            return None
+        return TemplateFact(name, "quality", event.new_quality, ts)
+    value = getattr(event, "new_category", None) or getattr(event, "correct_category", None)
+    return TemplateFact(name, "category", str(value), ts) if value else None

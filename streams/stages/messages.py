@@ -1,0 +1,273 @@
+"""Stage 2: messages (keyed by wamid) from status facts and the send log; minute buckets."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from streams.core.aggregates import Bucket, apply_deltas
+from streams.core.attribution import DEFAULT_CONFIG, AttributionConfig, decode_callback_data
+from streams.core.expiry import ExpiryIndex, SweepCursor
+from streams.core.facts import (
+    FactBatch,
+    Position,
+    RecipientFact,
+    SendLogError,
+    TemplateFact,
+    decode_batch,
+    decode_send_log,
+    encode_batch,
+    source_id,
+)
+from streams.core.messages import Effects, MessageLedger, MessageState
+from streams.stages import MESSAGES, SEND_LOG, partition_for
+from streams.state import KeyValue, WriteBack
+
+DAY = 86_400
+
+
+class PartitionMeta(msgspec.Struct, array_like=True, gc=False):
+    """Per-partition progress: event-time watermark and the expiry sweeps' cursors."""
+
+    watermark: int = 0
+    messages: SweepCursor = msgspec.field(default_factory=SweepCursor)
+    buckets: SweepCursor = msgspec.field(default_factory=SweepCursor)
+
+
+class TemplateState(msgspec.Struct, array_like=True, gc=False):
+    """What Meta last said about a template (status, quality, category), by event time."""
+
+    status: str | None = None
+    status_ts: int = 0
+    reason: str | None = None
+    quality: str | None = None
+    quality_ts: int = 0
+    category: str | None = None
+    category_ts: int = 0
+
+
+def meta_key(partition: int) -> bytes:
+    return f"\x00meta\x1f{partition}".encode()
+
+
+def message_key(wamid: str) -> bytes:
+    return b"m\x1f" + wamid.encode()
+
+
+def template_key(name: str) -> bytes:
+    return b"T\x1f" + name.encode()
+
+
+@dataclass
+class MessageStats:
+    statuses: int = 0
+    new: int = 0
+    duplicates: int = 0
+    replays: int = 0
+    late: int = 0
+    send_log: int = 0
+    attributed_late: int = 0
+    expired_messages: int = 0
+    expired_buckets: int = 0
+    outcomes: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    lateness: int = 600
+    messages: int = 7 * DAY
+    buckets: int = 2 * DAY
+    sweep_budget: int = 5_000
+
+
+class MessageStage:
+    """Applies inputs to the message ledger and the buckets of the partitions it owns."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        recipient_partitions: int,
+        retention: Retention = Retention(),
+        attribution: AttributionConfig = DEFAULT_CONFIG,
+    ) -> None:
+        self.state = WriteBack(kv)
+        self.recipient_partitions = recipient_partitions
+        self.retention = retention
+        self.attribution = attribution
+        self.ledger = MessageLedger(lateness=retention.lateness)
+        self.stats = MessageStats()
+        self._message_index: dict[int, ExpiryIndex] = {}
+        self._bucket_index: dict[int, ExpiryIndex] = {}
+        self._out: dict[int, FactBatch] = {}
+
+    # -- helpers ------------------------------------------------------------------------------
+    def meta(self, partition: int) -> PartitionMeta:
+        meta = self.state.get(partition, meta_key(partition), PartitionMeta)
+        if meta is None:
+            meta = PartitionMeta()
+            self.state.put(partition, meta_key(partition), meta)
+        return meta
+
+    def _indexes(self, partition: int) -> tuple[ExpiryIndex, ExpiryIndex]:
+        if partition not in self._message_index:
+            self._message_index[partition] = ExpiryIndex("xm", partition)
+            self._bucket_index[partition] = ExpiryIndex("xb", partition, day=60)
+        return self._message_index[partition], self._bucket_index[partition]
+
+    def _get_obj(self, partition: int) -> Callable[[str], object | None]:
+        return lambda key: self.state.get(partition, key.encode(), object)
+
+    def _effects(self, partition: int, position: Position, fx: Effects) -> None:
+        s = self.stats
+        s.duplicates += fx.duplicate
+        s.replays += fx.replayed
+        s.late += fx.late
+        s.attributed_late += fx.attributed_late
+        meta = self.meta(partition)
+        _, bucket_index = self._indexes(partition)
+        created = apply_deltas(
+            partition,
+            position,
+            fx.deltas,
+            get=lambda b: self.state.get(partition, b.encode().encode(), Bucket),
+            put=lambda b, v: self.state.put(partition, b.encode().encode(), v),
+        )
+        for bucket_id in created:
+            bucket_index.touch(bucket_id.encode(), bucket_id.minute * 60, meta.buckets)
+        if not fx.replayed:
+            for d in fx.deltas:
+                if d.dim == "t":
+                    s.outcomes[(d.key, d.outcome)] += d.delta
+        for fact in fx.facts:
+            self._send_recipient(fact)
+
+    def _send_recipient(self, fact: RecipientFact) -> None:
+        p = partition_for(fact.recipient, self.recipient_partitions)
+        batch = self._out.get(p)
+        if batch is None:
+            batch = self._out[p] = FactBatch(statuses=[], recipients=[], templates=[])
+        batch.recipients.append(fact)
+
+    # -- inputs -------------------------------------------------------------------------------
+    def handle_batch(self, partition: int, offset: int, raw: bytes) -> None:
+        """A record of the messages topic: status and template facts from stage 1."""
+        batch = decode_batch(raw)
+        source = source_id(MESSAGES, partition)
+        meta = self.meta(partition)
+        message_index, _ = self._indexes(partition)
+        for index, fact in enumerate(batch.statuses):
+            self.stats.statuses += 1
+            position = (source, offset, index)
+            key = message_key(fact.wamid)
+            state = self.state.get(partition, key, MessageState)
+            attribution = decode_callback_data(fact.opaque, self.attribution)
+            state, fx = self.ledger.apply_status(
+                state,
+                fact,
+                position,
+                meta.watermark,
+                attribution.template,
+                attribution.category,
+                attribution.campaign,
+            )
+            meta.watermark = max(meta.watermark, fact.timestamp)
+            self.state.put(partition, key, state)
+            message_index.touch(key.decode(), state.last_ts, meta.messages)
+            self._effects(partition, position, fx)
+        for template in batch.templates:
+            self._template(partition, template)
+        self.state.put(partition, meta_key(partition), meta)
+
+    def handle_send_log(self, partition: int, offset: int, raw: bytes) -> None:
+        """A record of the sender's send log; raises SendLogError for a bad record."""
+        record = decode_send_log(raw)
+        self.stats.send_log += 1
+        position = (source_id(SEND_LOG, partition), offset, 0)
+        key = message_key(record.wamid)
+        meta = self.meta(partition)
+        message_index, _ = self._indexes(partition)
+        state = self.state.get(partition, key, MessageState)
+        state, fx = self.ledger.apply_send_log(state, record, position)
+        self.state.put(partition, key, state)
+        if state.last_ts:
+            message_index.touch(key.decode(), state.last_ts, meta.messages)
+        self._effects(partition, position, fx)
+
+    def _template(self, partition: int, fact: TemplateFact) -> None:
+        key = template_key(fact.name)
+        state = self.state.get(partition, key, TemplateState) or TemplateState()
+        if fact.field == "status" and fact.timestamp >= state.status_ts:
+            state.status, state.status_ts, state.reason = fact.value, fact.timestamp, fact.reason
+        elif fact.field == "quality" and fact.timestamp >= state.quality_ts:
+            state.quality, state.quality_ts = fact.value, fact.timestamp
+        elif fact.field == "category" and fact.timestamp >= state.category_ts:
+            state.category, state.category_ts = fact.value, fact.timestamp
+        self.state.put(partition, key, state)
+
+    # -- flushing -----------------------------------------------------------------------------
+    def flush(self, partition: int) -> int:
+        """Sweep expired state, write the partition's changed keys once; returns writes."""
+        if partition in self._message_index:
+            meta = self.meta(partition)
+            message_index, bucket_index = self._indexes(partition)
+            get = self._get_obj(partition)
+
+            def put(key: str, value: object) -> None:
+                self.state.put(partition, key.encode(), value)
+
+            def delete(key: str) -> None:
+                self.state.delete(partition, key.encode())
+
+            r = self.retention
+
+            def expire_message(key: str) -> bool:
+                state = self.state.get(partition, key.encode(), MessageState)
+                if state is None:
+                    return False
+                if state.last_ts >= meta.watermark - r.messages:
+                    return False
+                self.state.delete(partition, key.encode())
+                return True
+
+            def expire_bucket(key: str) -> bool:
+                delete(key)
+                return True
+
+            self.stats.expired_messages += message_index.sweep(
+                meta.messages,
+                meta.watermark,
+                r.messages,
+                r.sweep_budget,
+                get,
+                delete,
+                expire_message,
+            )
+            self.stats.expired_buckets += bucket_index.sweep(
+                meta.buckets,
+                meta.watermark,
+                r.buckets,
+                r.sweep_budget,
+                get,
+                delete,
+                expire_bucket,
+            )
+            message_index.flush(get, put)
+            bucket_index.flush(get, put)
+            self.state.put(partition, meta_key(partition), meta)
+        return self.state.flush(partition)
+
+    def drain_outbox(self) -> dict[int, bytes]:
+        out = {p: encode_batch(b) for p, b in self._out.items()}
+        self._out = {}
+        return out
+
+    def revoke(self, partition: int) -> None:
+        self.state.discard(partition)
+        self._message_index.pop(partition, None)
+        self._bucket_index.pop(partition, None)
+
+
+__all__ = ["MessageStage", "PartitionMeta", "Retention", "SendLogError", "TemplateState"]
