@@ -1,0 +1,377 @@
+"""Spike detection of limit errors per scope, on per-minute counts at event time.
+
+What it watches: for every *scope* (the whole account, each sending number, each template, each
+recipient country) and every monitored *error class* (per-user marketing limit 131049 and the US
+marketing pause separately, opt-outs, pair rate limit, throughput, spam/quality, account
+enforcement, template errors), the share of sends that failed with that class.
+
+Input: per-minute counts, the same numbers as the pipeline's minute buckets: sends
+(``attempted``) and failures by class (``failed.<class>``). :meth:`SpikeDetector.observe` *sets*
+one minute of one scope (idempotent: feed a bucket again whenever it changes, corrections
+included); :meth:`SpikeDetector.add` adds deltas instead. The account scope is derived: it is
+the sum of the sending-number scopes (every message has exactly one sender), so feed senders,
+templates and countries, never the account.
+
+Method, at each evaluation (event time ``now``; minute ``m = now // 60``; minutes before ``m``
+are complete):
+
+- window: the ``window_minutes`` (default 5) minutes ``[m - W, m)``: ``k`` errors of the class
+  out of ``n`` sends; ratio ``k / n``.
+- baseline: the scope's own trailing ``baseline_minutes`` (default 24 h) before the window, with
+  a small prior so a scope with no history (a new template) is judged sensibly:
+  ``p0 = (K_base + prior_ratio * prior_attempts) / (N_base + prior_attempts)``.
+- *positive* when all hold:
+  1. volume: ``k >= min_count`` (a sparse template with 2 errors never pages);
+  2. floor: ``k / n >= ratio_floor`` (an absolute share worth waking someone for);
+  3. rise: ``k / n >= min_rise * p0`` (an effect size: a scope that always runs at 6% is not
+     spiking at 6.1%, however many sends make that significant);
+  4. significance: the one-sided binomial test ``P(X >= k | n, p0) <= alpha``.
+- *hold* when not positive but ``k / n >= resolve_ratio * ratio_floor`` (hysteresis band).
+- otherwise *clear* (scopes not listed in the evaluation are clear).
+
+The :class:`~streams.core.alerts.AlertBook` fires after ``for_evaluations`` consecutive positive
+evaluations (default 2: a real spike on a large template fires on the second minute) and resolves
+after ``resolve_evaluations`` consecutive clear ones (default 5), i.e. the ratio under half the
+floor for 5 minutes.
+
+Why a binomial test: errors are rare events on a known number of sends; z-scores and MAD break on
+minutes of zeros. With ``p0 = 2%``: 2 of 10 gives p = 1.6e-2, 3 of 10 gives 8.6e-4, 8 of 50 gives
+6.5e-6, 12 of 200 gives 7.9e-4. ``alpha`` defaults to 1e-4: about 1e-3 per scope spread over the
+eight classes tested (Bonferroni), since hundreds of scopes are tested every minute.
+
+Defaults per class (window 5 min, baseline 24 h, alpha 1e-4, min_rise 1.5, 2 to fire, 5 to
+resolve, prior 200 sends):
+
+==========================  =========  ===========  ===========
+class                       min_count  ratio_floor  prior_ratio
+==========================  =========  ===========  ===========
+per_user_marketing_limit    10         5%           1%
+us_marketing_pause          10         5%           1%
+opt_out                     10         2%           0.5%
+pair_rate_limit             10         5%           0.5%
+throughput                  20         5%           0.5%
+spam_quality                5          1%           0.1%
+account_enforcement         5          1%           0.1%
+template                    5          5%           0.5%
+==========================  =========  ===========  ===========
+
+Cost: observing is O(1); the baseline is summed from hourly totals, so an evaluation reads about
+150 small dicts per scope. Memory: one entry per scope and minute with traffic, for 24 h.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import msgspec
+
+from streams.core.alerts import Evaluation, Evidence, Finding, Scope, ScopeKind, Severity, Verdict
+from streams.core.catalog import ErrorClass
+
+RULE = "spike"
+
+_C = ErrorClass
+
+
+class SpikeThresholds(msgspec.Struct, frozen=True):
+    """The thresholds of one error class; see the module docstring for their meaning."""
+
+    min_count: int = 10
+    ratio_floor: float = 0.05
+    alpha: float = 1e-4
+    min_rise: float = 1.5
+    prior_ratio: float = 0.01
+    prior_attempts: float = 200.0
+    for_evaluations: int = 2
+    resolve_evaluations: int = 5
+    resolve_ratio: float = 0.5
+    severity: Severity = Severity.WARNING
+
+
+DEFAULT_THRESHOLDS: dict[ErrorClass, SpikeThresholds] = {
+    _C.PER_USER_MARKETING_LIMIT: SpikeThresholds(),
+    _C.US_MARKETING_PAUSE: SpikeThresholds(),
+    _C.OPT_OUT: SpikeThresholds(ratio_floor=0.02, prior_ratio=0.005),
+    _C.PAIR_RATE_LIMIT: SpikeThresholds(prior_ratio=0.005),
+    _C.THROUGHPUT: SpikeThresholds(min_count=20, prior_ratio=0.005),
+    _C.SPAM_QUALITY: SpikeThresholds(
+        min_count=5, ratio_floor=0.01, prior_ratio=0.001, severity=Severity.CRITICAL
+    ),
+    _C.ACCOUNT_ENFORCEMENT: SpikeThresholds(
+        min_count=5, ratio_floor=0.01, prior_ratio=0.001, severity=Severity.CRITICAL
+    ),
+    _C.TEMPLATE: SpikeThresholds(min_count=5, prior_ratio=0.005),
+}
+
+CLASS_TITLES: dict[ErrorClass, str] = {
+    _C.PER_USER_MARKETING_LIMIT: "Per-user marketing limit (131049)",
+    _C.US_MARKETING_PAUSE: "US marketing pause (131049 to US numbers)",
+    _C.OPT_OUT: "Opt-outs (131050)",
+    _C.PAIR_RATE_LIMIT: "Pair rate limit (131056)",
+    _C.THROUGHPUT: "Throughput limit (130429)",
+    _C.SPAM_QUALITY: "Spam rate limit (131048)",
+    _C.ACCOUNT_ENFORCEMENT: "Account enforcement errors",
+    _C.TEMPLATE: "Template errors (132xxx)",
+}
+
+
+class DetectorConfig(msgspec.Struct, frozen=True):
+    """Windows (minutes) and the thresholds of every monitored class."""
+
+    window_minutes: int = 5
+    baseline_minutes: int = 24 * 60
+    thresholds: dict[ErrorClass, SpikeThresholds] = msgspec.field(
+        default_factory=lambda: dict(DEFAULT_THRESHOLDS)
+    )
+
+
+def spike_title(error_class: ErrorClass) -> str:
+    return f"{CLASS_TITLES.get(error_class, error_class.value)} spike"
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """Lentz's evaluation of the incomplete beta continued fraction (Numerical Recipes 6.4)."""
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 100_000):
+        m2 = 2 * m
+        for aa in (
+            m * (b - m) * x / ((a - 1.0 + m2) * (a + m2)),
+            -(a + m) * (a + b + m) * x / ((a + m2) * (a + 1.0 + m2)),
+        ):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def regularized_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), for a, b > 0."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def binomial_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): the chance of at least ``k`` errors in ``n`` sends."""
+    if k <= 0:
+        return 1.0
+    if k > n or p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    return min(1.0, max(0.0, regularized_beta(k, n - k + 1, p)))
+
+
+def judge(
+    errors: int,
+    attempts: int,
+    baseline_errors: int,
+    baseline_attempts: int,
+    thresholds: SpikeThresholds,
+    window_seconds: int = 0,
+) -> tuple[Verdict | None, Evidence]:
+    """The verdict for one scope and class (``None`` = clear) and the evidence behind it."""
+    t = thresholds
+    attempts = max(attempts, errors)  # a late send count must not give a ratio above 1
+    ratio = errors / attempts if attempts else 0.0
+    p0 = (baseline_errors + t.prior_ratio * t.prior_attempts) / (
+        baseline_attempts + t.prior_attempts
+    )
+    p_value: float | None = None
+    verdict: Verdict | None = None
+    if errors >= t.min_count and ratio >= t.ratio_floor and ratio >= t.min_rise * p0:
+        p_value = binomial_sf(errors, attempts, p0)
+        if p_value <= t.alpha:
+            verdict = Verdict.POSITIVE
+    if verdict is None and errors and ratio >= t.resolve_ratio * t.ratio_floor:
+        verdict = Verdict.HOLD
+    evidence = Evidence(
+        count=errors,
+        attempts=attempts,
+        ratio=ratio,
+        baseline_ratio=p0,
+        baseline_attempts=baseline_attempts,
+        p_value=p_value,
+        window_seconds=window_seconds,
+    )
+    return verdict, evidence
+
+
+# --- per-scope minute series ------------------------------------------------------------
+
+
+class _Tally:
+    __slots__ = ("attempts", "errors")
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.errors: dict[ErrorClass, int] = {}
+
+    def add(self, attempts: int, errors: Mapping[ErrorClass, int]) -> None:
+        self.attempts += attempts
+        for cls, n in errors.items():
+            self.errors[cls] = self.errors.get(cls, 0) + n
+
+    def absorb(self, other: _Tally | None) -> None:
+        if other is not None:
+            self.add(other.attempts, other.errors)
+
+
+class _Series:
+    """Minute tallies of one scope, with hourly totals kept in step for the baseline sums."""
+
+    __slots__ = ("hours", "minutes")
+
+    def __init__(self) -> None:
+        self.minutes: dict[int, _Tally] = {}
+        self.hours: dict[int, _Tally] = {}
+
+    def add(self, minute: int, attempts: int, errors: Mapping[ErrorClass, int]) -> None:
+        self.minutes.setdefault(minute, _Tally()).add(attempts, errors)
+        self.hours.setdefault(minute // 60, _Tally()).add(attempts, errors)
+
+    def total(self, lo: int, hi: int) -> _Tally:
+        """Sum of minutes ``[lo, hi)``: whole hours from the hourly totals, edges by minute."""
+        out, minutes = _Tally(), self.minutes
+        first_hour, end_hour = -(-lo // 60), hi // 60
+        if first_hour >= end_hour:
+            for m in range(lo, hi):
+                out.absorb(minutes.get(m))
+            return out
+        for m in range(lo, first_hour * 60):
+            out.absorb(minutes.get(m))
+        for h in range(first_hour, end_hour):
+            out.absorb(self.hours.get(h))
+        for m in range(end_hour * 60, hi):
+            out.absorb(minutes.get(m))
+        return out
+
+    def prune(self, oldest_minute: int) -> None:
+        """Forget whole hours that end before ``oldest_minute``."""
+        for h in [h for h in self.hours if (h + 1) * 60 <= oldest_minute]:
+            del self.hours[h]
+            for m in range(h * 60, h * 60 + 60):
+                self.minutes.pop(m, None)
+
+
+_DIMENSION_KINDS = {"t": ScopeKind.TEMPLATE, "s": ScopeKind.SENDER, "c": ScopeKind.COUNTRY}
+
+
+def scope_of_bucket(dim: str, key: str) -> Scope:
+    """The scope of a minute bucket's dimension (``t`` template, ``s`` sender, ``c`` country)."""
+    return Scope(_DIMENSION_KINDS[dim], key)
+
+
+def errors_of_bucket(counts: Mapping[str, int]) -> tuple[int, dict[str, int]]:
+    """Sends and failures by class of a minute bucket's outcome counts."""
+    errors = {k[7:]: v for k, v in counts.items() if k.startswith("failed.")}
+    return counts.get("attempted", 0), errors
+
+
+class SpikeDetector:
+    """Per-scope, per-class spike detection over minute counts (see the module docstring)."""
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config or DetectorConfig()
+        self._classes = {c.value: c for c in self.config.thresholds}
+        self._series: dict[Scope, _Series] = {}
+
+    def _monitored(self, errors: Mapping[str, int]) -> dict[ErrorClass, int]:
+        out: dict[ErrorClass, int] = {}
+        for name, n in errors.items():
+            cls = self._classes.get(str(name))
+            if cls is not None and n:
+                out[cls] = out.get(cls, 0) + n
+        return out
+
+    def _add(self, scope: Scope, minute: int, attempts: int, errors: dict[ErrorClass, int]) -> None:
+        if scope.kind is ScopeKind.ACCOUNT:
+            raise ValueError("the account scope is derived from the sender scopes")
+        targets = (scope, Scope.for_account()) if scope.kind is ScopeKind.SENDER else (scope,)
+        for target in targets:
+            series = self._series.get(target)
+            if series is None:
+                series = self._series[target] = _Series()
+            series.add(minute, attempts, errors)
+
+    def add(self, scope: Scope, minute: int, attempts: int, errors: Mapping[str, int]) -> None:
+        """Add sends and errors (keyed by error class value) to one minute of ``scope``."""
+        self._add(scope, minute, attempts, self._monitored(errors))
+
+    def observe(self, scope: Scope, minute: int, attempts: int, errors: Mapping[str, int]) -> None:
+        """Set one minute of ``scope`` to these totals (idempotent; replaces earlier totals)."""
+        delta = self._monitored(errors)
+        series = self._series.get(scope)
+        old = series.minutes.get(minute) if series is not None else None
+        if old is not None:
+            attempts -= old.attempts
+            for cls, n in old.errors.items():
+                delta[cls] = delta.get(cls, 0) - n
+        self._add(scope, minute, attempts, delta)
+
+    def observe_bucket(self, dim: str, key: str, minute: int, counts: Mapping[str, int]) -> None:
+        """:meth:`observe` with a minute bucket's outcome counts, summed over its partitions."""
+        attempts, errors = errors_of_bucket(counts)
+        self.observe(scope_of_bucket(dim, key), minute, attempts, errors)
+
+    def evaluate(self, now: int) -> Evaluation:
+        """Judge every scope and class on the complete minutes before ``now`` (event time)."""
+        cfg = self.config
+        end = now // 60
+        start = end - cfg.window_minutes
+        oldest = start - cfg.baseline_minutes
+        findings: list[Finding] = []
+        for scope in sorted(self._series, key=str):
+            series = self._series[scope]
+            series.prune(oldest)
+            if not series.minutes:
+                del self._series[scope]
+                continue
+            window = series.total(start, end)
+            if not any(window.errors.values()):
+                continue
+            baseline = series.total(oldest, start)
+            findings.extend(self._judge_scope(scope, window, baseline))
+        return Evaluation(at=now, rules=frozenset({RULE}), findings=tuple(findings))
+
+    def _judge_scope(self, scope: Scope, window: _Tally, baseline: _Tally) -> Iterable[Finding]:
+        seconds = self.config.window_minutes * 60
+        for cls, t in self.config.thresholds.items():
+            k = window.errors.get(cls, 0)
+            if not k:
+                continue
+            verdict, evidence = judge(
+                k, window.attempts, baseline.errors.get(cls, 0), baseline.attempts, t, seconds
+            )
+            if verdict is None:
+                continue
+            yield Finding(
+                rule=RULE,
+                scope=scope,
+                group=f"{RULE}:{cls.value}",
+                verdict=verdict,
+                evidence=evidence,
+                title=spike_title(cls),
+                error_class=cls,
+                severity=t.severity,
+                for_evaluations=t.for_evaluations,
+                resolve_evaluations=t.resolve_evaluations,
+            )

@@ -1,0 +1,390 @@
+"""Spike statistics, the spike detector on minute counts, immediate rules and resend storms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.core.alerts import (
+    AlertBook,
+    Evaluation,
+    Notification,
+    NotificationKind,
+    Scope,
+    ScopeKind,
+    Verdict,
+)
+from streams.core.catalog import ErrorClass
+from streams.core.detector import (
+    DEFAULT_THRESHOLDS,
+    DetectorConfig,
+    SpikeDetector,
+    SpikeThresholds,
+    binomial_sf,
+    judge,
+)
+from streams.core.immediate import (
+    BILLING_ERROR,
+    RESEND_STORM,
+    SPAM_BURST,
+    TEMPLATE_DISABLED,
+    TEMPLATE_PAUSED,
+    AccountEvent,
+    ErrorCount,
+    ImmediateInput,
+    ImmediateRules,
+    PhoneQualityChange,
+    ResendStormConfig,
+    ResendStormRule,
+    TemplateQualityChange,
+    TemplateStatusChange,
+    is_premature_resend,
+)
+
+LIMIT = "per_user_marketing_limit"
+US_PAUSE = "us_marketing_pause"
+T0 = 1_751_000_000 // 3600 * 3600  # an hour boundary, event time
+M0 = T0 // 60
+DAY_MINUTES = 24 * 60
+SALE = Scope.for_template("spring_sale")
+
+
+def exact_tail(k: int, n: int, p: float) -> float:
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+def feed(
+    det: SpikeDetector,
+    scope: Scope,
+    first: int,
+    minutes: int,
+    attempts: int,
+    errors: int,
+    cls: str = LIMIT,
+) -> None:
+    for m in range(first, first + minutes):
+        det.observe(scope, m, attempts, {cls: errors})
+
+
+def run(
+    det: SpikeDetector, book: AlertBook, first: int, last: int
+) -> list[tuple[int, Notification]]:
+    """Evaluate at the end of each minute first..last; (minute, notification) pairs."""
+    out = []
+    for m in range(first, last + 1):
+        out += [(m, n) for n in book.apply(det.evaluate((m + 1) * 60))]
+    return out
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "expected"),
+    [
+        (2, 10, 1.6e-2),  # documented: no alert at 1e-3
+        (3, 10, 8.6e-4),
+        (8, 50, 6.5e-6),
+        (12, 200, 7.9e-4),
+    ],
+)
+def test_binomial_tail_matches_the_documented_values(k: int, n: int, expected: float) -> None:
+    assert binomial_sf(k, n, 0.02) == pytest.approx(expected, rel=0.03)
+
+
+@given(
+    n=st.integers(min_value=0, max_value=80),
+    k=st.integers(min_value=-2, max_value=90),
+    p=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_binomial_tail_equals_the_exact_sum(n: int, k: int, p: float) -> None:
+    exact = 1.0 if k <= 0 else (0.0 if k > n else exact_tail(k, n, p))
+    assert binomial_sf(k, n, p) == pytest.approx(exact, rel=1e-9, abs=1e-12)
+
+
+def test_binomial_tail_handles_account_scale_counts() -> None:
+    """15M sends in a window: a 5.07% rate vs 5% is certain, 5.003% is not; both finite."""
+    assert binomial_sf(760_000, 15_000_000, 0.05) < 1e-30
+    assert 0.1 < binomial_sf(750_500, 15_000_000, 0.05) < 0.5
+
+
+def test_zero_baseline_uses_the_prior_not_a_division_by_zero() -> None:
+    """A brand-new template: 20 of 100 failing pages; 1 of 100 does not even hold."""
+    t = DEFAULT_THRESHOLDS[ErrorClass.PER_USER_MARKETING_LIMIT]
+    verdict, evidence = judge(20, 100, 0, 0, t)
+    assert verdict is Verdict.POSITIVE
+    assert evidence.baseline_ratio == pytest.approx(t.prior_ratio)
+    assert judge(1, 100, 0, 0, t)[0] is None
+
+
+def test_min_rise_stops_a_scope_that_always_runs_high() -> None:
+    """6.5% against its own 6% is significant on 200k sends but is not a spike: hold only."""
+    t = DEFAULT_THRESHOLDS[ErrorClass.PER_USER_MARKETING_LIMIT]
+    verdict, evidence = judge(13_000, 200_000, 86_400, 1_440_000, t)
+    assert evidence.ratio > t.ratio_floor
+    assert verdict is Verdict.HOLD
+
+
+# --- the detector -------------------------------------------------------------------------
+
+
+def test_sparse_template_with_2_errors_of_5_sends_never_pages() -> None:
+    det, book = SpikeDetector(), AlertBook()
+    for hour in range(24):  # a sparse template: a few sends an hour, no errors
+        det.observe(SALE, M0 + hour * 60, 5, {})
+    m = M0 + DAY_MINUTES + 10
+    det.observe(SALE, m, 5, {LIMIT: 2})
+    assert run(det, book, m, m + 15) == []
+    # even with the volume floor lowered to 2, the binomial test refuses 2 of 5
+    low = DetectorConfig(thresholds={ErrorClass.PER_USER_MARKETING_LIMIT: SpikeThresholds(2)})
+    det = SpikeDetector(low)
+    det.observe(SALE, m, 5, {LIMIT: 2})
+    evaluation = det.evaluate((m + 1) * 60)
+    assert [f.verdict for f in evaluation.findings] == [Verdict.HOLD]
+
+
+def test_3_of_10_against_a_2_percent_baseline_at_the_minimum_count_does_not_page() -> None:
+    """p = 8.6e-4: over the volume and ratio floors, but not significant at alpha 1e-4."""
+    thresholds = SpikeThresholds(min_count=3)
+    det = SpikeDetector(
+        DetectorConfig(thresholds={ErrorClass.PER_USER_MARKETING_LIMIT: thresholds})
+    )
+    book = AlertBook()
+    for hour in range(24):
+        det.observe(SALE, M0 + hour * 60, 100, {LIMIT: 2})  # 2% over 24 h
+    m = M0 + DAY_MINUTES + 3
+    det.observe(SALE, m, 10, {LIMIT: 3})
+    evaluation = det.evaluate((m + 1) * 60)
+    (finding,) = evaluation.findings
+    assert finding.verdict is Verdict.HOLD
+    assert finding.evidence.p_value == pytest.approx(8.6e-4, rel=0.2)
+    assert run(det, book, m, m + 10) == []
+
+
+def test_a_real_spike_on_a_large_template_fires_within_two_evaluations() -> None:
+    det, book = SpikeDetector(), AlertBook()
+    feed(det, SALE, M0, DAY_MINUTES, 1000, 20)  # 2% for 24 h
+    spike = M0 + DAY_MINUTES
+    feed(det, SALE, spike, 10, 1000, 300)  # 30% from here on
+    notes = run(det, book, spike, spike + 9)
+    (minute, note), *_ = notes
+    assert minute == spike + 1  # second evaluation that sees the spike
+    assert note.kind is NotificationKind.FIRING
+    assert note.headline.scope == SALE
+    assert note.error_class is ErrorClass.PER_USER_MARKETING_LIMIT
+    assert note.headline.evidence.baseline_ratio == pytest.approx(0.02, rel=0.05)
+    assert [n.kind for _, n in notes] == [NotificationKind.FIRING]
+
+
+def test_a_ratio_oscillating_around_the_floor_fires_at_most_once() -> None:
+    """Per-minute 3% / 7% alternating: the 5-minute ratio swings 4.6% <-> 5.4% around the 5%
+    floor for an hour. Hysteresis keeps it one incident: one FIRING, no RESOLVED, no re-fire."""
+    det, book = SpikeDetector(), AlertBook()
+    feed(det, SALE, M0, DAY_MINUTES, 1000, 20)
+    start = M0 + DAY_MINUTES
+    feed(det, SALE, start, 3, 1000, 100)  # a real spike first
+    for i in range(60):
+        det.observe(SALE, start + 3 + i, 1000, {LIMIT: 30 if i % 2 else 70})
+    notes = run(det, book, start, start + 62)
+    kinds = [n.kind for _, n in notes]
+    assert kinds == [NotificationKind.FIRING]
+
+
+def test_noise_around_the_floor_never_fires_twice() -> None:
+    """Without a lead-in spike the same oscillation may fire once, never flap."""
+    det, book = SpikeDetector(), AlertBook()
+    feed(det, SALE, M0, DAY_MINUTES, 1000, 20)
+    start = M0 + DAY_MINUTES
+    for i in range(90):
+        det.observe(SALE, start + i, 1000, {LIMIT: (30, 70, 75)[i % 3]})
+    kinds = [n.kind for _, n in run(det, book, start, start + 90)]
+    assert kinds.count(NotificationKind.FIRING) <= 1
+    assert NotificationKind.RESOLVED not in kinds
+
+
+def test_resolves_after_recovery_with_hysteresis() -> None:
+    """3% (between half the floor and the floor) keeps it firing; 1% resolves it after 5
+    clear evaluations once the 5-minute window is below 2.5%."""
+    det, book = SpikeDetector(), AlertBook()
+    feed(det, SALE, M0, DAY_MINUTES, 1000, 20)
+    start = M0 + DAY_MINUTES
+    feed(det, SALE, start, 5, 1000, 300)
+    feed(det, SALE, start + 5, 30, 1000, 30)  # 3%: still elevated, not clear
+    feed(det, SALE, start + 35, 30, 1000, 10)  # 1%: recovered
+    notes = run(det, book, start, start + 64)
+    assert [n.kind for _, n in notes] == [NotificationKind.FIRING, NotificationKind.RESOLVED]
+    resolved_minute, resolved = notes[1]
+    # window [m-4, m] all at 1% from minute start+36+... : ratio < 2.5% once 1 of 5 minutes is 3%
+    assert start + 35 + 4 <= resolved_minute <= start + 35 + 4 + 5
+    assert resolved.headline.scope == SALE
+
+
+def test_us_pause_and_per_user_limit_are_separate_alerts() -> None:
+    det, book = SpikeDetector(), AlertBook()
+    us = Scope.for_template("us_promo")
+    feed(det, SALE, M0, DAY_MINUTES, 1000, 20)
+    feed(det, us, M0, DAY_MINUTES, 1000, 0, US_PAUSE)
+    start = M0 + DAY_MINUTES
+    feed(det, us, start, 5, 1000, 400, US_PAUSE)  # only the US pause spikes
+    feed(det, SALE, start, 5, 1000, 20)
+    notes = [n for _, n in run(det, book, start, start + 3)]
+    assert {n.error_class for n in notes} == {ErrorClass.US_MARKETING_PAUSE}
+    assert {n.incident for n in notes} == {"spike:us_marketing_pause"}
+    # now the per-user limit spikes too, on another template: a separate incident
+    feed(det, SALE, start + 5, 5, 1000, 300)
+    later = [n for _, n in run(det, book, start + 5, start + 8)]
+    firing = {n.incident: n for n in later if n.kind is NotificationKind.FIRING}
+    assert set(firing) == {"spike:per_user_marketing_limit"}
+    assert firing["spike:per_user_marketing_limit"].headline.scope == SALE
+
+
+def test_observe_replaces_a_minute_and_corrections_apply() -> None:
+    """Feeding the same bucket twice changes nothing; a corrected bucket replaces the old."""
+    det = SpikeDetector()
+    det.observe(SALE, M0, 100, {LIMIT: 40})
+    once = det.evaluate((M0 + 1) * 60)
+    det.observe(SALE, M0, 100, {LIMIT: 40})
+    assert det.evaluate((M0 + 1) * 60) == once
+    det.observe(SALE, M0, 100, {LIMIT: 0})  # the failures moved to another template
+    assert det.evaluate((M0 + 1) * 60).findings == ()
+
+
+def test_account_scope_is_the_sum_of_the_senders() -> None:
+    det = SpikeDetector()
+    det.observe(Scope.for_sender("111"), M0, 60, {LIMIT: 30})
+    det.observe(Scope.for_sender("222"), M0, 40, {LIMIT: 10})
+    det.observe(Scope.for_sender("222"), M0, 40, {LIMIT: 20})  # a correction, not an addition
+    evaluation = det.evaluate((M0 + 1) * 60)
+    account = next(f for f in evaluation.findings if f.scope.kind is ScopeKind.ACCOUNT)
+    assert (account.evidence.count, account.evidence.attempts) == (50, 100)
+    with pytest.raises(ValueError, match="derived"):
+        det.observe(Scope.for_account(), M0, 1, {})
+
+
+def test_minute_buckets_feed_the_detector_by_outcome_label() -> None:
+    det = SpikeDetector()
+    counts = {"attempted": 200, "sent": 150, "failed.per_user_marketing_limit": 50, "failed.x": 3}
+    det.observe_bucket("t", "spring_sale", M0, counts)
+    (finding,) = det.evaluate((M0 + 1) * 60).findings
+    assert finding.scope == SALE
+    assert (finding.evidence.count, finding.evidence.attempts) == (50, 200)
+    assert finding.error_class is ErrorClass.PER_USER_MARKETING_LIMIT
+
+
+def test_old_minutes_are_forgotten_after_the_baseline() -> None:
+    det = SpikeDetector()
+    det.observe(SALE, M0, 100, {LIMIT: 50})
+    det.evaluate((M0 + 2 * DAY_MINUTES) * 60)
+    assert det._series == {}
+
+
+# --- immediate rules ----------------------------------------------------------------------
+
+
+def immediate(rules: ImmediateRules, book: AlertBook, now: int) -> list[Notification]:
+    return book.apply(rules.evaluate(now))
+
+
+def test_template_paused_fires_at_once_and_resolves_on_reinstated() -> None:
+    rules, book = ImmediateRules(), AlertBook()
+    rules.observe(TemplateStatusChange("spring_sale", "PAUSED", T0, reason="LOW_QUALITY"))
+    (fired,) = immediate(rules, book, T0 + 1)
+    assert (fired.kind, fired.headline.rule) == (NotificationKind.FIRING, TEMPLATE_PAUSED)
+    assert fired.headline.scope == SALE
+    assert "LOW_QUALITY" in fired.headline.evidence.detail
+    rules.observe(TemplateStatusChange("spring_sale", "PAUSED", T0 - 600))  # stale: ignored
+    rules.observe(TemplateStatusChange("spring_sale", "REINSTATED", T0 + 300))
+    (resolved,) = immediate(rules, book, T0 + 301)
+    assert resolved.kind is NotificationKind.RESOLVED
+
+
+def test_a_disabled_template_fires_once_and_never_posts_a_resolve() -> None:
+    rules, book = ImmediateRules(), AlertBook()
+    rules.observe(TemplateStatusChange("spring_sale", "DISABLED", T0))
+    (fired,) = immediate(rules, book, T0 + 1)
+    assert fired.headline.rule == TEMPLATE_DISABLED
+    assert immediate(rules, book, T0 + 2 * 86_400) == []  # expired silently
+
+
+@pytest.mark.parametrize(
+    ("event", "rule"),
+    [
+        (
+            TemplateQualityChange("spring_sale", "RED", T0, previous="YELLOW"),
+            "template_quality_red",
+        ),
+        (PhoneQualityChange("1555000", "FLAGGED", T0), "phone_quality"),
+        (PhoneQualityChange("1555000", "DOWNGRADE", T0, current_limit="TIER_1K"), "phone_quality"),
+        (
+            AccountEvent("ACCOUNT_RESTRICTION", T0, ("RESTRICTED_BIZ_INITIATED_MESSAGING",)),
+            "account_restriction",
+        ),
+        (AccountEvent("DISABLED_UPDATE", T0, ban_state="DISABLE"), "account_restriction"),
+        (ErrorCount(131042, "1555000", T0), BILLING_ERROR),
+    ],
+)
+def test_incident_events_fire_immediately(event: ImmediateInput, rule: str) -> None:
+    rules, book = ImmediateRules(), AlertBook()
+    rules.observe(event)
+    (fired,) = immediate(rules, book, T0 + 60)
+    assert (fired.kind, fired.headline.rule) == (NotificationKind.FIRING, rule)
+
+
+def test_events_that_are_not_incidents_fire_nothing() -> None:
+    rules = ImmediateRules()
+    for event in (
+        TemplateStatusChange("spring_sale", "APPROVED", T0),
+        TemplateQualityChange("spring_sale", "YELLOW", T0),
+        PhoneQualityChange("1555000", "THROUGHPUT_UPGRADE", T0),
+        ErrorCount(131049, "1555000", T0, 500),
+    ):
+        rules.observe(event)
+    assert rules.evaluate(T0 + 60).findings == ()
+
+
+def test_spam_rate_limit_needs_a_burst_per_sender() -> None:
+    rules, book = ImmediateRules(), AlertBook()
+    rules.observe(ErrorCount(131048, "1555000", T0, 19))
+    rules.observe(ErrorCount(131048, "1555999", T0, 5))
+    assert immediate(rules, book, T0 + 60) == []
+    rules.observe(ErrorCount(471, "1555000", T0 + 30, 1))
+    (fired,) = immediate(rules, book, T0 + 60)
+    assert (fired.headline.rule, fired.headline.scope) == (SPAM_BURST, Scope.for_sender("1555000"))
+    assert fired.headline.evidence.count == 20
+    (resolved,) = immediate(rules, book, T0 + 700)  # out of the 10-minute window
+    assert resolved.kind is NotificationKind.RESOLVED
+
+
+# --- resend storms ------------------------------------------------------------------------
+
+
+def test_premature_resend_is_less_than_24_hours_after_a_limit_failure() -> None:
+    assert is_premature_resend(T0, T0 + 3600)
+    assert not is_premature_resend(T0, T0 + 86_400)
+    assert not is_premature_resend(None, T0)
+    assert not is_premature_resend(T0, T0 - 10)  # a send before the failure is not a resend
+
+
+def test_resend_storm_names_the_template_and_the_recipient_count() -> None:
+    rule, book = ResendStormRule(ResendStormConfig(threshold=10)), AlertBook()
+    for i in range(9):
+        rule.record("spring_sale", "1555000", T0 + i, f"+4477009000{i:02d}")
+        rule.record("spring_sale", "1555000", T0 + 60 + i, f"+4477009000{i:02d}")  # same people
+    rule.record("other", "1555000", T0, "+447700900999")
+    assert book.apply(rule.evaluate(T0 + 120)) == []
+    rule.record("spring_sale", "1555000", T0 + 100, "+447700900100")
+    (fired,) = book.apply(rule.evaluate(T0 + 120))
+    assert fired.headline.rule == RESEND_STORM
+    assert fired.headline.scope == Scope.for_template("spring_sale", "1555000")
+    assert fired.headline.evidence.count == 10
+    assert "19 resends to 10 recipients" in fired.headline.evidence.detail
+    assert "+4477" not in repr(fired)  # recipients never leave the rule
+
+
+def test_evaluations_list_only_elevated_scopes() -> None:
+    det = SpikeDetector()
+    det.observe(Scope.for_country("BR"), M0, 1000, {LIMIT: 1})
+    assert det.evaluate((M0 + 1) * 60) == Evaluation(at=(M0 + 1) * 60, rules=frozenset({"spike"}))
