@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from streams.core.advice import Advice, advise
 from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
+from streams.core.geography import locate_recipient
 from streams.core.recipients import RecipientState, recipient_view
 from streams.stages import partition_for
 from streams.stages.messages import PartitionMeta, TemplateState, meta_key, template_key
@@ -195,6 +197,89 @@ class Api:
         view["known"] = True
         return _json(view)
 
+    # -- advice -------------------------------------------------------------------------------
+    def local_advice(self, given: str, at: int | None = None) -> Advice:
+        """Advice as of ``at``, default: now (the wall clock, or the newest event time of the
+        recipient's partition if that is later, e.g. for a replay of future-dated logs)."""
+        rid = normalize_recipient(given)
+        partition = partition_for(rid, self.n)
+        raw = self.m.recipients_kv.read(recipient_key(rid))
+        if at is None:
+            meta_raw = self.m.recipients_kv.read(recipient_meta_key(partition))
+            watermark = decode(meta_raw, RecipientMeta).watermark if meta_raw else 0
+            at = max(watermark, int(time.time()))
+        now = at
+        state = None if raw is None else decode(raw, RecipientState)
+        return advise(state, given, now, is_us=is_us_recipient(rid), policy=self.m.advice_policy)
+
+    async def advice(self, request: web.Request) -> web.Response:
+        given = request.match_info["id"]
+        rid = normalize_recipient(given)
+        if partition_for(rid, self.n) not in self.local_partitions(self.recipients_topic):
+            return await self._forward(rid, request)
+        at = int(request.query["at"]) if request.query.get("at", "").isdigit() else None
+        return _json(msgspec_to_builtins(self.local_advice(given, at)))
+
+    async def advice_batch(self, request: web.Request) -> web.Response:
+        """``POST /v1/advice`` with ``{"recipients": [...]}`` (at most 10,000)."""
+        try:
+            body = await request.json()
+            recipients = body["recipients"]
+            if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return _json({"error": 'expected {"recipients": ["<phone or BSUID>", ...]}'}, 400)
+        if len(recipients) > MAX_BATCH:
+            return _json({"error": f"at most {MAX_BATCH} recipients per request"}, 413)
+        local = set(self.local_partitions(self.recipients_topic))
+        answers: dict[int, Any] = {}
+        remote: dict[str, list[int]] = {}
+        for i, given in enumerate(recipients):
+            rid = normalize_recipient(given)
+            if partition_for(rid, self.n) in local:
+                answers[i] = msgspec_to_builtins(self.local_advice(given))
+            else:
+                owner = self._owner(rid)
+                if owner is None:
+                    answers[i] = {"recipient": given, "error": "owner unknown, retry"}
+                else:
+                    remote.setdefault(owner, []).append(i)
+        if remote:
+            timeout = aiohttp.ClientTimeout(total=30)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                for owner, indexes in remote.items():
+                    payload = {"recipients": [recipients[i] for i in indexes]}
+                    try:
+                        async with session.post(f"{owner}/v1/_local/advice", json=payload) as r:
+                            remote_answers = (await r.json())["advice"]
+                    except (aiohttp.ClientError, TimeoutError, KeyError):
+                        remote_answers = [
+                            {"recipient": recipients[i], "error": "owner did not answer"}
+                            for i in indexes
+                        ]
+                    for i, answer in zip(indexes, remote_answers, strict=True):
+                        answers[i] = answer
+        return _json({"advice": [answers[i] for i in range(len(recipients))]})
+
+    async def local_advice_batch(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        return _json(
+            {"advice": [msgspec_to_builtins(self.local_advice(r)) for r in body["recipients"]]}
+        )
+
+    async def _forward(self, rid: str, request: web.Request) -> web.Response:
+        owner = self._owner(rid)
+        if owner is None:
+            return _json({"error": "the owner of this recipient is not known yet"}, 503)
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(f"{owner}{request.rel_url}") as resp,
+        ):
+            return web.Response(
+                status=resp.status, body=await resp.read(), content_type="application/json"
+            )
+
     def _owner(self, rid: str) -> str | None:
         try:
             url = self.m.app.router.key_store(self.m.recipients_table.name, rid.encode())
@@ -236,12 +321,29 @@ class Api:
 
 
 DIMS_NAMES = {"t": "template", "s": "sender", "c": "country"}
+MAX_BATCH = 10_000
+
+
+def is_us_recipient(rid: str) -> bool:
+    """US number (+1 with a US area code) or a US BSUID: the US marketing pause applies."""
+    if rid.isdigit():
+        return locate_recipient(rid, None).is_us
+    return locate_recipient(None, rid).is_us
+
+
+def msgspec_to_builtins(value: Any) -> Any:
+    import msgspec
+
+    return msgspec.to_builtins(value)
 
 
 def register(monitor: Monitor, web_app: web.Application) -> Api:
     api = Api(monitor)
     web_app.router.add_get("/v1/health", api.health)
     web_app.router.add_get("/v1/recipients/{id}", api.recipient)
+    web_app.router.add_get("/v1/recipients/{id}/advice", api.advice)
+    web_app.router.add_post("/v1/advice", api.advice_batch)
+    web_app.router.add_post("/v1/_local/advice", api.local_advice_batch)
     web_app.router.add_get("/v1/_local/{dim:templates|senders|countries}/{key}", api.local)
     web_app.router.add_get("/v1/{dim:templates|senders|countries}/{key}", api.aggregate)
     return api

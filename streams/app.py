@@ -13,17 +13,25 @@ Agents stay thin: decode, call a stage (streams.stages), flush, ack.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import faust
+import msgspec
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from streams import api
+from streams.api import is_us_recipient
+from streams.core.advice import AdvicePolicy, advise
+from streams.core.alerts import Notification, decode_notification, encode_notification
+from streams.core.signals import SignalBatch, decode_signals, encode_signals
 from streams.faust_state import BatchPolicy, FaustTableKV, run_batched
 from streams.metrics import MonitorMetrics
 from streams.settings import Settings
+from streams.slack import SlackNotifier
+from streams.stages.alerting import AlertingStage
 from streams.stages.ingest import DeadLetter, IngestStage
 from streams.stages.messages import MessageStage, Retention, SendLogError
 from streams.stages.recipients import RecipientStage
@@ -53,7 +61,7 @@ class Monitor:
     def __init__(self, settings: Settings, bootstrap: str, registry: CollectorRegistry) -> None:
         self.settings = settings
         n = settings.topic_partitions
-        self.metrics = MonitorMetrics(registry)
+        self.metrics = MonitorMetrics(registry, template_label_cap=settings.template_label_cap)
         self.metrics.precreate([settings.topic_raw, settings.topic_send_log])
         datadir = settings.data_dir / "worker" / settings.app_id
         datadir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +91,8 @@ class Monitor:
         self.send_log_topic = _raw(app, settings.topic_send_log)
         self.recipients_topic = _raw(app, recipients_name, partitions=n, internal=True)
         self.dead_topic = _raw(app, settings.topic_dead_letter)
+        self.signals_topic = _raw(app, f"{settings.app_id}-signals", partitions=1, internal=True)
+        self.alerts_topic = _raw(app, settings.topic_alerts)
         stage2_input = _raw(app, messages_name, settings.topic_send_log)
 
         self.messages_table = app.Table(
@@ -99,11 +109,27 @@ class Monitor:
             value_type=bytes,
             help="per recipient state, keyed by phone (else BSUID)",
         )
+        self.alerting_table = app.Table(
+            "alerting",
+            partitions=1,
+            key_type=bytes,
+            value_type=bytes,
+            help="the alert book: which alerts fire, since when, what was notified",
+        )
+        self.alerting_kv = FaustTableKV(self.alerting_table)
+        self.alerting = AlertingStage()
+        self._saved_book = b""
+        self.advice_policy = AdvicePolicy()
+        self.advice_topic = _raw(app, settings.topic_advice)
+        self.notifier = SlackNotifier.from_settings(
+            settings, on_outcome=lambda outcome: self.metrics.slack_outcome(outcome)
+        )
         self.messages_kv = FaustTableKV(self.messages_table)
         self.recipients_kv = FaustTableKV(self.recipients_table)
         self.ingest = IngestStage(n, n)
         self.messages = MessageStage(self.messages_kv, n, Retention())
         self.recipients = RecipientStage(self.recipients_kv)
+        self.metrics.watch(self)  # scrape-time gauges from the stages' state
         policy = BatchPolicy()
         m = self.metrics
 
@@ -143,6 +169,7 @@ class Monitor:
                     self.messages.flush(partition)
                 for partition, value in self.messages.drain_outbox().items():
                     await self.recipients_topic.send(value=value, partition=partition)
+                await self._signal(self.messages.drain_signals())
                 for dead in bad_send_log:
                     await self._dead_letter(dead, "send_log")
                 bad_send_log.clear()
@@ -158,16 +185,79 @@ class Monitor:
                 self.recipients.handle_batch(msg.partition, msg.offset, event.value)
 
             async def flush() -> None:
+                published: list[tuple[str, bytes]] = []
                 for partition in self.recipients.state.partitions():
+                    published += self.recipients.changed_advice(partition, self._advice_record)
                     self.recipients.flush(partition)
+                for recipient, record in published:
+                    await self.advice_topic.send(key=recipient.encode(), value=record)
+                await self._signal(self.recipients.drain_signals())
                 m.observe_recipients(self.recipients.stats)
 
             await run_batched(stream, handle, flush, policy)
 
+        alert_lock = asyncio.Lock()
+        signals_name = self.signals_topic.get_topic_name()
+
+        async def evaluate_alerts() -> None:
+            """Write due notifications to the alerts topic, then save the alert book."""
+            async with alert_lock:
+                notifications = self.alerting.evaluate()
+                state = self.alerting.state()
+                if 0 in self.alerting_kv.events and state != self._saved_book:
+                    self.alerting_kv.set(0, b"book", state)
+                    self._saved_book = state
+                for n in notifications:
+                    await self.alerts_topic.send(
+                        key=n.incident.encode(), value=encode_notification(n)
+                    )
+
+        @app.agent(self.signals_topic, name="alerting", concurrency=1)
+        async def alerting(stream: Any) -> None:
+            def handle(event: Any) -> None:
+                if 0 not in self.alerting_kv.events:
+                    self.alerting.restore(self.alerting_kv.read(b"book"))
+                self.alerting_kv.events[0] = event
+                self.alerting.handle(decode_signals(event.value))
+
+            await run_batched(stream, handle, evaluate_alerts, policy)
+
+        @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+        async def evaluate_when_quiet() -> None:
+            """Alerts still resolve when traffic stops (time advances by the wall clock)."""
+            if 0 in self.alerting_kv.events:
+                await evaluate_alerts()
+
+        @app.agent(self.alerts_topic, name="notifier", concurrency=1)
+        async def notifier(stream: Any) -> None:
+            """The one owner of the alerts topic's single partition delivers notifications;
+            events are acknowledged once Slack took them (or they were given up)."""
+            if self.notifier is not None:
+                await self.notifier.start()
+            batch: list[Notification] = []
+
+            def handle(event: Any) -> None:
+                batch.append(decode_notification(event.value))
+
+            async def deliver() -> None:
+                for n in batch:
+                    self._announce(n)
+                    if self.notifier is not None:
+                        self.notifier.send(n)
+                batch.clear()
+                if self.notifier is not None:
+                    await self.notifier.join()
+
+            await run_batched(stream, handle, deliver, policy)
+
         async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
             """Unflushed state of a revoked partition is dropped: its new owner replays it."""
             for tp in revoked:
-                if tp.topic == messages_name:
+                if tp.topic == signals_name:
+                    # another worker owns alerting now; it restores the book from the table
+                    self.alerting_kv.events.pop(0, None)
+                    self.alerting = AlertingStage()
+                elif tp.topic == messages_name:
                     self.messages.revoke(tp.partition)
                 elif tp.topic == recipients_name:
                     self.recipients.revoke(tp.partition)
@@ -186,7 +276,41 @@ class Monitor:
             await self.recipients_topic.send(value=value, partition=partition)
         for letter in dead:
             await self._dead_letter(letter, "ingest")
+        await self._signal(self.ingest.drain_signals())
         self.metrics.observe_ingest(self.ingest.stats)
+
+    def _advice_record(self, state: Any, recipient: str, now: int) -> tuple[str, bytes]:
+        advice = advise(
+            state, recipient, now, is_us=is_us_recipient(recipient), policy=self.advice_policy
+        )
+        signature = (
+            f"{advice.may_send_marketing}|{','.join(advice.reasons)}|"
+            f"{None if advice.may_send_marketing else advice.not_before}|"
+            f"{advice.customer_service_window_open_until}"
+        )
+        return signature, msgspec.json.encode(advice)
+
+    async def _signal(self, batch: SignalBatch | None) -> None:
+        if batch is not None:
+            await self.signals_topic.send(value=encode_signals(batch), partition=0)
+
+    def _announce(self, n: Notification) -> None:
+        """Every notification goes to the log (and to Slack when a webhook is configured)."""
+        self.metrics.alert_notified(n)
+        scope = (
+            f"{n.headline.scope.kind}:{n.headline.scope.key}"
+            if n.headline.scope.key
+            else (str(n.headline.scope.kind))
+        )
+        log.warning(
+            "ALERT %s %s: %s [%s] since %d%s",
+            n.kind.upper(),
+            n.id,
+            n.title,
+            scope,
+            n.since,
+            f" (+{len(n.related)} related)" if n.related else "",
+        )
 
     async def _dead_letter(self, letter: DeadLetter, stage: str) -> None:
         await self.dead_topic.send(key=letter.key, value=letter.value, headers=letter.headers())

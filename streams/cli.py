@@ -118,7 +118,15 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
         f"metrics at http://{settings.web_host}:{settings.web_port}/metrics",
         file=sys.stderr,
     )
-    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+
+    class MonitorWorker(Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            # faust's terminal spinner leaves the root logger at DEBUG, which makes every
+            # library build a debug record per Kafka message (slow, and it would carry payloads)
+            self.spinner = None
+            logger.setLevel(level)
+
+    worker = MonitorWorker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 
 

@@ -61,6 +61,7 @@ class Settings:
     topic_send_log: str = "whatsapp.send-log"
     topic_dead_letter: str = "whatsapp.webhooks.dead-letter"
     topic_alerts: str = "whatsapp.monitor.alerts"
+    topic_advice: str = "whatsapp.monitor.recipient-advice"
     topic_partitions: int = 4
     topic_replication_factor: int = 1
     store: str = "rocksdb://"
@@ -78,6 +79,7 @@ class Settings:
     ingress_port: int = 8080
     app_secret: Secret = Secret("")
     verify_token: Secret = Secret("")
+    template_label_cap: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -107,6 +109,7 @@ class Settings:
             topic_send_log=get("TOPIC_SEND_LOG", d.topic_send_log),
             topic_dead_letter=get("TOPIC_DEAD_LETTER", d.topic_dead_letter),
             topic_alerts=get("TOPIC_ALERTS", d.topic_alerts),
+            topic_advice=get("TOPIC_ADVICE", d.topic_advice),
             topic_partitions=get_int("TOPIC_PARTITIONS", d.topic_partitions, minimum=1),
             topic_replication_factor=get_int(
                 "TOPIC_REPLICATION_FACTOR", d.topic_replication_factor, minimum=1
@@ -126,6 +129,7 @@ class Settings:
             ingress_port=get_int("INGRESS_PORT", d.ingress_port, minimum=0),
             app_secret=Secret(get("APP_SECRET", "")),
             verify_token=Secret(get("VERIFY_TOKEN", "")),
+            template_label_cap=get_int("TEMPLATE_LABEL_CAP", d.template_label_cap, minimum=1),
         )
 
     def replace(self, **changes: object) -> Settings:

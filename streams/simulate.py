@@ -302,3 +302,58 @@ def _garbage(rng: random.Random, k: int) -> bytes:
         lambda: bytes(rng.randrange(256) for _ in range(40)) + b"%d" % k,
     ]
     return kinds[k % len(kinds)]()
+
+
+def spike_campaign(
+    *,
+    minutes: int = 40,
+    per_minute: int = 30,
+    templates: int = 6,
+    spike_template: str = "promo_spike",
+    spike_start: int = 18,
+    spike_minutes: int = 6,
+    spike_ratio: float = 0.45,
+    background_ratio: float = 0.01,
+    start: int = 1_767_225_600,
+    seed: int = 21,
+) -> Campaign:
+    """Steady marketing traffic with a 131049 spike on one template (non-US recipients, so the
+    spike is the per-user limit, not the US pause). Every template (the spiking one included)
+    sends ``per_minute`` messages a minute."""
+    rng = random.Random(seed)
+    names = [f"promo_{i:02d}" for i in range(templates - 1)] + [spike_template]
+    countries = [c for c in COUNTRY_PREFIXES if c != "US"]
+    messages: list[Message] = []
+    n = 0
+    for minute in range(minutes):
+        for name in names:
+            in_spike = (
+                name == spike_template and spike_start <= minute < spike_start + spike_minutes
+            )
+            ratio = spike_ratio if in_spike else background_ratio
+            for _ in range(per_minute):
+                country = rng.choice(countries)
+                t0 = start + minute * 60 + rng.randrange(60)
+                if rng.random() < ratio:
+                    statuses: list[tuple[str, int, int | None]] = [("failed", t0, 131049)]
+                else:
+                    statuses = [("sent", t0, None), ("delivered", t0 + rng.randint(1, 20), None)]
+                messages.append(
+                    Message(
+                        wamid=f"wamid.SPK{seed:03d}{n:09d}",
+                        sender="106540352242922",
+                        display="15550783881",
+                        recipient=phone_for(country, rng),
+                        country=country,
+                        template=name,
+                        category="marketing",
+                        sent_at=t0,
+                        statuses=statuses,
+                        opaque=True,
+                    )
+                )
+                n += 1
+    spec = CampaignSpec(duplicate_ratio=0.0, garbage_ratio=0.0, batch_ratio=0.0, shuffle_window=20)
+    payloads = _bodies(messages, spec, rng)
+    send_log: list[tuple[bytes, bytes]] = []
+    return Campaign(messages, payloads, send_log, [], truth_of(messages))

@@ -38,10 +38,14 @@ def source_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_dead_letter, n, {"max.message.bytes": str(4 * 1024 * 1024)}),
         # One partition: a single owner delivers notifications, so workers never double-post.
         TopicSpec(settings.topic_alerts, 1, {"cleanup.policy": "compact"}),
+        # Latest advice per recipient (key = recipient): a sender's local suppression list.
+        TopicSpec(settings.topic_advice, n, {"cleanup.policy": "compact"}),
         # Repartition topics (statuses by wamid, facts by recipient): faust would create them
         # too, but only after the agents subscribe.
         TopicSpec(f"{settings.app_id}-messages", n, exact=True),
         TopicSpec(f"{settings.app_id}-recipients", n, exact=True),
+        # Signals for the alerting stage: one partition, one owner evaluates every rule.
+        TopicSpec(f"{settings.app_id}-signals", 1, exact=True),
     ]
 
 

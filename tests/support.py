@@ -336,3 +336,69 @@ def wait_drained(
         return streak >= 2
 
     wait_until(probe, timeout_s, f"consumer group {group} to drain {topics} {what}", 1.0)
+
+
+class FakeSlack:
+    """A local HTTP server that answers like a Slack incoming webhook, in a background thread.
+
+    ``script`` lists the answers to give in order (status, body, headers); after it runs out
+    every POST gets ``200 ok``. Every POST is recorded (JSON body and arrival time).
+    """
+
+    def __init__(self, script: list[tuple[int, str, dict[str, str]]] | None = None) -> None:
+        import threading
+
+        self.script = list(script or [])
+        self.posts: list[tuple[float, dict[str, object], int]] = []
+        self.port = free_port()
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/services/T000/B000/XXXX"
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        async def hook(request: web.Request) -> web.Response:
+            payload = await request.json()
+            status, body, headers = self.script.pop(0) if self.script else (200, "ok", {})
+            self.posts.append((time.monotonic(), payload, status))
+            delay = float(headers.pop("X-Test-Delay", "0")) if headers else 0.0
+            if delay:
+                await asyncio.sleep(delay)  # a Slack that hangs
+            return web.Response(status=status, text=body, headers=headers)
+
+        self._stopped = asyncio.Event()
+
+        async def main() -> None:
+            app = web.Application()
+            app.router.add_post("/services/T000/B000/XXXX", hook)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            self._ready.set()
+            await self._stopped.wait()
+            await runner.cleanup()
+
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(main())
+        finally:
+            self._loop.close()
+
+    def start(self) -> FakeSlack:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stopped.set)
+            self._thread.join(10)
+
+    def delivered(self) -> list[dict[str, object]]:
+        """Bodies of the POSTs that were answered 200."""
+        return [p for _, p, status in self.posts if status == 200]

@@ -38,6 +38,8 @@ class RecipientState(msgspec.Struct, array_like=True, gc=False):
     link: str | None = None
     last_ts: int = 0
     applied: Applied = {}
+    premature_resends: list[int] = []  # marketing sends < 24 h after a 131049
+    advice_signature: str = ""  # of the advice last published to the advice topic
 
     @property
     def opted_out(self) -> bool:
@@ -74,6 +76,9 @@ def apply_fact(
     if kind == K.MARKETING_DELIVERED:
         _add(state.marketing_delivered, ts, horizon)
     elif kind == K.MARKETING_ATTEMPT:
+        last_limit = state.last_limit_failure
+        if last_limit and 0 < ts - last_limit < DAY:
+            _add(state.premature_resends, ts, horizon)
         _add(state.marketing_attempts, ts, horizon)
     elif kind == K.LIMIT_FAILURE:
         _add(state.limit_failures, ts, horizon)

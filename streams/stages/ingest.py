@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streams.core import (
+    AccountUpdateEvent,
     ContactLinkEvent,
     InboundMessageEvent,
     ParseError,
+    PhoneNumberQualityEvent,
     StatusEvent,
     TemplateCategoryEvent,
     TemplateQualityEvent,
@@ -25,6 +30,8 @@ from streams.core.facts import (
     encode_batch,
     source_id,
 )
+from streams.core.immediate import AccountEvent, PhoneQualityChange
+from streams.core.signals import SignalBatch
 from streams.stages import RAW, partition_for
 
 
@@ -61,6 +68,21 @@ class IngestStats:
     dead_letters: int = 0
     partial: int = 0
     by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    last_event_ts: int = 0  # newest event time (webhook timestamp) seen, unix seconds
+    # For metrics, pending until ``take_lag`` (which resets them): status events per
+    # (status, index of the first LAG_BUCKETS bound >= lag) and the sum of lags per status.
+    lag_counts: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
+    lag_sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def take_lag(self) -> tuple[dict[tuple[str, int], int], dict[str, float]]:
+        counts, sums = self.lag_counts, self.lag_sums
+        self.lag_counts, self.lag_sums = defaultdict(int), defaultdict(float)
+        return counts, sums
+
+
+#: Upper bounds (seconds) of the event-lag histogram: wall clock at ingest minus the webhook's
+#: timestamp. Meta's own delay is sub-second to seconds; retries and a backlog reach hours.
+LAG_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 def status_fact(event: StatusEvent, origin: tuple[int, int, int]) -> StatusFact:
@@ -84,12 +106,19 @@ def status_fact(event: StatusEvent, origin: tuple[int, int, int]) -> StatusFact:
 class IngestStage:
     """Parses raw bodies and batches the facts per destination partition until ``drain``."""
 
-    def __init__(self, message_partitions: int, recipient_partitions: int) -> None:
+    def __init__(
+        self,
+        message_partitions: int,
+        recipient_partitions: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock  # wall clock, for the event-lag histogram only
         self.message_partitions = message_partitions
         self.recipient_partitions = recipient_partitions
         self._messages: dict[int, FactBatch] = {}
         self._recipients: dict[int, FactBatch] = {}
         self._dead: list[DeadLetter] = []
+        self._signals: SignalBatch | None = None
         self.stats = IngestStats()
 
     def _to_messages(self, key: str) -> FactBatch:
@@ -116,11 +145,17 @@ class IngestStage:
             return
         source = source_id(RAW, partition)
         body_ts = max((t for e in parsed.events if (t := getattr(e, "timestamp", None))), default=0)
+        stats = self.stats
+        stats.last_event_ts = max(stats.last_event_ts, body_ts)
+        now = self._clock()
         for index, event in enumerate(parsed.events):
             pos = (source, offset, index)
             if isinstance(event, StatusEvent):
                 self.stats.statuses += 1
                 self.stats.by_status[event.status.value] += 1
+                lag = now - event.timestamp
+                stats.lag_counts[(event.status.value, bisect_left(LAG_BUCKETS, lag))] += 1
+                stats.lag_sums[event.status.value] += lag
                 self._to_messages(event.wamid).statuses.append(status_fact(event, pos))
                 continue
             self.stats.other_events += 1
@@ -145,10 +180,39 @@ class IngestStage:
             kind = {"stop": K.PREFERENCE_STOP, "resume": K.PREFERENCE_RESUME}.get(event.preference)
             if who and kind is not None and event.timestamp is not None:
                 self._recipient(RecipientFact(who, kind, event.timestamp, pos))
+        elif isinstance(event, PhoneNumberQualityEvent) and event.event:
+            sender = event.display_phone_number or "unknown"
+            change = PhoneQualityChange(
+                sender, event.event, event.timestamp or body_ts, event.current_limit
+            )
+            self._signal().phone_quality.append(change)
+        elif isinstance(event, AccountUpdateEvent) and event.event:
+            account = AccountEvent(
+                event.event,
+                event.timestamp or body_ts,
+                tuple(event.restriction_types),
+                event.ban_state,
+                event.violation_type,
+            )
+            self._signal().accounts.append(account)
         elif isinstance(event, TemplateStatusEvent | TemplateQualityEvent | TemplateCategoryEvent):
             fact = template_fact(event)
             if fact is not None:
                 self._to_messages(fact.name).templates.append(fact)
+
+    def _signal(self) -> SignalBatch:
+        if self._signals is None:
+            self._signals = SignalBatch(
+                buckets=[], templates=[], errors=[], resends=[], phone_quality=[], accounts=[]
+            )
+        return self._signals
+
+    def drain_signals(self) -> SignalBatch | None:
+        batch, self._signals = self._signals, None
+        if batch is not None:
+            ts = [e.ts for e in batch.phone_quality] + [e.ts for e in batch.accounts]
+            batch.max_ts = max(ts, default=0)
+        return batch
 
     def drain(self) -> tuple[dict[int, bytes], dict[int, bytes], list[DeadLetter]]:
         """The encoded batches per destination partition and the dead letters; resets."""

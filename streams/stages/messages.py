@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from streams.core.aggregates import Bucket, apply_deltas
+from streams.core.aggregates import LIMIT_CLASSES, Bucket, apply_deltas
 from streams.core.attribution import DEFAULT_CONFIG, AttributionConfig, decode_callback_data
 from streams.core.expiry import ExpiryIndex, SweepCursor
 from streams.core.facts import (
@@ -22,9 +22,11 @@ from streams.core.facts import (
     encode_batch,
     source_id,
 )
+from streams.core.immediate import ErrorCount
 from streams.core.messages import Effects, MessageLedger, MessageState
+from streams.core.signals import INCIDENT_CODES, BucketSignal, SignalBatch, TemplateSignal
 from streams.stages import MESSAGES, SEND_LOG, partition_for
-from streams.state import KeyValue, WriteBack
+from streams.state import KeyValue, WriteBack, decode
 
 DAY = 86_400
 
@@ -35,6 +37,7 @@ class PartitionMeta(msgspec.Struct, array_like=True, gc=False):
     watermark: int = 0
     messages: SweepCursor = msgspec.field(default_factory=SweepCursor)
     buckets: SweepCursor = msgspec.field(default_factory=SweepCursor)
+    paused_templates: int = 0  # templates of this partition now PAUSED or DISABLED (metrics)
 
 
 class TemplateState(msgspec.Struct, array_like=True, gc=False):
@@ -61,6 +64,10 @@ def template_key(name: str) -> bytes:
     return b"T\x1f" + name.encode()
 
 
+#: Template statuses that stop sends (the API's ``paused``).
+PAUSED_STATUSES = frozenset({"PAUSED", "DISABLED"})
+
+
 @dataclass
 class MessageStats:
     statuses: int = 0
@@ -73,6 +80,30 @@ class MessageStats:
     expired_messages: int = 0
     expired_buckets: int = 0
     outcomes: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    # For metrics, pending until ``take_metric_counts`` (which resets them):
+    # (dim, key, outcome) -> outcomes counted into buckets (positive deltas, moves included);
+    counted: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    # (status, pricing category) -> new statuses (duplicates and replays excluded, late included);
+    unique_statuses: dict[tuple[str, str | None], int] = field(
+        default_factory=lambda: defaultdict(int)
+    )
+    # (error class, error code) -> new failed statuses.
+    failures: dict[tuple[str | None, int | None], int] = field(
+        default_factory=lambda: defaultdict(int)
+    )
+
+    def take_metric_counts(
+        self,
+    ) -> tuple[
+        dict[tuple[str, str, str], int],
+        dict[tuple[str, str | None], int],
+        dict[tuple[str | None, int | None], int],
+    ]:
+        taken = self.counted, self.unique_statuses, self.failures
+        self.counted = defaultdict(int)
+        self.unique_statuses = defaultdict(int)
+        self.failures = defaultdict(int)
+        return taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +112,64 @@ class Retention:
     messages: int = 7 * DAY
     buckets: int = 2 * DAY
     sweep_budget: int = 5_000
+
+
+#: Bucket outcomes the recent window keeps: index 0 attempted sends, 1 limit errors.
+_WINDOW_OUTCOMES = {"attempted": 0} | {f"failed.{c}": 1 for c in sorted(LIMIT_CLASSES)}
+
+
+class RecentWindow:
+    """Attempted sends and limit errors per template / sending number and event-time minute,
+    over the last ``minutes`` minutes of each partition this stage owns.
+
+    Kept in memory from the deltas counted into minute buckets (moves off template 'unknown'
+    included), so the scrape-time ratio gauges read a few small dicts instead of the tables.
+    Not persisted: after a restart or rebalance it refills from new traffic within ``minutes``.
+    """
+
+    def __init__(self, minutes: int = 5) -> None:
+        self.minutes = minutes
+        self._cells: dict[int, dict[int, dict[tuple[str, str], list[int]]]] = {}
+        self._watermarks: dict[int, int] = {}
+
+    def add(self, partition: int, dim: str, key: str, minute: int, index: int, n: int) -> None:
+        by_minute = self._cells.setdefault(partition, {})
+        cells = by_minute.get(minute)
+        if cells is None:
+            cells = by_minute[minute] = {}
+        cell = cells.get((dim, key))
+        if cell is None:
+            cell = cells[(dim, key)] = [0, 0]
+        cell[index] += n
+
+    def advance(self, partition: int, watermark: int) -> None:
+        """Record the partition's watermark and forget minutes that left the window."""
+        self._watermarks[partition] = watermark
+        first = watermark // 60 - self.minutes
+        by_minute = self._cells.get(partition, {})
+        for minute in [m for m in by_minute if m < first]:
+            del by_minute[minute]
+
+    def drop(self, partition: int) -> None:
+        self._cells.pop(partition, None)
+        self._watermarks.pop(partition, None)
+
+    def totals(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(dim, key) -> (attempted, limit errors) over the ``minutes`` minutes ending at the
+        newest watermark of the owned partitions (the API's 5-minute window)."""
+        if not self._watermarks:
+            return {}
+        end = max(self._watermarks.values()) // 60
+        first = end - self.minutes + 1
+        out: dict[tuple[str, str], list[int]] = {}
+        for by_minute in self._cells.values():
+            for minute, cells in by_minute.items():
+                if first <= minute <= end:
+                    for k, (attempted, limit) in cells.items():
+                        total = out.setdefault(k, [0, 0])
+                        total[0] += attempted
+                        total[1] += limit
+        return {k: (a, n) for k, (a, n) in out.items()}
 
 
 class MessageStage:
@@ -102,6 +191,11 @@ class MessageStage:
         self._message_index: dict[int, ExpiryIndex] = {}
         self._bucket_index: dict[int, ExpiryIndex] = {}
         self._out: dict[int, FactBatch] = {}
+        self.recent = RecentWindow()
+        self._signal_buckets: dict[tuple[str, str, int], dict[str, int]] = {}
+        self._signals = SignalBatch(
+            buckets=[], templates=[], errors=[], resends=[], phone_quality=[], accounts=[]
+        )
 
     # -- helpers ------------------------------------------------------------------------------
     def meta(self, partition: int) -> PartitionMeta:
@@ -138,9 +232,19 @@ class MessageStage:
         for bucket_id in created:
             bucket_index.touch(bucket_id.encode(), bucket_id.minute * 60, meta.buckets)
         if not fx.replayed:
+            signal = self._signal_buckets
             for d in fx.deltas:
                 if d.dim == "t":
                     s.outcomes[(d.key, d.outcome)] += d.delta
+                if d.delta > 0:
+                    s.counted[(d.dim, d.key, d.outcome)] += d.delta
+                window = _WINDOW_OUTCOMES.get(d.outcome)
+                if window is not None and d.dim != "c":
+                    self.recent.add(partition, d.dim, d.key, d.minute, window, d.delta)
+                counts = signal.get((d.dim, d.key, d.minute))
+                if counts is None:
+                    counts = signal[(d.dim, d.key, d.minute)] = {}
+                counts[d.outcome] = counts.get(d.outcome, 0) + d.delta
         for fact in fx.facts:
             self._send_recipient(fact)
 
@@ -175,6 +279,20 @@ class MessageStage:
             )
             meta.watermark = max(meta.watermark, fact.timestamp)
             self.state.put(partition, key, state)
+            if not (fx.duplicate or fx.replayed):
+                self.stats.unique_statuses[(fact.status, fact.category or state.category)] += 1
+                if fact.status == "failed":
+                    self.stats.failures[(fact.error_class, fact.error_code)] += 1
+            if (
+                fact.error_code in INCIDENT_CODES
+                and not fx.replayed
+                and not fx.duplicate
+                and fact.status == "failed"
+            ):
+                self._signals.errors.append(
+                    ErrorCount(fact.error_code, fact.sender or "unknown", fact.timestamp)
+                )
+            self._signals.max_ts = max(self._signals.max_ts, fact.timestamp)
             message_index.touch(key.decode(), state.last_ts, meta.messages)
             self._effects(partition, position, fx)
         for template in batch.templates:
@@ -197,10 +315,15 @@ class MessageStage:
         self._effects(partition, position, fx)
 
     def _template(self, partition: int, fact: TemplateFact) -> None:
+        self._signals.templates.append(
+            TemplateSignal(fact.name, fact.field, fact.value, fact.timestamp, fact.reason)
+        )
         key = template_key(fact.name)
         state = self.state.get(partition, key, TemplateState) or TemplateState()
         if fact.field == "status" and fact.timestamp >= state.status_ts:
+            was_paused = state.status in PAUSED_STATUSES
             state.status, state.status_ts, state.reason = fact.value, fact.timestamp, fact.reason
+            self.meta(partition).paused_templates += (state.status in PAUSED_STATUSES) - was_paused
         elif fact.field == "quality" and fact.timestamp >= state.quality_ts:
             state.quality, state.quality_ts = fact.value, fact.timestamp
         elif fact.field == "category" and fact.timestamp >= state.category_ts:
@@ -256,6 +379,7 @@ class MessageStage:
             )
             message_index.flush(get, put)
             bucket_index.flush(get, put)
+            self.recent.advance(partition, meta.watermark)
             self.state.put(partition, meta_key(partition), meta)
         return self.state.flush(partition)
 
@@ -264,10 +388,35 @@ class MessageStage:
         self._out = {}
         return out
 
+    def drain_signals(self) -> SignalBatch | None:
+        """What the alerting stage needs to know of the inputs since the last call."""
+        batch = self._signals
+        batch.buckets = [
+            BucketSignal(dim, key, minute, counts)
+            for (dim, key, minute), counts in self._signal_buckets.items()
+            if any(counts.values())
+        ]
+        self._signal_buckets = {}
+        self._signals = SignalBatch(
+            buckets=[], templates=[], errors=[], resends=[], phone_quality=[], accounts=[]
+        )
+        return None if batch.empty() else batch
+
     def revoke(self, partition: int) -> None:
         self.state.discard(partition)
         self._message_index.pop(partition, None)
         self._bucket_index.pop(partition, None)
+        self.recent.drop(partition)
+
+    def paused_templates(self, partitions: list[int]) -> int:
+        """Templates now PAUSED or DISABLED on ``partitions``, from each partition's flushed
+        meta record (one read per partition)."""
+        total = 0
+        for p in partitions:
+            raw = self.state.kv.get(p, meta_key(p))
+            if raw is not None:
+                total += decode(raw, PartitionMeta).paused_templates
+        return total
 
 
 __all__ = ["MessageStage", "PartitionMeta", "Retention", "SendLogError", "TemplateState"]

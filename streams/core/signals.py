@@ -1,0 +1,79 @@
+"""What the counting stages tell the alerting stage (the ``<app>-signals`` topic, 1 partition).
+
+Every flush of the messages stage sends the minute-bucket deltas it applied, the template
+webhooks it saw and counts of incident error codes; the recipients stage sends premature
+resends (a marketing send less than 24 h after that recipient's 131049); the ingest stage sends
+phone-number quality and account updates. Recipients appear only as a short one-way digest, to
+count distinct ones; never a phone number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from streams.core.immediate import AccountEvent, ErrorCount, PhoneQualityChange
+
+#: Error codes counted for the immediate rules (billing, spam rate limit, On-Prem spam).
+INCIDENT_CODES = frozenset({131042, 131048, 471})
+
+
+class BucketSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """Deltas of one minute bucket (``dim``: t template, s sender, c country)."""
+
+    dim: str
+    key: str
+    minute: int
+    counts: dict[str, int]
+
+
+class TemplateSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    name: str
+    field: str  # status | quality | category
+    value: str
+    ts: int
+    reason: str | None = None
+
+
+class ResendSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    template: str
+    ts: int
+    recipient_digest: str
+
+
+class SignalBatch(msgspec.Struct, array_like=True, gc=False):
+    buckets: list[BucketSignal] = []
+    templates: list[TemplateSignal] = []
+    errors: list[ErrorCount] = []
+    resends: list[ResendSignal] = []
+    phone_quality: list[PhoneQualityChange] = []
+    accounts: list[AccountEvent] = []
+    max_ts: int = 0
+
+    def empty(self) -> bool:
+        return not (
+            self.buckets
+            or self.templates
+            or self.errors
+            or self.resends
+            or self.phone_quality
+            or self.accounts
+        )
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(SignalBatch)
+
+
+def encode_signals(batch: SignalBatch) -> bytes:
+    return _encoder.encode(batch)
+
+
+def decode_signals(raw: bytes) -> SignalBatch:
+    return _decoder.decode(raw)
+
+
+def recipient_digest(recipient: str) -> str:
+    """A short one-way digest that tells recipients apart without naming them."""
+    return hashlib.blake2b(recipient.encode(), digest_size=8).hexdigest()
