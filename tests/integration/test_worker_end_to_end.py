@@ -129,3 +129,18 @@ def test_worker_refuses_a_send_log_that_is_not_co_partitioned(
     assert "Traceback" not in result.stderr
     assert f"topic '{settings.topic_send_log}' has 3 partitions" in result.stderr
     assert "DELIVERY_MONITOR_TOPIC_PARTITIONS" in result.stderr
+
+
+@pytest.mark.skipif(
+    not __import__("conftest").docker_available(), reason="no Docker engine reachable here"
+)
+def test_testcontainers_kafka_round_trip() -> None:
+    """Optional path: with a Docker engine, testcontainers' Kafka works as a test broker too
+    (DELIVERY_MONITOR_TEST_KAFKA=testcontainers makes the whole suite use it)."""
+    from support import consume_all
+    from testcontainers.kafka import KafkaContainer
+
+    with KafkaContainer().with_kraft() as container:
+        bootstrap = container.get_bootstrap_server()
+        assert produce(bootstrap, "round-trip", [b"one", b"two"]) == 2
+        assert [v for _, v, _ in consume_all(bootstrap, "round-trip")] == [b"one", b"two"]
