@@ -152,7 +152,9 @@ class Finding(msgspec.Struct, frozen=True):
 
     @property
     def key(self) -> str:
-        return alert_key(self.rule, self.scope)
+        # the group names the error class for the spike rule: one alert per class and scope,
+        # so an opt-out HOLD on a template never overwrites its firing 131049 alert
+        return alert_key(self.group, self.scope)
 
 
 class Evaluation(msgspec.Struct, frozen=True):

@@ -50,6 +50,10 @@ class SignalBatch(msgspec.Struct, array_like=True, gc=False):
     phone_quality: list[PhoneQualityChange] = []
     accounts: list[AccountEvent] = []
     max_ts: int = 0
+    #: event-time watermark of each messages partition the batch covers (the alerting stage
+    #: advances time by the slowest of them, so it never judges a minute another partition has
+    #: not delivered yet)
+    watermarks: dict[int, int] = {}
 
     def empty(self) -> bool:
         return not (

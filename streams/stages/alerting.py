@@ -5,9 +5,11 @@ rule and writes notifications to the alerts topic; the alert book (which alerts 
 when, what was notified) is saved in a table after each batch, so a restart neither forgets a
 firing alert nor posts it twice.
 
-Time is event time: the newest event seen, advanced by the wall clock while no newer event
-arrives (so an incident still resolves when traffic stops). Evaluations run once per minute of
-that time.
+Time is event time: the low watermark of the messages partitions (the slowest partition that is
+still receiving data decides, so no minute is judged before every partition delivered it; a
+partition quiet for ``idle_s`` of wall time stops holding time back), advanced by the wall clock
+while no newer event arrives (so an incident still resolves when traffic stops). Evaluations run
+once per minute of that time.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class AlertingStage:
         detector: DetectorConfig | None = None,
         policy: AlertPolicy | None = None,
         clock: Callable[[], float] = time.time,
+        idle_s: float = 10.0,
     ) -> None:
         self.detector = SpikeDetector(detector)
         self.immediate = ImmediateRules()
@@ -46,6 +49,8 @@ class AlertingStage:
         self._event_time_at = 0.0  # wall clock when event_time last moved
         self._last_minute = -1
         self.signals = 0
+        self.idle_s = idle_s
+        self._marks: dict[int, tuple[int, float]] = {}  # partition -> (watermark, wall seen)
 
     def restore(self, raw: bytes | None) -> None:
         if raw:
@@ -70,15 +75,23 @@ class AlertingStage:
             self.immediate.observe(account)
         for r in batch.resends:
             self.storms.record(r.template, "", r.ts, r.recipient_digest)
+        wall = self.clock()
+        for partition, mark in batch.watermarks.items():
+            self._marks[partition] = (mark, wall)
         if batch.max_ts > self.event_time:
             self.event_time = batch.max_ts
-            self._event_time_at = self.clock()
+            self._event_time_at = wall
 
     def now(self) -> int:
-        """Event time, advanced by the wall clock since the newest event arrived."""
+        """The low watermark of the active partitions; when all are quiet, the newest event
+        time advanced by the wall clock since it arrived."""
         if not self.event_time:
             return 0
-        return self.event_time + max(0, int(self.clock() - self._event_time_at))
+        wall = self.clock()
+        active = [mark for mark, seen in self._marks.values() if wall - seen < self.idle_s]
+        if active:
+            return min(active)
+        return self.event_time + max(0, int(wall - self._event_time_at - self.idle_s))
 
     def evaluate(self) -> list[Notification]:
         """Notifications due at the current time: one evaluation per minute of event time that

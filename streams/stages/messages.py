@@ -295,6 +295,7 @@ class MessageStage:
             self._signals.max_ts = max(self._signals.max_ts, fact.timestamp)
             message_index.touch(key.decode(), state.last_ts, meta.messages)
             self._effects(partition, position, fx)
+        self._signals.watermarks[partition] = meta.watermark
         for template in batch.templates:
             self._template(partition, template)
         self.state.put(partition, meta_key(partition), meta)

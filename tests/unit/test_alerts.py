@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import msgspec
+
 from streams.core.alerts import (
     AlertBook,
     AlertPolicy,
@@ -69,6 +71,24 @@ def test_fires_only_after_consecutive_positive_evaluations() -> None:
     assert step(book, T0 + 180) == []  # clear: pending dropped
     assert step(book, T0 + 240, finding()) == []
     assert step(book, T0 + 300, finding()) == [NotificationKind.FIRING]
+
+
+def test_another_error_class_on_the_same_scope_is_its_own_alert() -> None:
+    """An opt-out HOLD on the spiking template neither fires nor replaces the 131049 alert."""
+    book = AlertBook()
+    opt_out_hold = msgspec.structs.replace(
+        finding(verdict=Verdict.HOLD, count=10),
+        group="spike:opt_out",
+        error_class=ErrorClass.OPT_OUT,
+        title="Opt-out spike",
+    )
+    assert opt_out_hold.key != finding().key
+    assert step(book, 60, finding(), opt_out_hold) == []
+    assert step(book, 120, finding(), opt_out_hold) == [NotificationKind.FIRING]
+    for at in (180, 240, 300):
+        assert step(book, at, finding(), opt_out_hold) == []
+    firing = [a for a in book.alerts() if a.state == "firing"]
+    assert [a.error_class for a in firing] == [ErrorClass.PER_USER_MARKETING_LIMIT]
 
 
 def test_hold_keeps_it_firing_and_clear_evaluations_resolve_it() -> None:

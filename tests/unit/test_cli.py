@@ -89,3 +89,31 @@ def test_bad_setting_is_reported_with_its_name(tmp_path: Path, bad: str) -> None
     assert result.returncode == 2
     assert name in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unreachable_kafka_is_one_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "DELIVERY_MONITOR_DATA_DIR": str(tmp_path / "state"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "worker"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "Kafka at 127.0.0.1:1 is not reachable" in result.stderr
+
+
+def test_inspect_accepts_its_options_before_the_files(tmp_path: Path) -> None:
+    sample = REPO / "tests" / "fixtures" / "whatsapp" / "meta_doc_status_failed_131049.json"
+    result = run_cli(["inspect", "--summary-only", str(sample)], os.environ["PATH"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # summary only: no event lines
+    assert "131049 1" in result.stderr
