@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
+
 from streams import __version__
 from streams.asyncutil import run_sync
 from streams.localkafka import (
@@ -137,7 +139,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    """Local development: the local broker (unless an external one is set) plus a worker."""
+    """Local development: the local broker (unless an external one is set), a worker and the
+    demo traffic (on the local broker; with KAFKA_BOOTSTRAP_SERVERS only when ``--demo``)."""
     started: LocalKafka | None = None
     if settings.bootstrap_servers:
         bootstrap = settings.bootstrap_servers
@@ -149,9 +152,21 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             started = kafka
         bootstrap = info.bootstrap
         print(f"Apache Kafka {info.version} at {bootstrap} (log {info.log_file})", file=sys.stderr)
+    background = None
     try:
+        if args.demo or (args.demo is None and not settings.bootstrap_servers):
+            from streams import demo
+
+            prepare_topics(settings, bootstrap)
+            options = demo.DemoOptions(progress_every=30.0)
+            background = demo.BackgroundDemo(settings, bootstrap, options).start()
+            print(demo.how_to_look(settings, background.traffic), file=sys.stderr)
+        elif args.demo is None:
+            print("no demo traffic on an external cluster (--demo to send it)", file=sys.stderr)
         return run_worker(settings, bootstrap)
     finally:
+        if background is not None:
+            background.stop()
         if started is not None and not args.keep_kafka:
             print("stopping the local Kafka broker", file=sys.stderr)
             started.stop()
@@ -166,6 +181,21 @@ def cmd_ingress(settings: Settings, args: argparse.Namespace) -> int:
     bootstrap = resolve_bootstrap(settings)
     prepare_topics(settings, bootstrap)
     return run_ingress(settings, bootstrap, insecure=args.insecure_no_signature)
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from streams import demo
+
+    options = demo.options_from(args)
+    bootstrap = resolve_bootstrap(settings)
+    prepare_topics(settings, bootstrap)
+    return demo.run(settings, bootstrap, options)
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from streams import replay
+
+    return replay.run(settings, replay.options_from(args), lambda: resolve_bootstrap(settings))
 
 
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
@@ -198,8 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--web-port", type=int, default=None, help="port of /metrics and the API")
     worker.set_defaults(func=cmd_worker)
 
-    run = sub.add_parser("run", help="local Kafka (unless KAFKA_BOOTSTRAP_SERVERS) + worker")
+    run = sub.add_parser(
+        "run", help="local Kafka (unless KAFKA_BOOTSTRAP_SERVERS) + worker + demo traffic"
+    )
     run.add_argument("--keep-kafka", action="store_true", help="leave the broker running on exit")
+    run.add_argument(
+        "--demo",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send demo traffic (default: only to the local broker, never to an external one)",
+    )
     run.set_defaults(func=cmd_run)
 
     ingress = sub.add_parser("ingress", help="receive Meta's webhooks into the raw topic")
@@ -216,10 +254,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("rest", nargs=argparse.REMAINDER)
     inspect.set_defaults(func=cmd_inspect)
+
+    from streams import demo, replay
+
+    for name, func, module, text in (
+        ("demo", cmd_demo, demo, "realistic webhook traffic with a 131049 spike, to the raw topic"),
+        ("replay", cmd_replay, replay, "produce saved webhook logs to the raw topic, in order"),
+    ):
+        command = sub.add_parser(name, help=text, description=module.DESCRIPTION)
+        module.add_arguments(command)
+        command.set_defaults(func=func)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["inspect"]:
+        from streams import inspect  # its own options, leading ones included
+
+        return inspect.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -231,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         return result
     except (CliError, SettingsError, ToolMissingError, LocalKafkaError, TopicCreationError) as exc:
         print(f"delivery-monitor: error: {exc}", file=sys.stderr)
+        return 2
+    except KafkaError as exc:
+        print(
+            f"delivery-monitor: error: Kafka at {settings.bootstrap_servers or 'the local broker'} "
+            f"is not reachable or refused the request: {exc}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

@@ -10,8 +10,11 @@ computed from the lifecycles alone, independently of the monitor's code.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import random
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -357,3 +360,441 @@ def spike_campaign(
     payloads = _bodies(messages, spec, rng)
     send_log: list[tuple[bytes, bytes]] = []
     return Campaign(messages, payloads, send_log, [], truth_of(messages))
+
+
+# --- live traffic: the demo's endless, clock-driven generator ---------------------------------
+
+DAY = 86_400
+
+#: Marketing templates of the demo (the spike template is added to these).
+DEMO_MARKETING = (
+    "spring_sale",
+    "new_arrivals",
+    "loyalty_points_reminder",
+    "abandoned_cart",
+    "back_in_stock",
+    "vip_early_access",
+    "birthday_offer",
+    "referral_bonus",
+    "price_drop_alert",
+    "seasonal_lookbook",
+    "app_download_promo",
+    "feedback_survey",
+    "event_invite",
+    "free_shipping_week",
+    "bundle_offer",
+    "clearance_final_days",
+    "winback_we_miss_you",
+    "newsletter_weekly",
+    "product_launch_teaser",
+    "store_opening",
+)
+DEMO_UTILITY = (
+    "order_confirmation",
+    "shipping_update",
+    "delivery_scheduled",
+    "payment_received",
+    "appointment_reminder",
+    "account_update",
+    "invoice_ready",
+    "return_processed",
+    "subscription_renewal",
+    "booking_confirmed",
+)
+DEMO_AUTHENTICATION = ("login_code", "verify_phone", "password_reset_code")
+
+#: Recipient countries of the demo and their shares of recipients.
+DEMO_COUNTRIES: tuple[tuple[str, float], ...] = (
+    ("IN", 0.28),
+    ("BR", 0.20),
+    ("ID", 0.12),
+    ("MX", 0.10),
+    ("US", 0.10),
+    ("DE", 0.07),
+    ("GB", 0.07),
+    ("CA", 0.06),
+)
+
+#: Background failures by category: (error code, share of the failures).
+DEMO_FAILURES: dict[str, tuple[tuple[int, float], ...]] = {
+    "marketing": ((131049, 0.40), (131026, 0.30), (131050, 0.15), (131056, 0.15)),
+    "utility": ((131026, 0.70), (131056, 0.30)),
+    "authentication": ((131026, 0.80), (131056, 0.20)),
+}
+SPIKE_TEMPLATE_FAILURES: tuple[tuple[int, float], ...] = ((131026, 1.0),)
+
+_REPLIES = (
+    "Yes please!",
+    "How much is it?",
+    "Do you ship to my city?",
+    "Thanks",
+    "Is this still available?",
+    "What sizes do you have?",
+)
+_NAMES = ("Ana", "Ravi", "Siti", "Lukas", "Emma", "Carlos", "Priya", "Budi", "Sofia", "Jonas")
+
+
+@dataclass(frozen=True)
+class TemplatePlan:
+    """One template of the live traffic: its share of the sends and how recipients engage."""
+
+    name: str
+    category: str  # marketing, utility or authentication
+    weight: float
+    read_ratio: float
+    reply_ratio: float  # share of the read messages answered with an inbound message
+
+
+@dataclass(frozen=True)
+class LiveSpec:
+    """Shape of the demo's live traffic. Times are event-time seconds from the start."""
+
+    senders: int = 3
+    recipients: int = 20_000
+    countries: tuple[tuple[str, float], ...] = DEMO_COUNTRIES
+    failure_ratio: float = 0.02  # background failures of all classes
+    opaque_ratio: float = 0.8  # the rest is attributed through the send log
+    duplicate_ratio: float = 0.05  # bodies Meta POSTs twice
+    batch_ratio: float = 0.15  # bodies that carry several statuses
+    max_delay: float = 4.0  # webhook delivery jitter (seconds): statuses arrive out of order
+    skip_delivered_ratio: float = 0.1  # read messages whose delivered status never comes
+    opt_out_ratio: float = 0.003  # read marketing messages answered with "stop promotions"
+    spike_template: str = "weekend_flash_deal"
+    spike_share: float = 0.05  # share of all sends that use the spike template
+    spike_at: float = 60.0
+    spike_seconds: float = 240.0
+    spike_ratio: float = 0.5  # share of the spike template's sends failing with 131049
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """A scheduled output of :class:`LiveTraffic`: a status, a reply, an opt-out, a send-log
+    record or a repeated POST."""
+
+    kind: str
+    message: Message | None = None
+    status: str = ""
+    ts: int = 0
+    code: int | None = None
+    record: LiveRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRecord:
+    """One record to produce: a webhook body for the raw topic, or a send-log record."""
+
+    kind: str  # statuses, inbound, preferences or send_log
+    value: bytes
+    key: bytes | None = None
+    statuses: int = 0  # status items in the body
+    duplicate: bool = False  # a repeated POST (Meta's retry)
+
+
+def demo_templates(spec: LiveSpec, rng: random.Random) -> list[TemplatePlan]:
+    """Dozens of templates with a long-tailed popularity and their own engagement; the spike
+    template is a marketing template taking ``spike_share`` of the sends."""
+    names = [(n, "marketing") for n in DEMO_MARKETING if n != spec.spike_template]
+    names += [(n, "utility") for n in DEMO_UTILITY]
+    names += [(n, "authentication") for n in DEMO_AUTHENTICATION]
+    rng.shuffle(names)
+    raw = [1.0 / (rank + 1) ** 0.8 for rank in range(len(names))]
+    scale = (1.0 - spec.spike_share) / sum(raw)
+    plans = []
+    for (name, category), w in zip(names, raw, strict=True):
+        low, high = (0.55, 0.9) if category != "marketing" else (0.2, 0.7)
+        plans.append(
+            TemplatePlan(
+                name,
+                category,
+                w * scale,
+                round(rng.uniform(low, high), 2),
+                round(rng.uniform(0.01, 0.15), 3),
+            )
+        )
+    plans.append(TemplatePlan(spec.spike_template, "marketing", spec.spike_share, 0.45, 0.05))
+    return plans
+
+
+class LiveTraffic:
+    """Endless WhatsApp traffic at event time: call :meth:`send` to start a message at ``ts``
+    and :meth:`due` to collect the records whose time has come.
+
+    Several sending numbers, dozens of templates (see :func:`demo_templates`), recipients in
+    several countries (US numbers only get utility and authentication templates, as senders do
+    under Meta's US marketing pause), inbound replies with ``contacts`` (they open service
+    windows), a few ``stop promotions`` opt-outs, background failures, duplicated and
+    out-of-order statuses, and between ``spike_at`` and ``spike_at + spike_seconds`` a 131049
+    spike on ``spike_template``. The sender behaves: no marketing to a recipient within 24 h of
+    its 131049 or after its opt-out, so the only incident is the spike. Deterministic for a seed
+    and a sequence of calls; no clock of its own.
+    """
+
+    def __init__(self, spec: LiveSpec, start: float, seed: int = 7) -> None:
+        self.spec = spec
+        self.start = start
+        self.seed = seed
+        self.rng = random.Random(seed)
+        rng = self.rng
+        self.senders = [(f"10654035224{i:04d}", f"1555078{i:04d}") for i in range(spec.senders)]
+        self.templates = demo_templates(spec, rng)
+        self._template_cum = _cumulative([t.weight for t in self.templates])
+        countries = [c for c, _ in spec.countries]
+        weights = [w for _, w in spec.countries]
+        self.people = [
+            (phone_for(c, rng), c)
+            for c in rng.choices(countries, weights=weights, k=spec.recipients)
+        ]
+        self._non_us = [i for i, (_, c) in enumerate(self.people) if c != "US"]
+        self.showcase = phone_for("BR", rng)  # the demo recipient the spike hits first
+        self._blocked_until: dict[str, float] = {}  # marketing hold after 131049 / opt-out
+        self._heap: list[tuple[float, int, _Due]] = []
+        self._seq = 0
+        self.messages = 0
+        self.scheduled_statuses = 0
+        self.spike_failures = 0
+        self._showcase_done = False
+
+    # -- spike window ---------------------------------------------------------------------
+
+    @property
+    def spike_start(self) -> float:
+        return self.start + self.spec.spike_at
+
+    @property
+    def spike_end(self) -> float:
+        return self.spike_start + self.spec.spike_seconds
+
+    def in_spike(self, ts: float) -> bool:
+        return self.spike_start <= ts < self.spike_end
+
+    @property
+    def statuses_per_message(self) -> float:
+        """Status items per message so far (a prior of 2.3 until there are enough messages)."""
+        if self.messages < 50:
+            return 2.3
+        return self.scheduled_statuses / self.messages
+
+    # -- generation -----------------------------------------------------------------------
+
+    def _push(self, at: float, item: _Due) -> None:
+        heapq.heappush(self._heap, (at, self._seq, item))
+        self._seq += 1
+
+    def _pick_template(self) -> TemplatePlan:
+        x = self.rng.random() * self._template_cum[-1]
+        return self.templates[bisect.bisect_right(self._template_cum, x)]
+
+    def _pick_recipient(self, marketing: bool, ts: float) -> tuple[str, str] | None:
+        for _ in range(10):
+            if marketing:
+                phone, country = self.people[self._non_us[self.rng.randrange(len(self._non_us))]]
+            else:
+                phone, country = self.people[self.rng.randrange(len(self.people))]
+            if not marketing or self._blocked_until.get(phone, 0.0) <= ts:
+                return phone, country
+        return None
+
+    def send(self, ts: float) -> Message | None:
+        """Start one message at event time ``ts`` and schedule its webhooks; ``None`` when the
+        chosen recipients were all on hold (the sender skipped the send)."""
+        spec, rng = self.spec, self.rng
+        template = self._pick_template()
+        marketing = template.category == "marketing"
+        spike_template = template.name == spec.spike_template
+        spiking = spike_template and self.in_spike(ts)
+        forced: int | None = None
+        if spiking and not self._showcase_done:
+            self._showcase_done = True
+            picked: tuple[str, str] | None = (self.showcase, "BR")
+            forced = 131049
+        else:
+            picked = self._pick_recipient(marketing, ts)
+        if picked is None:
+            return None
+        phone, country = picked
+        sender, display = self.senders[rng.randrange(len(self.senders))]
+        message = Message(
+            wamid=f"wamid.DEMO{self.seed:03d}{self.messages:010d}",
+            sender=sender,
+            display=display,
+            recipient=phone,
+            country=country,
+            template=template.name,
+            category=template.category,
+            sent_at=int(ts),
+            statuses=[],
+            opaque=rng.random() < spec.opaque_ratio,
+        )
+        self.messages += 1
+        if not message.opaque:
+            self._push(ts, _Due("send_log", message))
+        code = forced
+        if code is None and spiking and rng.random() < spec.spike_ratio:
+            code = 131049
+        elif code is None and rng.random() < spec.failure_ratio:
+            # The spike template fails otherwise only as undeliverable, so its one incident is
+            # the spike (other classes on the same scope would make incidents of their own).
+            mix = SPIKE_TEMPLATE_FAILURES if spike_template else DEMO_FAILURES[template.category]
+            code = _weighted(rng, mix)
+        if code is not None:
+            self._fail(message, ts, code, spiking)
+        else:
+            self._deliver(message, template, ts)
+        for status, at, error in message.statuses:
+            due = _Due("status", message, status, at, error)
+            self._push(at + rng.uniform(0.0, spec.max_delay), due)
+            self.scheduled_statuses += 1
+        return message
+
+    def _fail(self, message: Message, ts: float, code: int, spiking: bool) -> None:
+        if self.rng.random() < 0.3:
+            message.statuses.append(("sent", int(ts), None))
+        failed_at = ts + self.rng.uniform(0.5, 5.0)
+        message.statuses.append(("failed", int(failed_at), code))
+        if code in (131049, 131050):
+            hold = DAY if code == 131049 else 400 * DAY
+            self._blocked_until[message.recipient] = ts + hold
+        if spiking and code == 131049:
+            self.spike_failures += 1
+
+    def _deliver(self, message: Message, template: TemplatePlan, ts: float) -> None:
+        spec, rng = self.spec, self.rng
+        sent = ts + rng.uniform(0.2, 2.0)
+        delivered = sent + rng.uniform(1.0, 20.0)
+        message.statuses.append(("sent", int(sent), None))
+        if rng.random() >= template.read_ratio:
+            message.statuses.append(("delivered", int(delivered), None))
+            return
+        read = delivered + min(600.0, rng.expovariate(1 / 90))
+        if rng.random() >= spec.skip_delivered_ratio:
+            message.statuses.append(("delivered", int(delivered), None))
+        message.statuses.append(("read", int(read), None))
+        if rng.random() < template.reply_ratio:
+            self._push(read + rng.uniform(3.0, 120.0), _Due("inbound", message))
+        elif template.category == "marketing" and rng.random() < spec.opt_out_ratio:
+            self._blocked_until[message.recipient] = ts + 400 * DAY
+            self._push(read + rng.uniform(3.0, 60.0), _Due("stop", message))
+
+    # -- output ---------------------------------------------------------------------------
+
+    def due(self, now: float) -> list[LiveRecord]:
+        """Every record whose event time is ``<= now``, in the order Meta would POST them."""
+        out: list[LiveRecord] = []
+        statuses: list[_Due] = []
+        while self._heap and self._heap[0][0] <= now:
+            at, _, item = heapq.heappop(self._heap)
+            m = item.message
+            if item.kind == "status":
+                statuses.append(item)
+            elif item.kind == "send_log" and m is not None:
+                out.append(_send_log_record(m))
+            elif item.kind == "inbound" and m is not None:
+                out.append(LiveRecord("inbound", self._inbound(m, at)))
+            elif item.kind == "stop" and m is not None:
+                out.append(LiveRecord("preferences", _stop_body(m, at)))
+            elif item.kind == "duplicate" and item.record is not None:
+                r = item.record
+                out.append(LiveRecord(r.kind, r.value, None, r.statuses, duplicate=True))
+        out.extend(self._status_bodies(statuses, now))
+        return out
+
+    def _status_bodies(self, statuses: list[_Due], now: float) -> list[LiveRecord]:
+        spec, rng = self.spec, self.rng
+        out: list[LiveRecord] = []
+        i = 0
+        while i < len(statuses):
+            take = rng.randint(2, 6) if rng.random() < spec.batch_ratio else 1
+            chunk = [statuses[i]]
+            while len(chunk) < take and i + len(chunk) < len(statuses):
+                nxt = statuses[i + len(chunk)]
+                if _sender(nxt) != _sender(chunk[0]):
+                    break  # one body carries one sending number's statuses
+                chunk.append(nxt)
+            i += len(chunk)
+            first = chunk[0].message
+            assert first is not None
+            items = [status_item(d.message, d.status, d.ts, d.code) for d in chunk if d.message]
+            body = envelope(first.sender, first.display, items)
+            record = LiveRecord("statuses", body, statuses=len(items))
+            out.append(record)
+            if rng.random() < spec.duplicate_ratio:
+                self._push(now + rng.uniform(1.0, 20.0), _Due("duplicate", record=record))
+        return out
+
+    def _inbound(self, m: Message, at: float) -> bytes:
+        value = {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": m.display, "phone_number_id": m.sender},
+            "contacts": [{"profile": {"name": self.rng.choice(_NAMES)}, "wa_id": m.recipient}],
+            "messages": [
+                {
+                    "from": m.recipient,
+                    "id": f"wamid.IN{m.wamid[5:]}",
+                    "timestamp": str(int(at)),
+                    "type": "text",
+                    "text": {"body": self.rng.choice(_REPLIES)},
+                    "context": {"from": m.display, "id": m.wamid},
+                }
+            ],
+        }
+        return _change_body("messages", value)
+
+
+def _cumulative(weights: list[float]) -> list[float]:
+    out, total = [], 0.0
+    for w in weights:
+        total += w
+        out.append(total)
+    return out
+
+
+def _weighted(rng: random.Random, choices: tuple[tuple[int, float], ...]) -> int:
+    codes = [c for c, _ in choices]
+    return rng.choices(codes, weights=[w for _, w in choices], k=1)[0]
+
+
+def _sender(due: _Due) -> str:
+    return due.message.sender if due.message is not None else ""
+
+
+def _change_body(field_name: str, value: Mapping[str, object]) -> bytes:
+    return orjson.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {"id": "102290129340398", "changes": [{"field": field_name, "value": value}]}
+            ],
+        }
+    )
+
+
+def _stop_body(m: Message, at: float) -> bytes:
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": m.display, "phone_number_id": m.sender},
+        "contacts": [{"wa_id": m.recipient}],
+        "user_preferences": [
+            {
+                "wa_id": m.recipient,
+                "detail": "User requested to stop marketing messages",
+                "category": "marketing_messages",
+                "value": "stop",
+                "timestamp": int(at),
+            }
+        ],
+    }
+    return _change_body("user_preferences", value)
+
+
+def _send_log_record(m: Message) -> LiveRecord:
+    value = orjson.dumps(
+        {
+            "wamid": m.wamid,
+            "recipient": m.recipient,
+            "template": m.template,
+            "category": m.category,
+            "campaign": "demo",
+            "sent_at": m.sent_at,
+        }
+    )
+    return LiveRecord("send_log", value, m.wamid.encode())
