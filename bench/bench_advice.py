@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -20,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from _broker import benchmark_broker
 from support import WorkerProcess, produce, unique_env, wait_drained
 
 from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
-from streams.localkafka import LocalKafka
 from streams.settings import Settings
 from streams.simulate import Message, envelope, status_item
 from streams.topics import ensure_topics, source_topics
@@ -37,12 +36,11 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-advice-"))
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        s = Settings.from_env()
-        broker = LocalKafka(tmp / "kafka", s.cache_dir, s.kafka_version)
-        bootstrap = broker.start().bootstrap
+    with benchmark_broker(tmp) as bootstrap:
+        return measure(args, tmp, bootstrap)
+
+
+def measure(args: argparse.Namespace, tmp: Path, bootstrap: str) -> int:
     worker = None
     try:
         env = unique_env(bootstrap, tmp / "state", DELIVERY_MONITOR_STORE="rocksdb://")
@@ -106,8 +104,6 @@ def main() -> int:
     finally:
         if worker is not None:
             worker.stop()
-        if broker is not None:
-            broker.stop()
 
 
 if __name__ == "__main__":

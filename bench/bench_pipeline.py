@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from _broker import benchmark_broker
 from support import WorkerProcess, group_lag, produce_async, unique_env
 
 from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
 from streams.core import parse_webhook
-from streams.localkafka import LocalKafka
 from streams.settings import Settings
 from streams.simulate import CampaignSpec, generate
 from streams.topics import ensure_topics, source_topics
@@ -84,12 +84,11 @@ def main() -> int:
     parser.add_argument("--profile", help="write a py-spy raw profile of the worker here")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        s = Settings.from_env()
-        broker = LocalKafka(tmp / "kafka", s.cache_dir, s.kafka_version, heap="1g")
-        bootstrap = broker.start().bootstrap
+    with benchmark_broker(tmp) as bootstrap:
+        return measure(args, tmp, bootstrap)
+
+
+def measure(args: argparse.Namespace, tmp: Path, bootstrap: str) -> int:
     worker = None
     try:
         env = unique_env(
@@ -165,8 +164,6 @@ def main() -> int:
     finally:
         if worker is not None:
             worker.stop()
-        if broker is not None:
-            broker.stop()
 
 
 if __name__ == "__main__":

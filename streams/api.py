@@ -175,17 +175,7 @@ class Api:
         rid = normalize_recipient(given)
         partition = partition_for(rid, self.n)
         if partition not in self.local_partitions(self.recipients_topic):
-            owner = self._owner(rid)
-            if owner is None:
-                return _json({"error": "the owner of this recipient is not known yet"}, 503)
-            timeout = aiohttp.ClientTimeout(total=10)
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(f"{owner}{request.rel_url}") as resp,
-            ):
-                return web.Response(
-                    status=resp.status, body=await resp.read(), content_type="application/json"
-                )
+            return await self._forward(rid, request)
         raw = self.m.recipients_kv.read(recipient_key(rid))
         meta_raw = self.m.recipients_kv.read(recipient_meta_key(partition))
         now = decode(meta_raw, RecipientMeta).watermark if meta_raw else int(time.time())
