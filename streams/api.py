@@ -69,6 +69,17 @@ class Api:
             return []
         return sorted(tp.partition for tp in actives if tp.topic == topic)
 
+    def _assigned(self) -> dict[str, list[int]]:
+        """Every topic partition this worker actively consumes (for operators)."""
+        try:
+            actives = self.m.app.assignor.assigned_actives()
+        except Exception:
+            return {}
+        out: dict[str, list[int]] = {}
+        for tp in actives:
+            out.setdefault(tp.topic, []).append(tp.partition)
+        return {topic: sorted(ps) for topic, ps in sorted(out.items())}
+
     def _peers(self) -> list[str]:
         """Web URLs of the other workers that own partitions of the messages table."""
         try:
@@ -288,6 +299,8 @@ class Api:
                     "recipients": self.local_partitions(self.recipients_topic),
                 },
                 "watermark": self.watermark(),
+                "peers": self._peers(),
+                "assigned": self._assigned(),
                 "ingest": {
                     "records": self.m.ingest.stats.records,
                     "statuses": self.m.ingest.stats.statuses,

@@ -131,6 +131,7 @@ class Monitor:
         self.recipients = RecipientStage(self.recipients_kv)
         self.metrics.watch(self)  # scrape-time gauges from the stages' state
         policy = BatchPolicy()
+        self.generation = 0  # rebalances seen
         m = self.metrics
 
         @app.agent(self.raw_topic, name="ingest", concurrency=1)
@@ -142,7 +143,7 @@ class Monitor:
                 counter.inc()
                 self.ingest.handle(msg.topic, msg.partition, msg.offset, event.value or b"")
 
-            await run_batched(stream, handle, self._flush_ingest, policy)
+            await run_batched(stream, handle, self._flush_ingest, policy, lambda: self.generation)
 
         @app.agent(stage2_input, name="messages", concurrency=1)
         async def messages(stream: Any) -> None:
@@ -175,7 +176,7 @@ class Monitor:
                 bad_send_log.clear()
                 m.observe_messages(self.messages.stats)
 
-            await run_batched(stream, handle, flush, policy)
+            await run_batched(stream, handle, flush, policy, lambda: self.generation)
 
         @app.agent(self.recipients_topic, name="recipients", concurrency=1)
         async def recipients(stream: Any) -> None:
@@ -194,7 +195,7 @@ class Monitor:
                 await self._signal(self.recipients.drain_signals())
                 m.observe_recipients(self.recipients.stats)
 
-            await run_batched(stream, handle, flush, policy)
+            await run_batched(stream, handle, flush, policy, lambda: self.generation)
 
         alert_lock = asyncio.Lock()
         signals_name = self.signals_topic.get_topic_name()
@@ -220,7 +221,7 @@ class Monitor:
                 self.alerting_kv.events[0] = event
                 self.alerting.handle(decode_signals(event.value))
 
-            await run_batched(stream, handle, evaluate_alerts, policy)
+            await run_batched(stream, handle, evaluate_alerts, policy, lambda: self.generation)
 
         @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
         async def evaluate_when_quiet() -> None:
@@ -248,10 +249,12 @@ class Monitor:
                 if self.notifier is not None:
                     await self.notifier.join()
 
-            await run_batched(stream, handle, deliver, policy)
+            await run_batched(stream, handle, deliver, policy, lambda: self.generation)
 
         async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
-            """Unflushed state of a revoked partition is dropped: its new owner replays it."""
+            """Unflushed state of a revoked partition is dropped: its new owner replays it.
+            Events handled before the rebalance are not acknowledged (see run_batched)."""
+            self.generation += 1
             for tp in revoked:
                 if tp.topic == signals_name:
                     # another worker owns alerting now; it restores the book from the table

@@ -75,6 +75,7 @@ async def run_batched(
     handle: Callable[[Any], None],
     flush: Callable[[], Awaitable[None]],
     policy: BatchPolicy,
+    generation: Callable[[], int] = lambda: 0,
 ) -> None:
     """Drive ``stream`` with manual acks: ``handle`` each event, ``flush`` per batch, then ack.
 
@@ -83,9 +84,13 @@ async def run_batched(
     writes before its first ``await``, so a flush covers exactly the events handled before it;
     events handled while it awaits its sends belong to the next batch. ``handle`` must not raise
     for bad input: stages turn bad input into dead letters.
+
+    ``generation()`` changes on every rebalance: events handled before one are never acked
+    (their partition's unflushed state was dropped, and faust delivers them again from the
+    committed offset; the stages apply the replay once).
     """
     manual = stream.noack()
-    pending: list[Any] = []
+    pending: list[tuple[Any, int]] = []
     lock = asyncio.Lock()
 
     async def flush_pending() -> None:
@@ -95,8 +100,10 @@ async def run_batched(
             if not batch:
                 return
             await flush()
-            for done in batch:
-                await manual.ack(done)
+            current = generation()
+            for done, handled_in in batch:
+                if handled_in == current:
+                    await manual.ack(done)
 
     async def ticker() -> None:
         while True:
@@ -108,7 +115,7 @@ async def run_batched(
     try:
         async for event in manual.events():
             handle(event)
-            pending.append(event)
+            pending.append((event, generation()))
             if len(pending) >= policy.max_events:
                 await flush_pending()
     finally:

@@ -38,6 +38,10 @@ class PartitionMeta(msgspec.Struct, array_like=True, gc=False):
     messages: SweepCursor = msgspec.field(default_factory=SweepCursor)
     buckets: SweepCursor = msgspec.field(default_factory=SweepCursor)
     paused_templates: int = 0  # templates of this partition now PAUSED or DISABLED (metrics)
+    #: newest event time seen per raw-webhook partition (the origin of the statuses): lateness
+    #: is judged against the status's own input partition, which is consumed in order, so a
+    #: worker that runs ahead of another on a backlog does not make the other's statuses late
+    origin_watermarks: dict[int, int] = msgspec.field(default_factory=dict)
 
 
 class TemplateState(msgspec.Struct, array_like=True, gc=False):
@@ -268,16 +272,20 @@ class MessageStage:
             key = message_key(fact.wamid)
             state = self.state.get(partition, key, MessageState)
             attribution = decode_callback_data(fact.opaque, self.attribution)
+            origin = fact.origin[0]
+            origin_mark = meta.origin_watermarks.get(origin, 0)
             state, fx = self.ledger.apply_status(
                 state,
                 fact,
                 position,
-                meta.watermark,
+                origin_mark,
                 attribution.template,
                 attribution.category,
                 attribution.campaign,
             )
             meta.watermark = max(meta.watermark, fact.timestamp)
+            if fact.timestamp > origin_mark:
+                meta.origin_watermarks[origin] = fact.timestamp
             self.state.put(partition, key, state)
             if not (fx.duplicate or fx.replayed):
                 self.stats.unique_statuses[(fact.status, fact.category or state.category)] += 1
