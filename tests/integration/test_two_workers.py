@@ -61,8 +61,10 @@ def test_api_answers_from_either_worker_and_survives_one_stopping(
 
     assert second.stop() == 0
     wait_until(
-        lambda: len(get_json(f"{first.base_url}/v1/health")[1]["partitions"]["messages"])  # type: ignore[index]
-        == settings.topic_partitions,
+        lambda: (
+            len(get_json(f"{first.base_url}/v1/health")[1]["partitions"]["messages"])  # type: ignore[index]
+            == settings.topic_partitions
+        ),
         90,
         "the remaining worker to own every partition",
         1.0,
