@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test test-kafka4 lint format bench clean
+.PHONY: help install tools run test test-kafka4 lint format bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -22,10 +22,19 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create the virtualenv and install the package with dev extras
 
+tools: ## Prometheus + promtool for the tests (Debian's package; installed when run as root)
+	@command -v promtool >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian's prometheus (promtool) for the tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+		else \
+			echo "the tests need Prometheus and promtool: sudo apt-get install prometheus" >&2; exit 1; \
+		fi; }
+
 run: install ## Local Kafka (fetched with Maven) + worker; prints where the metrics are
 	$(VENV)/bin/delivery-monitor run
 
-test: install ## The whole suite on Kafka 3.9 (default) plus the smoke subset on Kafka 4.x
+test: install tools ## The whole suite on Kafka 3.9 (default) plus the smoke subset on Kafka 4.x
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-kafka4
 
