@@ -11,12 +11,15 @@ Stages know nothing of Faust: they take a partition, an offset and bytes, keep s
 dict and the Faust wiring thin.
 """
 
+from functools import lru_cache
+
 from aiokafka.partitioner import murmur2
 
 #: Topic codes used in input positions (see streams.core.facts.source_id).
 RAW, MESSAGES, SEND_LOG, RECIPIENTS = 1, 2, 3, 4
 
 
+@lru_cache(maxsize=262_144)  # a message's statuses and a recipient's facts repeat the key
 def partition_for(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key`` (murmur2, like the Java and
     aiokafka clients), so our routing agrees with records a sender produces keyed by wamid."""
