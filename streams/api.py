@@ -16,12 +16,14 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import msgspec
 from aiohttp import web
 
-from streams.core.advice import Advice, advise
+from streams.core.advice import advise
 from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
 from streams.core.geography import locate_recipient
 from streams.core.recipients import RecipientState, recipient_view
@@ -199,19 +201,30 @@ class Api:
         return _json(view)
 
     # -- advice -------------------------------------------------------------------------------
-    def local_advice(self, given: str, at: int | None = None) -> Advice:
-        """Advice as of ``at``, default: now (the wall clock, or the newest event time of the
-        recipient's partition if that is later, e.g. for a replay of future-dated logs)."""
+    def clock(self) -> Callable[[int], int]:
+        """ "Now" per recipients partition for one request: the wall clock, or the partition's
+        newest event time if that is later (a replay of future-dated logs); each partition's
+        watermark is read once per request."""
+        wall = int(time.time())
+        seen: dict[int, int] = {}
+
+        def now(partition: int) -> int:
+            if partition not in seen:
+                meta_raw = self.m.recipients_kv.read(recipient_meta_key(partition))
+                watermark = decode(meta_raw, RecipientMeta).watermark if meta_raw else 0
+                seen[partition] = max(watermark, wall)
+            return seen[partition]
+
+        return now
+
+    def local_advice(self, given: str, now: Callable[[int], int], at: int | None = None) -> Any:
+        """Advice for ``given`` as of ``at`` (default ``now(partition)``), as JSON builtins."""
         rid = normalize_recipient(given)
-        partition = partition_for(rid, self.n)
         raw = self.m.recipients_kv.read(recipient_key(rid))
-        if at is None:
-            meta_raw = self.m.recipients_kv.read(recipient_meta_key(partition))
-            watermark = decode(meta_raw, RecipientMeta).watermark if meta_raw else 0
-            at = max(watermark, int(time.time()))
-        now = at
+        when = now(partition_for(rid, self.n)) if at is None else at
         state = None if raw is None else decode(raw, RecipientState)
-        return advise(state, given, now, is_us=is_us_recipient(rid), policy=self.m.advice_policy)
+        advice = advise(state, given, when, is_us=is_us_recipient(rid), policy=self.m.advice_policy)
+        return msgspec.to_builtins(advice)
 
     async def advice(self, request: web.Request) -> web.Response:
         given = request.match_info["id"]
@@ -219,7 +232,7 @@ class Api:
         if partition_for(rid, self.n) not in self.local_partitions(self.recipients_topic):
             return await self._forward(rid, request)
         at = int(request.query["at"]) if request.query.get("at", "").isdigit() else None
-        return _json(msgspec_to_builtins(self.local_advice(given, at)))
+        return _json(self.local_advice(given, self.clock(), at))
 
     async def advice_batch(self, request: web.Request) -> web.Response:
         """``POST /v1/advice`` with ``{"recipients": [...]}`` (at most 10,000)."""
@@ -233,12 +246,13 @@ class Api:
         if len(recipients) > MAX_BATCH:
             return _json({"error": f"at most {MAX_BATCH} recipients per request"}, 413)
         local = set(self.local_partitions(self.recipients_topic))
+        now = self.clock()
         answers: dict[int, Any] = {}
         remote: dict[str, list[int]] = {}
         for i, given in enumerate(recipients):
             rid = normalize_recipient(given)
             if partition_for(rid, self.n) in local:
-                answers[i] = msgspec_to_builtins(self.local_advice(given))
+                answers[i] = self.local_advice(given, now)
             else:
                 owner = self._owner(rid)
                 if owner is None:
@@ -264,9 +278,8 @@ class Api:
 
     async def local_advice_batch(self, request: web.Request) -> web.Response:
         body = await request.json()
-        return _json(
-            {"advice": [msgspec_to_builtins(self.local_advice(r)) for r in body["recipients"]]}
-        )
+        now = self.clock()
+        return _json({"advice": [self.local_advice(r, now) for r in body["recipients"]]})
 
     async def _forward(self, rid: str, request: web.Request) -> web.Response:
         owner = self._owner(rid)
@@ -332,12 +345,6 @@ def is_us_recipient(rid: str) -> bool:
     if rid.isdigit():
         return locate_recipient(rid, None).is_us
     return locate_recipient(None, rid).is_us
-
-
-def msgspec_to_builtins(value: Any) -> Any:
-    import msgspec
-
-    return msgspec.to_builtins(value)
 
 
 def register(monitor: Monitor, web_app: web.Application) -> Api:

@@ -93,6 +93,10 @@ class WriteBack:
     def partitions(self) -> list[int]:
         return [p for p, d in self._dirty.items() if d]
 
+    def view(self, partition: int) -> PartitionView:
+        """String-keyed, untyped access to one partition (for the expiry index's records)."""
+        return PartitionView(self, partition)
+
     def flush(self, partition: int) -> int:
         """Write the partition's changed keys (each once); returns how many."""
         values = self._values.pop(partition, {})
@@ -109,3 +113,20 @@ class WriteBack:
         """Forget unflushed changes (the partition was revoked)."""
         self._values.pop(partition, None)
         self._dirty.pop(partition, None)
+
+
+class PartitionView:
+    """One partition of a :class:`WriteBack` with ``str`` keys and generic msgpack values."""
+
+    def __init__(self, state: WriteBack, partition: int) -> None:
+        self.state = state
+        self.partition = partition
+
+    def get(self, key: str) -> object | None:
+        return self.state.get(self.partition, key.encode(), object)
+
+    def put(self, key: str, value: object) -> None:
+        self.state.put(self.partition, key.encode(), value)
+
+    def delete(self, key: str) -> None:
+        self.state.delete(self.partition, key.encode())

@@ -125,14 +125,14 @@ class IngestStage:
         p = partition_for(key, self.message_partitions)
         batch = self._messages.get(p)
         if batch is None:
-            batch = self._messages[p] = FactBatch(statuses=[], recipients=[], templates=[])
+            batch = self._messages[p] = FactBatch()
         return batch
 
     def _recipient(self, fact: RecipientFact) -> None:
         p = partition_for(fact.recipient, self.recipient_partitions)
         batch = self._recipients.get(p)
         if batch is None:
-            batch = self._recipients[p] = FactBatch(statuses=[], recipients=[], templates=[])
+            batch = self._recipients[p] = FactBatch()
         batch.recipients.append(fact)
 
     def handle(self, topic: str, partition: int, offset: int, raw: bytes) -> None:
@@ -202,9 +202,7 @@ class IngestStage:
 
     def _signal(self) -> SignalBatch:
         if self._signals is None:
-            self._signals = SignalBatch(
-                buckets=[], templates=[], errors=[], resends=[], phone_quality=[], accounts=[]
-            )
+            self._signals = SignalBatch()
         return self._signals
 
     def drain_signals(self) -> SignalBatch | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -83,7 +82,6 @@ class MessageStats:
     attributed_late: int = 0
     expired_messages: int = 0
     expired_buckets: int = 0
-    outcomes: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     # For metrics, pending until ``take_metric_counts`` (which resets them):
     # (dim, key, outcome) -> outcomes counted into buckets (positive deltas, moves included);
     counted: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
@@ -197,9 +195,7 @@ class MessageStage:
         self._out: dict[int, FactBatch] = {}
         self.recent = RecentWindow()
         self._signal_buckets: dict[tuple[str, str, int], dict[str, int]] = {}
-        self._signals = SignalBatch(
-            buckets=[], templates=[], errors=[], resends=[], phone_quality=[], accounts=[]
-        )
+        self._signals = SignalBatch()
 
     # -- helpers ------------------------------------------------------------------------------
     def meta(self, partition: int) -> PartitionMeta:
@@ -214,9 +210,6 @@ class MessageStage:
             self._message_index[partition] = ExpiryIndex("xm", partition)
             self._bucket_index[partition] = ExpiryIndex("xb", partition, day=60)
         return self._message_index[partition], self._bucket_index[partition]
-
-    def _get_obj(self, partition: int) -> Callable[[str], object | None]:
-        return lambda key: self.state.get(partition, key.encode(), object)
 
     def _effects(self, partition: int, position: Position, fx: Effects) -> None:
         s = self.stats
@@ -238,8 +231,6 @@ class MessageStage:
         if not fx.replayed:
             signal = self._signal_buckets
             for d in fx.deltas:
-                if d.dim == "t":
-                    s.outcomes[(d.key, d.outcome)] += d.delta
                 if d.delta > 0:
                     s.counted[(d.dim, d.key, d.outcome)] += d.delta
                 window = _WINDOW_OUTCOMES.get(d.outcome)
@@ -256,7 +247,7 @@ class MessageStage:
         p = partition_for(fact.recipient, self.recipient_partitions)
         batch = self._out.get(p)
         if batch is None:
-            batch = self._out[p] = FactBatch(statuses=[], recipients=[], templates=[])
+            batch = self._out[p] = FactBatch()
         batch.recipients.append(fact)
 
     # -- inputs -------------------------------------------------------------------------------
@@ -345,14 +336,7 @@ class MessageStage:
         if partition in self._message_index:
             meta = self.meta(partition)
             message_index, bucket_index = self._indexes(partition)
-            get = self._get_obj(partition)
-
-            def put(key: str, value: object) -> None:
-                self.state.put(partition, key.encode(), value)
-
-            def delete(key: str) -> None:
-                self.state.delete(partition, key.encode())
-
+            view = self.state.view(partition)
             r = self.retention
 
             def expire_message(key: str) -> bool:
@@ -361,11 +345,11 @@ class MessageStage:
                     return False
                 if state.last_ts >= meta.watermark - r.messages:
                     return False
-                self.state.delete(partition, key.encode())
+                view.delete(key)
                 return True
 
             def expire_bucket(key: str) -> bool:
-                delete(key)
+                view.delete(key)
                 return True
 
             self.stats.expired_messages += message_index.sweep(
@@ -373,8 +357,8 @@ class MessageStage:
                 meta.watermark,
                 r.messages,
                 r.sweep_budget,
-                get,
-                delete,
+                view.get,
+                view.delete,
                 expire_message,
             )
             self.stats.expired_buckets += bucket_index.sweep(
@@ -382,12 +366,12 @@ class MessageStage:
                 meta.watermark,
                 r.buckets,
                 r.sweep_budget,
-                get,
-                delete,
+                view.get,
+                view.delete,
                 expire_bucket,
             )
-            message_index.flush(get, put)
-            bucket_index.flush(get, put)
+            message_index.flush(view.get, view.put)
+            bucket_index.flush(view.get, view.put)
             self.recent.advance(partition, meta.watermark)
             self.state.put(partition, meta_key(partition), meta)
         return self.state.flush(partition)
@@ -406,9 +390,7 @@ class MessageStage:
             if any(counts.values())
         ]
         self._signal_buckets = {}
-        self._signals = SignalBatch(
-            buckets=[], templates=[], errors=[], resends=[], phone_quality=[], accounts=[]
-        )
+        self._signals = SignalBatch()
         return None if batch.empty() else batch
 
     def revoke(self, partition: int) -> None:

@@ -162,44 +162,35 @@ class RecipientStage:
         if index is not None:
             meta = self.meta(partition)
             r = self.retention
-
-            def get(k: str) -> object | None:
-                return self.state.get(partition, k.encode(), object)
-
-            def put(k: str, v: object) -> None:
-                self.state.put(partition, k.encode(), v)
-
-            def delete(k: str) -> None:
-                self.state.delete(partition, k.encode())
-
-            def expire(indexed: str) -> bool:
-                key = recipient_key(indexed.split("\x1f", 1)[1])
-                state = self.state.get(partition, key, RecipientState)
-                if state is None or not is_idle(state, meta.watermark, r.idle, r.opted_out):
-                    return False
-                meta.opted_out -= state.opted_out
-                self.state.delete(partition, key)
-                return True
-
-            # Opted-out recipients stay indexed under their day; keep scanning at the shorter
-            # idle retention and let is_idle() decide (a kept key is re-indexed below).
+            view = self.state.view(partition)
+            # Opted-out recipients stay indexed under their day; the sweep runs at the shorter
+            # idle retention and is_idle() decides; a kept key is re-indexed below.
             kept: list[tuple[str, int]] = []
 
             def expire_or_keep(indexed: str) -> bool:
-                if expire(indexed):
-                    return True
                 key = recipient_key(indexed.split("\x1f", 1)[1])
                 state = self.state.get(partition, key, RecipientState)
-                if state is not None:
-                    kept.append((indexed, max(state.last_ts, meta.watermark)))
+                if state is None:
+                    return False
+                if is_idle(state, meta.watermark, r.idle, r.opted_out):
+                    meta.opted_out -= state.opted_out
+                    self.state.delete(partition, key)
+                    return True
+                kept.append((indexed, max(state.last_ts, meta.watermark)))
                 return False
 
             self.stats.expired += index.sweep(
-                meta.cursor, meta.watermark, r.idle, r.sweep_budget, get, delete, expire_or_keep
+                meta.cursor,
+                meta.watermark,
+                r.idle,
+                r.sweep_budget,
+                view.get,
+                view.delete,
+                expire_or_keep,
             )
             for indexed, ts in kept:
                 index.touch(indexed, ts, meta.cursor)
-            index.flush(get, put)
+            index.flush(view.get, view.put)
             over = [slot for slot in meta.cooldown_slots if slot * COOLDOWN_SLOT <= meta.watermark]
             for slot in over:
                 del meta.cooldown_slots[slot]
@@ -232,15 +223,7 @@ class RecipientStage:
     def drain_signals(self) -> SignalBatch | None:
         if not self._resends:
             return None
-        batch = SignalBatch(
-            buckets=[],
-            templates=[],
-            errors=[],
-            resends=self._resends,
-            phone_quality=[],
-            accounts=[],
-            max_ts=self._max_ts,
-        )
+        batch = SignalBatch(resends=self._resends, max_ts=self._max_ts)
         self._resends = []
         return batch
 
