@@ -391,7 +391,8 @@ class MessageStage:
         ]
         self._signal_buckets = {}
         self._signals = SignalBatch()
-        return None if batch.empty() else batch
+        # a flush of only duplicates still moves its partitions' event time for alerting
+        return None if batch.empty() and not batch.watermarks else batch
 
     def revoke(self, partition: int) -> None:
         self.state.discard(partition)
