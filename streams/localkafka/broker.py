@@ -67,8 +67,15 @@ def _port_is_free(port: int) -> bool:
 
 
 def _cluster_id() -> str:
-    """16 random bytes, base64url without padding (22 characters), as Kafka expects."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """16 random bytes, base64url without padding (22 characters), as Kafka expects.
+
+    Like Kafka's own ``Uuid.randomUuid()``, an id starting with ``-`` is drawn again: the
+    storage tool would read it as an option (about 1 start in 64 failed that way).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _pid_is_broker(pid: int) -> bool:
