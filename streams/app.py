@@ -27,10 +27,19 @@ from streams.api import is_us_recipient
 from streams.core.advice import AdvicePolicy, advise
 from streams.core.alerts import Notification, decode_notification, encode_notification
 from streams.core.signals import SignalBatch, decode_signals, encode_signals
-from streams.faust_state import BatchPolicy, FaustTableKV, run_batched
+from streams.faust_state import (
+    BatchedTableKV,
+    BatchPolicy,
+    FaustTableKV,
+    RecordBatcher,
+    faust_producer,
+    run_batched,
+)
 from streams.metrics import MonitorMetrics
+from streams.raw_consumer import consume_raw, ingest_group, retry_kafka
 from streams.settings import Settings
 from streams.slack import SlackNotifier
+from streams.stages import partition_for
 from streams.stages.alerting import AlertingStage
 from streams.stages.ingest import DeadLetter, IngestStage
 from streams.stages.messages import MessageStage, Retention, SendLogError
@@ -86,7 +95,7 @@ class Monitor:
             producer_max_batch_size=512 * 1024,
         )
         messages_name, recipients_name = internal_topic_names(settings)
-        self.raw_topic = _raw(app, settings.topic_raw)
+        self.messages_name, self.recipients_name = messages_name, recipients_name
         self.messages_topic = _raw(app, messages_name, partitions=n, internal=True)
         self.send_log_topic = _raw(app, settings.topic_send_log)
         self.recipients_topic = _raw(app, recipients_name, partitions=n, internal=True)
@@ -121,11 +130,14 @@ class Monitor:
         self._saved_book = b""
         self.advice_policy = AdvicePolicy()
         self.advice_topic = _raw(app, settings.topic_advice)
+        advice_name = settings.topic_advice
         self.notifier = SlackNotifier.from_settings(
             settings, on_outcome=lambda outcome: self.metrics.slack_outcome(outcome)
         )
-        self.messages_kv = FaustTableKV(self.messages_table)
-        self.recipients_kv = FaustTableKV(self.recipients_table)
+        self.messages_kv = BatchedTableKV(self.messages_table)
+        self.recipients_kv = BatchedTableKV(self.recipients_table)
+        self._producer = faust_producer(app)
+        self._partition_counts: dict[str, int] = {}
         self.ingest = IngestStage(n, n)
         self.messages = MessageStage(self.messages_kv, n, Retention())
         self.recipients = RecipientStage(self.recipients_kv)
@@ -134,16 +146,20 @@ class Monitor:
         self.generation = 0  # rebalances seen
         m = self.metrics
 
-        @app.agent(self.raw_topic, name="ingest", concurrency=1)
-        async def ingest(stream: Any) -> None:
+        @app.task  # type: ignore[untyped-decorator]
+        async def ingest() -> None:
+            """Stage 1 on a plain consumer (see streams.raw_consumer): no per-record events."""
+            await app.producer.maybe_start()
             counter = m.records_consumed.labels(topic=settings.topic_raw)
-
-            def handle(event: Any) -> None:
-                msg = event.message
-                counter.inc()
-                self.ingest.handle(msg.topic, msg.partition, msg.offset, event.value or b"")
-
-            await run_batched(stream, handle, self._flush_ingest, policy, lambda: self.generation)
+            await consume_raw(
+                bootstrap,
+                settings.topic_raw,
+                ingest_group(settings.app_id),
+                self.ingest.handle,
+                self._flush_ingest,
+                session_timeout_s=settings.session_timeout_s,
+                on_records=counter.inc,
+            )
 
         @app.agent(stage2_input, name="messages", concurrency=1)
         async def messages(stream: Any) -> None:
@@ -151,7 +167,6 @@ class Monitor:
 
             def handle(event: Any) -> None:
                 msg = event.message
-                self.messages_kv.events[msg.partition] = event
                 if msg.topic == settings.topic_send_log:
                     m.records_consumed.labels(topic=settings.topic_send_log).inc()
                     try:
@@ -168,8 +183,12 @@ class Monitor:
             async def flush() -> None:
                 for partition in self.messages.state.partitions():
                     self.messages.flush(partition)
+                batcher = RecordBatcher(self._producer)
+                self.messages_kv.commit(batcher)
                 for partition, value in self.messages.drain_outbox().items():
-                    await self.recipients_topic.send(value=value, partition=partition)
+                    batcher.add(recipients_name, partition, None, value)
+                await retry_kafka("stage 2 output", batcher.send)
+                self.messages_kv.persisted(batcher.sent)
                 await self._signal(self.messages.drain_signals())
                 for dead in bad_send_log:
                     await self._dead_letter(dead, "send_log")
@@ -182,7 +201,6 @@ class Monitor:
         async def recipients(stream: Any) -> None:
             def handle(event: Any) -> None:
                 msg = event.message
-                self.recipients_kv.events[msg.partition] = event
                 self.recipients.handle_batch(msg.partition, msg.offset, event.value)
 
             async def flush() -> None:
@@ -190,8 +208,15 @@ class Monitor:
                 for partition in self.recipients.state.partitions():
                     published += self.recipients.changed_advice(partition, self._advice_record)
                     self.recipients.flush(partition)
+                batcher = RecordBatcher(self._producer)
+                self.recipients_kv.commit(batcher)
+                if published:
+                    advice_partitions = await self._partitions(advice_name)
                 for recipient, record in published:
-                    await self.advice_topic.send(key=recipient.encode(), value=record)
+                    p = partition_for(recipient, advice_partitions)
+                    batcher.add(advice_name, p, recipient.encode(), record)
+                await retry_kafka("stage 3 output", batcher.send)
+                self.recipients_kv.persisted(batcher.sent)
                 await self._signal(self.recipients.drain_signals())
                 m.observe_recipients(self.recipients.stats)
 
@@ -271,12 +296,22 @@ class Monitor:
         web_app.router.add_get("/metrics", make_aiohttp_handler(registry))
         api.register(self, web_app)
 
+    async def _partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (keyed records go where Kafka's default
+        partitioner would put them)."""
+        n = self._partition_counts.get(topic)
+        if n is None:
+            n = self._partition_counts[topic] = len(await self._producer().partitions_for(topic))
+        return n
+
     async def _flush_ingest(self) -> None:
         messages, recipients, dead = self.ingest.drain()
+        batcher = RecordBatcher(self._producer)
         for partition, value in messages.items():
-            await self.messages_topic.send(value=value, partition=partition)
+            batcher.add(self.messages_name, partition, None, value)
         for partition, value in recipients.items():
-            await self.recipients_topic.send(value=value, partition=partition)
+            batcher.add(self.recipients_name, partition, None, value)
+        await retry_kafka("stage 1 output", batcher.send)
         for letter in dead:
             await self._dead_letter(letter, "ingest")
         await self._signal(self.ingest.drain_signals())

@@ -19,6 +19,8 @@ from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.raw_consumer import ingest_group
+
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -277,7 +279,8 @@ def get_json(url: str, timeout_s: float = 30.0) -> tuple[int, object]:
 
 
 async def group_lag_async(bootstrap: str, group: str, topics: list[str]) -> int:
-    """Records of ``topics`` not yet committed by ``group`` (end offset - committed)."""
+    """Records of ``topics`` not yet committed by ``group`` (end offset - committed); the raw
+    topic's offsets are those of the worker's ingest group, ``<group>-ingest``."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
@@ -287,7 +290,9 @@ async def group_lag_async(bootstrap: str, group: str, topics: list[str]) -> int:
     await admin.start()
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(group)
+        # the raw webhook topic is read by the worker's ingest group (streams.raw_consumer)
+        committed = await admin.list_consumer_group_offsets(ingest_group(group))
+        committed.update(await admin.list_consumer_group_offsets(group))
         described = await admin.describe_topics(topics)
         partitions = [
             tp

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from streams.core.facts import Applied, Position, already_applied, mark_applied
+from streams.core.facts import Applied, Position
 from streams.core.messages import BucketDelta
 
 DIMENSIONS = {"t": "template", "s": "sender", "c": "country"}
@@ -39,33 +39,61 @@ class Bucket(msgspec.Struct, array_like=True, gc=False):
     applied: Applied = {}
 
 
-def apply_deltas(
-    partition: int,
-    position: Position,
-    deltas: Iterable[BucketDelta],
-    get: Callable[[BucketId], Bucket | None],
-    put: Callable[[BucketId, Bucket], None],
-) -> list[BucketId]:
-    """Add ``deltas`` (all from the input at ``position``) to their buckets, once.
+class BucketWriter:
+    """Adds deltas to the buckets of one partition, once per input position.
 
-    Returns the ids of buckets that did not exist before (for the expiry manifest).
+    Buckets touched in the current batch stay decoded in a cache keyed by (dim, key, minute):
+    ``get`` and ``put`` (by encoded key) are called once per bucket and batch, and the cached
+    bucket is then changed in place (the caller's store encodes it when the batch is flushed),
+    so a delta costs a dict lookup. :meth:`reset` drops the cache when the batch is flushed.
     """
-    grouped: dict[BucketId, list[BucketDelta]] = defaultdict(list)
-    for d in deltas:
-        grouped[BucketId(d.dim, d.key, partition, d.minute)].append(d)
-    created = []
-    for bucket_id, items in grouped.items():
-        bucket = get(bucket_id)
-        if bucket is None:
-            bucket = Bucket(counts={}, applied={})
-            created.append(bucket_id)
-        elif already_applied(bucket.applied, position):
-            continue
-        for d in items:
-            bucket.counts[d.outcome] = bucket.counts.get(d.outcome, 0) + d.delta
-        mark_applied(bucket.applied, position)
-        put(bucket_id, bucket)
-    return created
+
+    def __init__(
+        self,
+        partition: int,
+        get: Callable[[bytes], Bucket | None],
+        put: Callable[[bytes, Bucket], None],
+    ) -> None:
+        self.partition = partition
+        self._get = get
+        self._put = put
+        self._cache: dict[tuple[str, str, int], Bucket] = {}
+
+    def add(self, position: Position, deltas: Iterable[BucketDelta]) -> list[BucketId]:
+        """Add ``deltas`` (all from the input at ``position``); returns the ids of buckets that
+        did not exist before (for the expiry index)."""
+        cache = self._cache
+        created: list[BucketId] = []
+        decided: dict[tuple[str, str, int], Bucket | None] = {}
+        source, at = position[0], (position[1], position[2])
+        for d in deltas:
+            cell = (d.dim, d.key, d.minute)
+            if cell in decided:
+                bucket = decided[cell]
+            else:
+                bucket = cache.get(cell)
+                if bucket is None:
+                    bucket_id = BucketId(d.dim, d.key, self.partition, d.minute)
+                    key = bucket_id.encode().encode()
+                    bucket = self._get(key)
+                    if bucket is None:
+                        bucket = Bucket(counts={}, applied={})
+                        created.append(bucket_id)
+                    self._put(key, bucket)
+                    cache[cell] = bucket
+                last = bucket.applied.get(source)
+                if last is not None and at <= last:
+                    bucket = None  # this input was absorbed before (a replay)
+                else:
+                    bucket.applied[source] = at
+                decided[cell] = bucket
+            if bucket is not None:
+                counts = bucket.counts
+                counts[d.outcome] = counts.get(d.outcome, 0) + d.delta
+        return created
+
+    def reset(self) -> None:
+        self._cache.clear()
 
 
 def sum_counts(buckets: Iterable[Bucket | None]) -> dict[str, int]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from streams.core.aggregates import LIMIT_CLASSES, Bucket, apply_deltas
+from streams.core.aggregates import LIMIT_CLASSES, Bucket, BucketWriter
 from streams.core.attribution import DEFAULT_CONFIG, AttributionConfig, decode_callback_data
 from streams.core.expiry import ExpiryIndex, SweepCursor
 from streams.core.facts import (
@@ -193,6 +193,7 @@ class MessageStage:
         self._message_index: dict[int, ExpiryIndex] = {}
         self._bucket_index: dict[int, ExpiryIndex] = {}
         self._out: dict[int, FactBatch] = {}
+        self._buckets: dict[int, BucketWriter] = {}
         self.recent = RecentWindow()
         self._signal_buckets: dict[tuple[str, str, int], dict[str, int]] = {}
         self._signals = SignalBatch()
@@ -211,6 +212,17 @@ class MessageStage:
             self._bucket_index[partition] = ExpiryIndex("xb", partition, day=60)
         return self._message_index[partition], self._bucket_index[partition]
 
+    def _bucket_writer(self, partition: int) -> BucketWriter:
+        writer = self._buckets.get(partition)
+        if writer is None:
+            state = self.state
+            writer = self._buckets[partition] = BucketWriter(
+                partition,
+                get=lambda key: state.get(partition, key, Bucket),
+                put=lambda key, bucket: state.put(partition, key, bucket),
+            )
+        return writer
+
     def _effects(self, partition: int, position: Position, fx: Effects) -> None:
         s = self.stats
         s.duplicates += fx.duplicate
@@ -219,14 +231,7 @@ class MessageStage:
         s.attributed_late += fx.attributed_late
         meta = self.meta(partition)
         _, bucket_index = self._indexes(partition)
-        created = apply_deltas(
-            partition,
-            position,
-            fx.deltas,
-            get=lambda b: self.state.get(partition, b.encode().encode(), Bucket),
-            put=lambda b, v: self.state.put(partition, b.encode().encode(), v),
-        )
-        for bucket_id in created:
+        for bucket_id in self._bucket_writer(partition).add(position, fx.deltas):
             bucket_index.touch(bucket_id.encode(), bucket_id.minute * 60, meta.buckets)
         if not fx.replayed:
             signal = self._signal_buckets
@@ -333,6 +338,9 @@ class MessageStage:
     # -- flushing -----------------------------------------------------------------------------
     def flush(self, partition: int) -> int:
         """Sweep expired state, write the partition's changed keys once; returns writes."""
+        writer = self._buckets.get(partition)
+        if writer is not None:
+            writer.reset()
         if partition in self._message_index:
             meta = self.meta(partition)
             message_index, bucket_index = self._indexes(partition)
@@ -396,6 +404,7 @@ class MessageStage:
 
     def revoke(self, partition: int) -> None:
         self.state.discard(partition)
+        self._buckets.pop(partition, None)
         self._message_index.pop(partition, None)
         self._bucket_index.pop(partition, None)
         self.recent.drop(partition)
