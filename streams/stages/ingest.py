@@ -136,32 +136,44 @@ class IngestStage:
         batch.recipients.append(fact)
 
     def handle(self, topic: str, partition: int, offset: int, raw: bytes) -> None:
-        self.stats.records += 1
+        stats = self.stats
+        stats.records += 1
         try:
             parsed = parse_webhook(raw)
         except ParseError as exc:
-            self.stats.dead_letters += 1
+            stats.dead_letters += 1
             self._dead.append(DeadLetter(raw, str(exc), topic, partition, offset))
             return
         source = source_id(RAW, partition)
-        body_ts = max((t for e in parsed.events if (t := getattr(e, "timestamp", None))), default=0)
-        stats = self.stats
-        stats.last_event_ts = max(stats.last_event_ts, body_ts)
         now = self._clock()
+        body_ts = 0
+        others: list[tuple[int, object]] = []
+        by_status, lag_counts, lag_sums = stats.by_status, stats.lag_counts, stats.lag_sums
         for index, event in enumerate(parsed.events):
-            pos = (source, offset, index)
             if isinstance(event, StatusEvent):
-                self.stats.statuses += 1
-                self.stats.by_status[event.status.value] += 1
-                lag = now - event.timestamp
-                stats.lag_counts[(event.status.value, bisect_left(LAG_BUCKETS, lag))] += 1
-                stats.lag_sums[event.status.value] += lag
-                self._to_messages(event.wamid).statuses.append(status_fact(event, pos))
-                continue
-            self.stats.other_events += 1
-            self._other(event, pos, body_ts)
+                ts = event.timestamp
+                if ts > body_ts:
+                    body_ts = ts
+                status = event.status.value
+                by_status[status] += 1
+                lag = now - ts
+                lag_counts[(status, bisect_left(LAG_BUCKETS, lag))] += 1
+                lag_sums[status] += lag
+                fact = status_fact(event, (source, offset, index))
+                self._to_messages(event.wamid).statuses.append(fact)
+            else:
+                others.append((index, event))
+                ts = getattr(event, "timestamp", None) or 0
+                if ts > body_ts:
+                    body_ts = ts
+        stats.statuses += len(parsed.events) - len(others)
+        if body_ts > stats.last_event_ts:
+            stats.last_event_ts = body_ts
+        for index, other in others:
+            stats.other_events += 1
+            self._other(other, (source, offset, index), body_ts)
         if parsed.defects:
-            self.stats.partial += 1
+            stats.partial += 1
             reason = "; ".join(str(d) for d in parsed.defects)
             self._dead.append(DeadLetter(raw, reason, topic, partition, offset, partial=True))
 

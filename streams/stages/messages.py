@@ -125,7 +125,8 @@ class RecentWindow:
     over the last ``minutes`` minutes of each partition this stage owns.
 
     Kept in memory from the deltas counted into minute buckets (moves off template 'unknown'
-    included), so the scrape-time ratio gauges read a few small dicts instead of the tables.
+    included; added when a batch's signals are drained, after every flush), so the scrape-time
+    ratio gauges read a few small dicts instead of the tables.
     Not persisted: after a restart or rebalance it refills from new traffic within ``minutes``.
     """
 
@@ -195,7 +196,7 @@ class MessageStage:
         self._out: dict[int, FactBatch] = {}
         self._buckets: dict[int, BucketWriter] = {}
         self.recent = RecentWindow()
-        self._signal_buckets: dict[tuple[str, str, int], dict[str, int]] = {}
+        self._signal_buckets: dict[tuple[int, str, str, int], dict[str, int]] = {}
         self._signals = SignalBatch()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -223,28 +224,30 @@ class MessageStage:
             )
         return writer
 
-    def _effects(self, partition: int, position: Position, fx: Effects) -> None:
+    def _effects(
+        self, partition: int, position: Position, fx: Effects, meta: PartitionMeta
+    ) -> None:
         s = self.stats
         s.duplicates += fx.duplicate
         s.replays += fx.replayed
         s.late += fx.late
         s.attributed_late += fx.attributed_late
-        meta = self.meta(partition)
-        _, bucket_index = self._indexes(partition)
-        for bucket_id in self._bucket_writer(partition).add(position, fx.deltas):
-            bucket_index.touch(bucket_id.encode(), bucket_id.minute * 60, meta.buckets)
-        if not fx.replayed:
-            signal = self._signal_buckets
-            for d in fx.deltas:
-                if d.delta > 0:
-                    s.counted[(d.dim, d.key, d.outcome)] += d.delta
-                window = _WINDOW_OUTCOMES.get(d.outcome)
-                if window is not None and d.dim != "c":
-                    self.recent.add(partition, d.dim, d.key, d.minute, window, d.delta)
-                counts = signal.get((d.dim, d.key, d.minute))
-                if counts is None:
-                    counts = signal[(d.dim, d.key, d.minute)] = {}
-                counts[d.outcome] = counts.get(d.outcome, 0) + d.delta
+        if fx.deltas:
+            created = self._bucket_writer(partition).add(position, fx.deltas)
+            if created:
+                bucket_index = self._indexes(partition)[1]
+                for bucket_id in created:
+                    bucket_index.touch(bucket_id.encode(), bucket_id.minute * 60, meta.buckets)
+            if not fx.replayed:
+                signal, counted = self._signal_buckets, s.counted
+                for d in fx.deltas:
+                    if d.delta > 0:
+                        counted[(d.dim, d.key, d.outcome)] += d.delta
+                    cell = (partition, d.dim, d.key, d.minute)
+                    counts = signal.get(cell)
+                    if counts is None:
+                        counts = signal[cell] = {}
+                    counts[d.outcome] = counts.get(d.outcome, 0) + d.delta
         for fact in fx.facts:
             self._send_recipient(fact)
 
@@ -298,7 +301,7 @@ class MessageStage:
                 )
             self._signals.max_ts = max(self._signals.max_ts, fact.timestamp)
             message_index.touch(key.decode(), state.last_ts, meta.messages)
-            self._effects(partition, position, fx)
+            self._effects(partition, position, fx, meta)
         self._signals.watermarks[partition] = meta.watermark
         for template in batch.templates:
             self._template(partition, template)
@@ -317,7 +320,7 @@ class MessageStage:
         self.state.put(partition, key, state)
         if state.last_ts:
             message_index.touch(key.decode(), state.last_ts, meta.messages)
-        self._effects(partition, position, fx)
+        self._effects(partition, position, fx, meta)
 
     def _template(self, partition: int, fact: TemplateFact) -> None:
         self._signals.templates.append(
@@ -392,9 +395,17 @@ class MessageStage:
     def drain_signals(self) -> SignalBatch | None:
         """What the alerting stage needs to know of the inputs since the last call."""
         batch = self._signals
+        totals: dict[tuple[str, str, int], dict[str, int]] = {}
+        for (partition, dim, key, minute), counts in self._signal_buckets.items():
+            total = totals.setdefault((dim, key, minute), {})
+            for outcome, n in counts.items():
+                total[outcome] = total.get(outcome, 0) + n
+                window = _WINDOW_OUTCOMES.get(outcome)
+                if window is not None and dim != "c":
+                    self.recent.add(partition, dim, key, minute, window, n)
         batch.buckets = [
             BucketSignal(dim, key, minute, counts)
-            for (dim, key, minute), counts in self._signal_buckets.items()
+            for (dim, key, minute), counts in totals.items()
             if any(counts.values())
         ]
         self._signal_buckets = {}

@@ -85,6 +85,7 @@ def run(campaign: Campaign, clock_s: float) -> Pipeline:
         offsets["m", part] += 1
     for part in p.messages.state.partitions():
         p.messages.flush(part)
+    p.messages.drain_signals()  # as the worker does after every flush (fills the recent window)
     for part, value in p.messages.drain_outbox().items():
         p.recipients.handle_batch(part, offsets["r", part], value)
         offsets["r", part] += 1
