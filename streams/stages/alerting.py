@@ -48,6 +48,7 @@ class AlertingStage:
         self.event_time = 0
         self._event_time_at = 0.0  # wall clock when event_time last moved
         self._last_minute = -1
+        self._first_minute = -1  # earliest bucket minute seen before the first evaluation
         self.signals = 0
         self.idle_s = idle_s
         self._marks: dict[int, tuple[int, float]] = {}  # partition -> (watermark, wall seen)
@@ -59,6 +60,8 @@ class AlertingStage:
     def handle(self, batch: SignalBatch) -> None:
         self.signals += 1
         for b in batch.buckets:
+            if self._last_minute < 0 and (self._first_minute < 0 or b.minute < self._first_minute):
+                self._first_minute = b.minute
             attempts = b.counts.get("attempted", 0)
             errors = {k[7:]: v for k, v in b.counts.items() if k.startswith("failed.")}
             self.detector.add(scope_of_bucket(b.dim, b.key), b.minute, attempts, errors)
@@ -95,12 +98,15 @@ class AlertingStage:
 
     def evaluate(self) -> list[Notification]:
         """Notifications due at the current time: one evaluation per minute of event time that
-        passed since the last one (at most an hour's worth, when a replay jumps ahead)."""
+        passed since the last one (at most an hour's worth, when a replay jumps ahead). The
+        first evaluation starts at the earliest minute seen, so a backlog that arrives in one
+        batch is judged minute by minute as live traffic would be."""
         now = self.now()
         minute = now // 60
         if not now or minute <= self._last_minute:
             return []
-        first = max(self._last_minute + 1, minute - 60) if self._last_minute >= 0 else minute
+        start = self._last_minute + 1 if self._last_minute >= 0 else self._first_minute
+        first = max(start, minute - 60) if start >= 0 else minute
         self._last_minute = minute
         out: list[Notification] = []
         for m in range(first, minute + 1):
