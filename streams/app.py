@@ -104,9 +104,18 @@ class Monitor:
         self.alerts_topic = _raw(app, settings.topic_alerts)
         stage2_input = _raw(app, messages_name, settings.topic_send_log)
 
+        # Faust's RocksDB defaults (64 MiB x 3 memtables and a 2 GiB block cache per partition
+        # database) would let RSS grow with the state; these bound it (see the README).
+        rocksdb = {
+            "write_buffer_size": settings.rocksdb_write_buffer_mb * 2**20,
+            "max_write_buffer_number": 2,
+            "block_cache_size": settings.rocksdb_block_cache_mb * 2**20,
+            "block_cache_compressed_size": 0,
+        }
         self.messages_table = app.Table(
             "messages",
             partitions=n,
+            options=rocksdb,
             key_type=bytes,
             value_type=bytes,
             help="per message state, minute buckets and expiry index (partition-local)",
@@ -114,6 +123,7 @@ class Monitor:
         self.recipients_table = app.Table(
             "recipients",
             partitions=n,
+            options=rocksdb,
             key_type=bytes,
             value_type=bytes,
             help="per recipient state, keyed by phone (else BSUID)",

@@ -65,6 +65,10 @@ class Settings:
     topic_partitions: int = 4
     topic_replication_factor: int = 1
     store: str = "rocksdb://"
+    #: RocksDB memory per partition database (two tables x topic_partitions databases): the
+    #: write buffer (memtable, x2) and the block cache, in MiB
+    rocksdb_write_buffer_mb: int = 8
+    rocksdb_block_cache_mb: int = 16
     processing_guarantee: str = "at_least_once"
     session_timeout_s: float = 30.0
     data_dir: Path = Path(".")
@@ -115,6 +119,12 @@ class Settings:
                 "TOPIC_REPLICATION_FACTOR", d.topic_replication_factor, minimum=1
             ),
             store=get("STORE", d.store),
+            rocksdb_write_buffer_mb=get_int(
+                "ROCKSDB_WRITE_BUFFER_MB", d.rocksdb_write_buffer_mb, minimum=1
+            ),
+            rocksdb_block_cache_mb=get_int(
+                "ROCKSDB_BLOCK_CACHE_MB", d.rocksdb_block_cache_mb, minimum=1
+            ),
             session_timeout_s=float(get_int("SESSION_TIMEOUT", int(d.session_timeout_s), 6)),
             processing_guarantee=_guarantee(get("PROCESSING_GUARANTEE", d.processing_guarantee)),
             data_dir=Path(get("DATA_DIR", str(state))),

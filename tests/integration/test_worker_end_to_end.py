@@ -16,7 +16,9 @@ from support import (
     wait_until,
 )
 
+from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
+from streams.raw_consumer import ingest_group
 from streams.settings import Settings
 from streams.topics import ensure_topics, source_topics
 
@@ -65,7 +67,10 @@ def test_worker_counts_10000_webhooks_exactly(
     )
     # Every record is committed, and nothing was counted twice while the group committed.
     wait_until(
-        lambda: committed_offsets(kafka_bootstrap, settings.app_id, settings.topic_raw) == 10_000,
+        lambda: (
+            committed_offsets(kafka_bootstrap, ingest_group(settings.app_id), settings.topic_raw)
+            == 10_000
+        ),
         60,
         "committed offsets == 10000",
     )
@@ -81,8 +86,9 @@ def test_faust_topics_groups_and_transactions_work(
     guarantee: str,
 ) -> None:
     """On this broker version faust creates its internal topics, joins its consumer group and
-    (exactly_once) commits offsets through transactions. (The full pipeline under exactly_once
-    is not supported: see the README's processing guarantees.)"""
+    commits offsets (through transactions under exactly_once), and stage 1's plain consumer
+    group commits the raw topic. (The full pipeline under exactly_once is not supported: see
+    the README's processing guarantees.)"""
     env = unique_env(
         kafka_bootstrap, tmp_path / "state", DELIVERY_MONITOR_PROCESSING_GUARANTEE=guarantee
     )
@@ -93,9 +99,19 @@ def test_faust_topics_groups_and_transactions_work(
     name, labels = "whatsapp_monitor_records_consumed_total", {"topic": settings.topic_raw}
     wait_until(lambda: worker.metric(name, labels) == 500, 120, f"{name} == 500")
     wait_until(
-        lambda: committed_offsets(kafka_bootstrap, settings.app_id, settings.topic_raw) == 500,
+        lambda: (
+            committed_offsets(kafka_bootstrap, ingest_group(settings.app_id), settings.topic_raw)
+            == 500
+        ),
         60,
         "the group's committed offsets reach 500",
+    )
+    # stage 2 (a Faust agent) commits what it consumed: through transactions under exactly_once
+    messages_topic = internal_topic_names(settings)[0]
+    wait_until(
+        lambda: committed_offsets(kafka_bootstrap, settings.app_id, messages_topic) > 0,
+        60,
+        "the Faust group commits the messages topic",
     )
     internal = [t for t in list_topics(kafka_bootstrap) if t.startswith(settings.app_id)]
     assert any("__assignor-__leader" in t for t in internal), internal
