@@ -265,15 +265,18 @@ class MessageStage:
         source = source_id(MESSAGES, partition)
         meta = self.meta(partition)
         message_index, _ = self._indexes(partition)
+        state_store, ledger, stats, signals = self.state, self.ledger, self.stats, self._signals
+        origin_marks = meta.origin_watermarks
+        stats.statuses += len(batch.statuses)
         for index, fact in enumerate(batch.statuses):
-            self.stats.statuses += 1
             position = (source, offset, index)
-            key = message_key(fact.wamid)
-            state = self.state.get(partition, key, MessageState)
+            skey = "m\x1f" + fact.wamid  # message_key(wamid), as str for the expiry index
+            key = skey.encode()
+            state = state_store.get(partition, key, MessageState)
             attribution = decode_callback_data(fact.opaque, self.attribution)
-            origin = fact.origin[0]
-            origin_mark = meta.origin_watermarks.get(origin, 0)
-            state, fx = self.ledger.apply_status(
+            ts, origin = fact.timestamp, fact.origin[0]
+            origin_mark = origin_marks.get(origin, 0)
+            state, fx = ledger.apply_status(
                 state,
                 fact,
                 position,
@@ -282,25 +285,22 @@ class MessageStage:
                 attribution.category,
                 attribution.campaign,
             )
-            meta.watermark = max(meta.watermark, fact.timestamp)
-            if fact.timestamp > origin_mark:
-                meta.origin_watermarks[origin] = fact.timestamp
-            self.state.put(partition, key, state)
+            if ts > meta.watermark:
+                meta.watermark = ts
+            if ts > origin_mark:
+                origin_marks[origin] = ts
+            state_store.put(partition, key, state)
             if not (fx.duplicate or fx.replayed):
-                self.stats.unique_statuses[(fact.status, fact.category or state.category)] += 1
+                stats.unique_statuses[(fact.status, fact.category or state.category)] += 1
                 if fact.status == "failed":
-                    self.stats.failures[(fact.error_class, fact.error_code)] += 1
-            if (
-                fact.error_code in INCIDENT_CODES
-                and not fx.replayed
-                and not fx.duplicate
-                and fact.status == "failed"
-            ):
-                self._signals.errors.append(
-                    ErrorCount(fact.error_code, fact.sender or "unknown", fact.timestamp)
-                )
-            self._signals.max_ts = max(self._signals.max_ts, fact.timestamp)
-            message_index.touch(key.decode(), state.last_ts, meta.messages)
+                    stats.failures[(fact.error_class, fact.error_code)] += 1
+                    if fact.error_code in INCIDENT_CODES:
+                        signals.errors.append(
+                            ErrorCount(fact.error_code, fact.sender or "unknown", ts)
+                        )
+            if ts > signals.max_ts:
+                signals.max_ts = ts
+            message_index.touch(skey, state.last_ts, meta.messages)
             self._effects(partition, position, fx, meta)
         self._signals.watermarks[partition] = meta.watermark
         for template in batch.templates:
