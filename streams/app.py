@@ -169,6 +169,7 @@ class Monitor:
                 self._flush_ingest,
                 session_timeout_s=settings.session_timeout_s,
                 on_records=counter.inc,
+                full=lambda: self.ingest.full,
             )
 
         @app.agent(stage2_input, name="messages", concurrency=1)
@@ -205,7 +206,9 @@ class Monitor:
                 bad_send_log.clear()
                 m.observe_messages(self.messages.stats)
 
-            await run_batched(stream, handle, flush, policy, lambda: self.generation)
+            await run_batched(
+                stream, handle, flush, policy, lambda: self.generation, lambda: self.messages.full
+            )
 
         @app.agent(self.recipients_topic, name="recipients", concurrency=1)
         async def recipients(stream: Any) -> None:

@@ -218,14 +218,16 @@ async def run_batched(
     flush: Callable[[], Awaitable[None]],
     policy: BatchPolicy,
     generation: Callable[[], int] = lambda: 0,
+    full: Callable[[], bool] = lambda: False,
 ) -> None:
     """Drive ``stream`` with manual acks: ``handle`` each event, ``flush`` per batch, then ack.
 
-    A batch ends after ``policy.max_events`` events or every ``policy.max_delay_s`` (a ticker
-    task flushes a quiet stream). ``handle`` is synchronous and ``flush`` does all its state
-    writes before its first ``await``, so a flush covers exactly the events handled before it;
-    events handled while it awaits its sends belong to the next batch. ``handle`` must not raise
-    for bad input: stages turn bad input into dead letters.
+    A batch ends after ``policy.max_events`` events, when ``full()`` (the output grew large) or
+    every ``policy.max_delay_s`` (a ticker task flushes a quiet stream). ``handle`` is
+    synchronous and ``flush`` does all its state writes before its first ``await``, so a flush
+    covers exactly the events handled before it; events handled while it awaits its sends belong
+    to the next batch. ``handle`` must not raise for bad input: stages turn bad input into dead
+    letters.
 
     ``generation()`` changes on every rebalance: events handled before one are never acked
     (their partition's unflushed state was dropped, and faust delivers them again from the
@@ -258,7 +260,7 @@ async def run_batched(
         async for event in manual.events():
             handle(event)
             pending.append((event, generation()))
-            if len(pending) >= policy.max_events:
+            if len(pending) >= policy.max_events or full():
                 await flush_pending()
     finally:
         task.cancel()

@@ -3,10 +3,11 @@
 Faust hands every record to an agent as its own event through a chain of queues and tasks
 (~35 us of CPU per record, the largest single cost when most webhooks carry one status). Stage 1
 keeps no state, so it does not need a Faust table or Faust's partition assignor: this loop reads
-up to ``max_records`` records at a time (``getmany``), gives each to ``handle``, awaits ``flush``
-(which sends the stage's output and returns once Kafka acknowledged it) and only then commits
-the batch's offsets. That is at-least-once: records read again after a crash or a rebalance
-become facts with the same input positions, which stages 2 and 3 apply once.
+up to ``max_records`` records at a time (``getmany``), gives each to ``handle``, awaits
+``flush`` (which sends the stage's output and returns once Kafka acknowledged it; also whenever
+``full()`` says the output grew large) and only then commits the batch's offsets. That is
+at-least-once: records read again after a crash or a rebalance become facts with the same input
+positions, which stages 2 and 3 apply once.
 
 Its consumer group is ``<app id>-ingest`` (Faust's group, ``<app id>``, owns the other topics;
 the two cannot share a group because their assignors differ).
@@ -39,6 +40,7 @@ async def consume_raw(
     session_timeout_s: float = 30.0,
     max_records: int = 10_000,
     on_records: Callable[[int], None] = lambda n: None,
+    full: Callable[[], bool] = lambda: False,
 ) -> None:
     """Consume ``topic`` until cancelled (see the module docstring)."""
     consumer = AIOKafkaConsumer(
@@ -63,6 +65,8 @@ async def consume_raw(
             for tp, records in batches.items():
                 for r in records:
                     handle(r.topic, r.partition, r.offset, r.value or b"")
+                    if full():  # keep each output record small: send, commit at the end
+                        await flush()
                 offsets[tp] = records[-1].offset + 1
                 count += len(records)
             on_records(count)

@@ -128,6 +128,12 @@ class TemplateFact(msgspec.Struct, array_like=True, frozen=True, gc=False):
     reason: str | None = None
 
 
+#: Facts per :class:`FactBatch` before its stage flushes (checked between input records, so one
+#: record's facts can come on top: at most ~5,400 recipient facts of ~110 bytes): keeps every
+#: internal record well under Kafka's default 1 MB message limit.
+MAX_BATCH_FACTS = 1_000
+
+
 class FactBatch(msgspec.Struct, array_like=True, gc=False):
     """Many facts for one destination partition, sent as one Kafka record."""
 

@@ -22,6 +22,7 @@ from streams.core import (
     parse_webhook,
 )
 from streams.core.facts import (
+    MAX_BATCH_FACTS,
     FactBatch,
     RecipientFact,
     RecipientFactKind,
@@ -120,12 +121,16 @@ class IngestStage:
         self._dead: list[DeadLetter] = []
         self._signals: SignalBatch | None = None
         self.stats = IngestStats()
+        #: a destination batch reached MAX_BATCH_FACTS: drain before handling more input
+        self.full = False
 
     def _to_messages(self, key: str) -> FactBatch:
         p = partition_for(key, self.message_partitions)
         batch = self._messages.get(p)
         if batch is None:
             batch = self._messages[p] = FactBatch()
+        elif len(batch.statuses) + len(batch.templates) >= MAX_BATCH_FACTS:
+            self.full = True
         return batch
 
     def _recipient(self, fact: RecipientFact) -> None:
@@ -134,6 +139,8 @@ class IngestStage:
         if batch is None:
             batch = self._recipients[p] = FactBatch()
         batch.recipients.append(fact)
+        if len(batch.recipients) >= MAX_BATCH_FACTS:
+            self.full = True
 
     def handle(self, topic: str, partition: int, offset: int, raw: bytes) -> None:
         stats = self.stats
@@ -230,6 +237,7 @@ class IngestStage:
         recipients = {p: encode_batch(b) for p, b in self._recipients.items()}
         dead = self._dead
         self._messages, self._recipients, self._dead = {}, {}, []
+        self.full = False
         return messages, recipients, dead
 
     @property

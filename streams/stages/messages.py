@@ -11,6 +11,7 @@ from streams.core.aggregates import LIMIT_CLASSES, Bucket, BucketWriter
 from streams.core.attribution import DEFAULT_CONFIG, AttributionConfig, decode_callback_data
 from streams.core.expiry import ExpiryIndex, SweepCursor
 from streams.core.facts import (
+    MAX_BATCH_FACTS,
     FactBatch,
     Position,
     RecipientFact,
@@ -194,6 +195,8 @@ class MessageStage:
         self._message_index: dict[int, ExpiryIndex] = {}
         self._bucket_index: dict[int, ExpiryIndex] = {}
         self._out: dict[int, FactBatch] = {}
+        #: an outbox batch reached MAX_BATCH_FACTS: flush before handling more input
+        self.full = False
         self._buckets: dict[int, BucketWriter] = {}
         self.recent = RecentWindow()
         self._signal_buckets: dict[tuple[int, str, str, int], dict[str, int]] = {}
@@ -256,6 +259,8 @@ class MessageStage:
         batch = self._out.get(p)
         if batch is None:
             batch = self._out[p] = FactBatch()
+        elif len(batch.recipients) >= MAX_BATCH_FACTS:
+            self.full = True
         batch.recipients.append(fact)
 
     # -- inputs -------------------------------------------------------------------------------
@@ -390,6 +395,7 @@ class MessageStage:
     def drain_outbox(self) -> dict[int, bytes]:
         out = {p: encode_batch(b) for p, b in self._out.items()}
         self._out = {}
+        self.full = False
         return out
 
     def drain_signals(self) -> SignalBatch | None:
