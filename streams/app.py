@@ -118,7 +118,6 @@ class Monitor:
         )
         self.alerting_kv = FaustTableKV(self.alerting_table)
         self.alerting = AlertingStage()
-        self._saved_book = b""
         self.advice_policy = AdvicePolicy()
         self.advice_topic = _raw(app, settings.topic_advice)
         self.notifier = SlackNotifier.from_settings(
@@ -201,25 +200,25 @@ class Monitor:
         signals_name = self.signals_topic.get_topic_name()
 
         async def evaluate_alerts() -> None:
-            """Write due notifications to the alerts topic, then save the alert book."""
+            """Write due notifications to the alerts topic and wait until Kafka has them, then
+            save the alerting state (a crash in between sends them again: at least once)."""
             async with alert_lock:
-                notifications = self.alerting.evaluate()
-                state = self.alerting.state()
-                if 0 in self.alerting_kv.events and state != self._saved_book:
-                    self.alerting_kv.set(0, b"book", state)
-                    self._saved_book = state
-                for n in notifications:
-                    await self.alerts_topic.send(
+                stage = self.alerting
+                for n in stage.evaluate():
+                    sent = await self.alerts_topic.send(
                         key=n.incident.encode(), value=encode_notification(n)
                     )
+                    await sent
+                if stage is self.alerting and 0 in self.alerting_kv.events:  # not revoked
+                    stage.save(self.alerting_kv)
 
         @app.agent(self.signals_topic, name="alerting", concurrency=1)
         async def alerting(stream: Any) -> None:
             def handle(event: Any) -> None:
                 if 0 not in self.alerting_kv.events:
-                    self.alerting.restore(self.alerting_kv.read(b"book"))
+                    self.alerting.restore(self.alerting_kv)
                 self.alerting_kv.events[0] = event
-                self.alerting.handle(decode_signals(event.value))
+                self.alerting.handle(decode_signals(event.value), event.message.offset)
 
             await run_batched(stream, handle, evaluate_alerts, policy, lambda: self.generation)
 
