@@ -136,8 +136,7 @@ class Monitor:
             help="the alert book: which alerts fire, since when, what was notified",
         )
         self.alerting_kv = FaustTableKV(self.alerting_table)
-        self.alerting = AlertingStage()
-        self._saved_book = b""
+        self.alerting = AlertingStage(partitions=settings.topic_partitions)
         self.advice_policy = AdvicePolicy()
         self.advice_topic = _raw(app, settings.topic_advice)
         advice_name = settings.topic_advice
@@ -239,25 +238,25 @@ class Monitor:
         signals_name = self.signals_topic.get_topic_name()
 
         async def evaluate_alerts() -> None:
-            """Write due notifications to the alerts topic, then save the alert book."""
+            """Write due notifications to the alerts topic and wait until Kafka has them, then
+            save the alerting state (a crash in between sends them again: at least once)."""
             async with alert_lock:
-                notifications = self.alerting.evaluate()
-                state = self.alerting.state()
-                if 0 in self.alerting_kv.events and state != self._saved_book:
-                    self.alerting_kv.set(0, b"book", state)
-                    self._saved_book = state
-                for n in notifications:
-                    await self.alerts_topic.send(
+                stage = self.alerting
+                for n in stage.evaluate():
+                    sent = await self.alerts_topic.send(
                         key=n.incident.encode(), value=encode_notification(n)
                     )
+                    await sent
+                if stage is self.alerting and 0 in self.alerting_kv.events:  # not revoked
+                    stage.save(self.alerting_kv)
 
         @app.agent(self.signals_topic, name="alerting", concurrency=1)
         async def alerting(stream: Any) -> None:
             def handle(event: Any) -> None:
                 if 0 not in self.alerting_kv.events:
-                    self.alerting.restore(self.alerting_kv.read(b"book"))
+                    self.alerting.restore(self.alerting_kv)
                 self.alerting_kv.events[0] = event
-                self.alerting.handle(decode_signals(event.value))
+                self.alerting.handle(decode_signals(event.value), event.message.offset)
 
             await run_batched(stream, handle, evaluate_alerts, policy, lambda: self.generation)
 
@@ -269,25 +268,64 @@ class Monitor:
 
         @app.agent(self.alerts_topic, name="notifier", concurrency=1)
         async def notifier(stream: Any) -> None:
-            """The one owner of the alerts topic's single partition delivers notifications;
-            events are acknowledged once Slack took them (or they were given up)."""
-            if self.notifier is not None:
-                await self.notifier.start()
-            batch: list[Notification] = []
+            """The one owner of the alerts topic's single partition logs every notification and
+            hands it to Slack in topic order; an event is acknowledged, in order, once Slack
+            took it, refused it for good or it was given up (after an outage of
+            ``slack_give_up_after_s``), so a worker that dies before delivers it after its
+            restart (at least once).
 
-            def handle(event: Any) -> None:
-                batch.append(decode_notification(event.value))
+            faust waits at every rebalance and at shutdown until each message it tracks is
+            acknowledged. A notification riding out a Slack outage must not hold those up (and
+            the whole consumer group with them), so its message is untracked: it is
+            acknowledged when final, or, when a rebalance comes first, never: the partition's
+            next owner reads it again and, on this worker, the notifier matches it by id to
+            the delivery under way."""
+            slack = self.notifier
+            if slack is not None:
+                m.watch_slack(slack.backlog)
+                await slack.start()
+            manual = stream.noack()
+            waiting: list[tuple[Any, int, asyncio.Future[Any] | None]] = []
 
-            async def deliver() -> None:
-                for n in batch:
-                    self._announce(n)
-                    if self.notifier is not None:
-                        self.notifier.send(n)
-                batch.clear()
-                if self.notifier is not None:
-                    await self.notifier.join()
+            async def ack_in_order() -> None:
+                while True:
+                    while waiting and (
+                        waiting[0][2] is None
+                        or waiting[0][2].done()
+                        or waiting[0][1] != self.generation
+                    ):
+                        event, handled_in, delivery = waiting.pop(0)
+                        if handled_in == self.generation and not (
+                            delivery is not None and delivery.cancelled()
+                        ):
+                            await manual.ack(event)
+                    await asyncio.sleep(policy.max_delay_s)
 
-            await run_batched(stream, handle, deliver, policy, lambda: self.generation)
+            acker = asyncio.ensure_future(ack_in_order())
+            try:
+                async for event in manual.events():
+                    app.consumer.unacked.discard(event.message)
+                    n = decode_notification(event.value)
+                    handled_in = self.generation
+                    if slack is None:
+                        self._announce(n)
+                        waiting.append((event, handled_in, None))
+                        continue
+                    if not slack.knows(n.id):
+                        self._announce(n)
+                    waiting.append((event, handled_in, await slack.submit(n)))
+            finally:
+                acker.cancel()
+
+        alerts_name = self.alerts_topic.get_topic_name()
+
+        async def hand_over_notifications(app: Any, assigned: Any, **kwargs: Any) -> None:
+            """After a rebalance that gave the alerts partition to another worker, that worker
+            reads the unacknowledged notifications again and posts them: this one stops."""
+            if self.notifier is not None and all(tp.topic != alerts_name for tp in assigned):
+                await self.notifier.abandon()
+
+        app.on_partitions_assigned.connect(hand_over_notifications)  # type: ignore[arg-type]
 
         async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
             """Unflushed state of a revoked partition is dropped: its new owner replays it.
@@ -297,7 +335,7 @@ class Monitor:
                 if tp.topic == signals_name:
                     # another worker owns alerting now; it restores the book from the table
                     self.alerting_kv.events.pop(0, None)
-                    self.alerting = AlertingStage()
+                    self.alerting = AlertingStage(partitions=settings.topic_partitions)
                 elif tp.topic == messages_name:
                     self.messages.revoke(tp.partition)
                 elif tp.topic == recipients_name:

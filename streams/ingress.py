@@ -9,6 +9,16 @@ wamid, so the raw topic only needs the load spread over its partitions.
 A 503 means "not confirmed", not "not stored": a record whose acknowledgement timed out stays in
 the producer and is written once the broker is back, and Meta's retry then stores it a second time
 (as when a 200 is lost on its way back). The worker deduplicates (wamid, status).
+
+Hostile input: a connection without a complete request (its headers) for
+``ingress_idle_timeout_s`` is closed, a body must arrive within ``ingress_read_timeout_s`` (else
+408), bodies over 3 MB get 413 before they are read, and compressed bodies get 415 (the signature
+covers the bytes on the wire, which are the bytes stored). Meta's signature has no timestamp or
+nonce, so a captured body verifies forever: an exact repeat of one of the last
+``ingress_recent_bodies`` stored bodies is answered 200 without producing it again
+(``duplicates_total``), so a replay flood costs no Kafka writes. Every refusal is counted by
+reason, including those aiohttp answers itself before a handler runs
+(malformed HTTP, unknown paths).
 """
 
 from __future__ import annotations
@@ -20,11 +30,13 @@ import hmac
 import logging
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from enum import StrEnum
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -57,6 +69,10 @@ class Reason(StrEnum):
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     BAD_REQUEST = "bad_request"  # the body could not be read (client went away mid-body)
+    READ_TIMEOUT = "read_timeout"  # the body did not arrive within the read timeout
+    MALFORMED_REQUEST = "malformed_request"  # aiohttp's HTTP parser refused the request
+    NO_ROUTE = "no_route"  # a path or method the ingress does not serve (404, 405)
+    INTERNAL_ERROR = "internal_error"  # a handler failed (500): a bug
     BAD_TOKEN = "bad_token"
     BAD_HANDSHAKE = "bad_handshake"  # hub.mode is not subscribe, or there is no hub.challenge
     KAFKA_UNAVAILABLE = "kafka_unavailable"
@@ -69,6 +85,10 @@ STATUS: dict[Reason, int] = {
     Reason.TOO_LARGE: 413,
     Reason.UNSUPPORTED_MEDIA_TYPE: 415,
     Reason.BAD_REQUEST: 400,
+    Reason.READ_TIMEOUT: 408,
+    Reason.MALFORMED_REQUEST: 400,
+    Reason.NO_ROUTE: 404,
+    Reason.INTERNAL_ERROR: 500,
     **dict.fromkeys((Reason.BAD_SIGNATURE, Reason.BAD_TOKEN, Reason.BAD_HANDSHAKE), 403),
     **dict.fromkeys((Reason.KAFKA_UNAVAILABLE, Reason.KAFKA_TIMEOUT, Reason.KAFKA_REJECTED), 503),
 }
@@ -79,12 +99,18 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def verify_signature(secret: bytes, body: bytes, header: str | None) -> Reason | None:
+def verify_signature(secret: bytes, body: bytes, header: str | list[str] | None) -> Reason | None:
     """``None`` when ``header`` is exactly the signature of ``body``, else why not.
 
-    The whole header is compared in constant time with the lowercase ``sha256=<hex>`` expected,
-    so a wrong prefix, upper-case hex, a truncated or padded digest are all simply bad.
+    The whole header is compared in constant time (``hmac.compare_digest``) with the lowercase
+    ``sha256=<hex>`` expected, so a wrong prefix, upper-case hex, a truncated or padded digest are
+    all simply bad. ``header`` may be every value the request carried: none is missing, more
+    than one is bad (which one would count is exactly what an attacker would like to choose).
     """
+    if isinstance(header, list):
+        if len(header) != 1:
+            return Reason.MISSING_SIGNATURE if not header else Reason.BAD_SIGNATURE
+        header = header[0]
     if header is None:
         return Reason.MISSING_SIGNATURE
     given = header.encode("utf-8", "surrogatepass")
@@ -265,6 +291,53 @@ class KafkaLink:
             backoff = 0.25 if self.connected else min(backoff * 2, 2.0)
 
 
+class RecentBodies:
+    """SHA-256 digests of the last ``capacity`` bodies stored, oldest forgotten first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._digests: OrderedDict[bytes, None] = OrderedDict()
+
+    def __contains__(self, digest: bytes) -> bool:
+        return digest in self._digests
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def add(self, digest: bytes) -> None:
+        if self.capacity <= 0:
+            return
+        self._digests[digest] = None
+        if len(self._digests) > self.capacity:
+            self._digests.popitem(last=False)
+
+
+# Set on every request a handler of the ingress counted itself.
+COUNTED = web.RequestKey("ingress_counted", bool)
+
+
+def _codings(request: web.Request, header: str) -> set[str]:
+    """The content or transfer codings ``request`` announces in ``header`` (lower case)."""
+    values = request.headers.getall(header, [])
+    return {c.strip().lower() for value in values for c in value.split(",")} - {""}
+
+
+class _DropClientErrors(logging.Filter):
+    """aiohttp logs a traceback quoting the offending bytes for every malformed request.
+
+    The ingress counts and logs those itself in one line without the bytes (a header can carry
+    anything); only real server errors keep aiohttp's traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
+_server_log = logging.getLogger(f"{__name__}.server")
+_server_log.addFilter(_DropClientErrors())
+
+
 class IngressMetrics:
     """The ingress's metrics on ``registry``, every label set pre-created at 0."""
 
@@ -272,12 +345,17 @@ class IngressMetrics:
         n, r = f"{PREFIX}_ingress", registry
         self.requests = Counter(
             f"{n}_requests",
-            "Webhook endpoint requests by method and status",
+            "Requests answered (not /health or /metrics) by method (GET, POST, other) and status",
             ["method", "code"],
             registry=r,
         )
         self.rejections = Counter(
             f"{n}_rejections", "Webhook requests refused, by reason", ["reason"], registry=r
+        )
+        self.duplicates = Counter(
+            f"{n}_duplicates",
+            "Signed POSTs answered 200 without producing: the exact body was stored recently",
+            registry=r,
         )
         self.produce_latency = Histogram(
             f"{n}_produce_latency_seconds",
@@ -298,6 +376,32 @@ class IngressMetrics:
         for code in (200, 403):
             self.requests.labels(method="GET", code=str(code))
 
+    def count_unhandled(self, request: web.BaseRequest, status: int) -> None:
+        """Count a refusal no handler of the ingress saw (aiohttp answered it by itself)."""
+        if status < 400 or request.get(COUNTED):
+            return
+        if status in (404, 405):
+            reason = Reason.NO_ROUTE
+        elif status >= 500:
+            reason = Reason.INTERNAL_ERROR
+        else:  # the HTTP parser refused the request line, a header or the framing
+            reason = Reason.MALFORMED_REQUEST
+        method = request.method if request.method in ("GET", "POST") else "other"
+        self.rejections.labels(reason=reason.value).inc()
+        self.requests.labels(method=method, code=str(status)).inc()
+        # Not the path: it is whatever the client sent (it could hold a phone number).
+        log.warning("ingress rejected method=%s status=%d reason=%s", method, status, reason)
+
+
+def _counting_access_logger(metrics: IngressMetrics) -> type[AbstractAccessLogger]:
+    """An aiohttp access logger that writes no log: it counts what no handler counted."""
+
+    class CountUnhandled(AbstractAccessLogger):
+        def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+            metrics.count_unhandled(request, response.status)
+
+    return CountUnhandled
+
 
 class IngressApp:
     """The ingress's request handlers; :func:`create_ingress_app` builds and routes them."""
@@ -307,9 +411,12 @@ class IngressApp:
     ) -> None:
         self.link, self.metrics, self.secret = link, metrics, secret
         self.verify_token = settings.verify_token.value
+        self.read_timeout_s = settings.ingress_read_timeout_s
+        self.recent = RecentBodies(settings.ingress_recent_bodies)
 
     def _reject(self, request: web.Request, reason: Reason, size: int | None) -> web.Response:
         code = STATUS[reason]
+        request[COUNTED] = True
         self.metrics.rejections.labels(reason=reason.value).inc()
         self.metrics.requests.labels(method=request.method, code=str(code)).inc()
         # One line per rejection: never the body, the signature, the query string or a secret.
@@ -329,6 +436,7 @@ class IngressApp:
             reason = verify_handshake(request.query, self.verify_token)
             if reason is not None:
                 return self._reject(request, reason, None)
+            request[COUNTED] = True
             self.metrics.requests.labels(method="GET", code="200").inc()
             log.info("ingress confirmed a subscription handshake")
             return web.Response(text=request.query["hub.challenge"], content_type="text/plain")
@@ -340,29 +448,47 @@ class IngressApp:
                 return self._reject(request, Reason.TOO_LARGE, announced)
             if request.content_type != "application/json":
                 return self._reject(request, Reason.UNSUPPORTED_MEDIA_TYPE, announced)
-            header = request.headers.get(SIGNATURE_HEADER)
-            if self.secret is not None and header is None:
-                return self._reject(request, Reason.MISSING_SIGNATURE, announced)
+            if _codings(request, "Content-Encoding") - {"identity"} or _codings(
+                request, "Transfer-Encoding"
+            ) - {"chunked"}:  # the signature covers the bytes on the wire: never decode them
+                return self._reject(request, Reason.UNSUPPORTED_MEDIA_TYPE, announced)
+            headers = request.headers.getall(SIGNATURE_HEADER, [])
+            if self.secret is not None and len(headers) != 1:
+                refused = Reason.BAD_SIGNATURE if headers else Reason.MISSING_SIGNATURE
+                return self._reject(request, refused, announced)
             try:  # with client_max_size, read() stops as soon as the body is too large
-                body = await request.read()
+                async with asyncio.timeout(self.read_timeout_s):
+                    body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 return self._reject(request, Reason.TOO_LARGE, announced)
+            except TimeoutError:
+                return self._reject(request, Reason.READ_TIMEOUT, announced)
             except (OSError, HttpProcessingError):
                 return self._reject(request, Reason.BAD_REQUEST, announced)
             if self.secret is not None:
-                reason = verify_signature(self.secret, body, header)
+                reason = verify_signature(self.secret, body, headers)
                 if reason is not None:
                     return self._reject(request, reason, len(body))
+            digest = hashlib.sha256(body).digest()
+            if digest in self.recent:  # a replay, or Meta sending the same body twice
+                self.metrics.duplicates.inc()
+                return self._accept(request)
             started = time.perf_counter()
             try:
                 await self.link.produce(body)
             except KafkaUnavailable as exc:
                 return self._reject(request, exc.reason, len(body))
             self.metrics.produce_latency.observe(time.perf_counter() - started)
-            self.metrics.requests.labels(method="POST", code="200").inc()
-            return web.Response(text="ok")
+            self.recent.add(digest)  # only once stored: a body that got 503 is produced again
+            return self._accept(request)
+
+    def _accept(self, request: web.Request) -> web.Response:
+        request[COUNTED] = True
+        self.metrics.requests.labels(method="POST", code="200").inc()
+        return web.Response(text="ok")
 
     async def health(self, request: web.Request) -> web.Response:
+        request[COUNTED] = True  # a 503 here is an answer, not a refusal
         link = self.link
         body = {
             "status": "ok" if link.connected else "unavailable",
@@ -396,7 +522,18 @@ def create_ingress_app(
     link = KafkaLink(producer_factory, settings.topic_raw, send_timeout_s, metrics.kafka_up)
     ingress = IngressApp(settings, link, metrics, secret)
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    handler_args = {  # these win over the runner's arguments (run_app, AppRunner)
+        "access_log_class": _counting_access_logger(metrics),
+        "access_log": log,  # required for the class to be used; it writes nothing
+        "logger": _server_log,
+        # aiohttp closes a connection waiting for a request this long, from its start or its
+        # last answer: idle keep-alive, and headers that never end alike
+        "keepalive_timeout": settings.ingress_idle_timeout_s,
+        # how long the rest of a refused body is read and dropped before the connection closes
+        "lingering_time": settings.ingress_read_timeout_s,
+        "auto_decompress": False,  # compressed bodies are refused; never inflate them
+    }
+    app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args=handler_args)
     for path in ("/webhook", "/"):
         app.router.add_get(path, ingress.handshake, allow_head=False)
     app.router.add_post("/webhook", ingress.receive)
@@ -427,6 +564,7 @@ def run_ingress(
         "; /health, /metrics",
         file=sys.stderr,
     )
-    # No access log: the handshake's query string carries the verify token.
+    # No access log: the handshake's query string carries the verify token. (The app's own
+    # handler_args replace this with its counting access logger, which writes nothing.)
     web.run_app(app, host=host, port=port, access_log=None, print=None, shutdown_timeout=30.0)
     return 0

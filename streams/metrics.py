@@ -306,6 +306,17 @@ class MonitorMetrics:
             ["outcome"],
             registry=r,
         )
+        self.slack_pending = Gauge(
+            f"{PREFIX}_slack_pending_notifications",
+            "Slack notifications queued or being retried: not yet delivered, refused or given "
+            "up (grows during a Slack outage, drains after it)",
+            registry=r,
+        )
+        self.slack_oldest_pending_age = Gauge(
+            f"{PREFIX}_slack_oldest_pending_age_seconds",
+            "How long the oldest pending Slack notification has waited (0 when none waits)",
+            registry=r,
+        )
         # -- deliveries (messages stage, after deduplication) ---------------------------------
         self.statuses = Counter(
             f"{PREFIX}_statuses",
@@ -422,6 +433,12 @@ class MonitorMetrics:
     def slack_outcome(self, outcome: Any) -> None:
         """Feed for the Slack notifier's outcomes (sent, retried, rate_limited, ...)."""
         self.slack_deliveries.labels(outcome=str(outcome)).inc()
+
+    def watch_slack(self, backlog: Callable[[], tuple[int, float]]) -> None:
+        """Serve the pending-notification gauges from ``backlog()`` (count, oldest age in
+        seconds: :meth:`streams.slack.SlackNotifier.backlog`), read at scrape time."""
+        self.slack_pending.set_function(lambda: backlog()[0])
+        self.slack_oldest_pending_age.set_function(lambda: backlog()[1])
 
     def alert_notified(self, notification: Any) -> None:
         """Feed for every notification the alert book emits (rule of its headline, kind)."""

@@ -78,11 +78,25 @@ class Settings:
     kafka_version: str = DEFAULT_KAFKA_VERSION
     log_level: str = "info"
     slack_webhook_url: Secret = Secret("")
+    #: Slack: seconds per POST, the cap of the backoff between retries (a recovered Slack is
+    #: noticed within about that long), and how long after enqueueing a notification that
+    #: Slack keeps failing (5xx, 429, timeouts) is given up.
+    slack_request_timeout_s: float = 10.0
+    slack_max_backoff_s: float = 60.0
+    slack_give_up_after_s: float = 24 * 3600.0
     grafana_url: str = "http://localhost:3000"
     ingress_host: str = "127.0.0.1"
     ingress_port: int = 8080
     app_secret: Secret = Secret("")
     verify_token: Secret = Secret("")
+    #: Ingress: seconds a client gets to send a request's body once its headers are in (slower
+    #: ones get 408); seconds a connection may stay open without a complete request (idle
+    #: keep-alive, or headers that never end: keep it above a load balancer's idle timeout);
+    #: how many digests of recently stored bodies it remembers to answer an exact repeat
+    #: without producing it again (0: off; about 170 bytes each).
+    ingress_read_timeout_s: float = 10.0
+    ingress_idle_timeout_s: float = 75.0
+    ingress_recent_bodies: int = 100_000
     template_label_cap: int = 100
 
     @classmethod
@@ -134,11 +148,27 @@ class Settings:
             kafka_version=get("KAFKA_VERSION", d.kafka_version),
             log_level=get("LOG_LEVEL", d.log_level).lower(),
             slack_webhook_url=Secret(get("SLACK_WEBHOOK_URL", "")),
+            slack_request_timeout_s=float(
+                get_int("SLACK_REQUEST_TIMEOUT", int(d.slack_request_timeout_s), minimum=1)
+            ),
+            slack_max_backoff_s=float(
+                get_int("SLACK_MAX_BACKOFF", int(d.slack_max_backoff_s), minimum=1)
+            ),
+            slack_give_up_after_s=float(
+                get_int("SLACK_GIVE_UP_AFTER", int(d.slack_give_up_after_s), minimum=1)
+            ),
             grafana_url=get("GRAFANA_URL", d.grafana_url),
             ingress_host=get("INGRESS_HOST", d.ingress_host),
             ingress_port=get_int("INGRESS_PORT", d.ingress_port, minimum=0),
             app_secret=Secret(get("APP_SECRET", "")),
             verify_token=Secret(get("VERIFY_TOKEN", "")),
+            ingress_read_timeout_s=float(
+                get_int("INGRESS_READ_TIMEOUT", int(d.ingress_read_timeout_s), minimum=1)
+            ),
+            ingress_idle_timeout_s=float(
+                get_int("INGRESS_IDLE_TIMEOUT", int(d.ingress_idle_timeout_s), minimum=1)
+            ),
+            ingress_recent_bodies=get_int("INGRESS_RECENT_BODIES", d.ingress_recent_bodies),
             template_label_cap=get_int("TEMPLATE_LABEL_CAP", d.template_label_cap, minimum=1),
         )
 

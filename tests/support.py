@@ -407,3 +407,90 @@ class FakeSlack:
     def delivered(self) -> list[dict[str, object]]:
         """Bodies of the POSTs that were answered 200."""
         return [p for _, p, status in self.posts if status == 200]
+
+
+class OutageSlack:
+    """A local server that answers like a Slack incoming webhook and can be down for a while.
+
+    Up: ``200 ok``. Down (:meth:`down`, until :meth:`recover` or the given number of seconds):
+    answers alternate between ``500`` and a hang of ``hang_s`` seconds (a client with a shorter
+    timeout gives up first), so both failure paths are exercised. Every POST is recorded as
+    ``(monotonic arrival, JSON body, status)`` with status 0 for a hang.
+    """
+
+    def __init__(self, hang_s: float = 30.0) -> None:
+        import threading
+
+        self.hang_s = hang_s
+        self.posts: list[tuple[float, dict[str, object], int]] = []
+        self.port = free_port()
+        self._down_until = 0.0
+        self._failed = 0
+        self._ready = threading.Event()
+        self._stop = asyncio.Event()  # set in the server's loop: it ends hangs and the server
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/services/T000/B000/XXXX"
+
+    def down(self, seconds: float = float("inf")) -> None:
+        self._down_until = time.monotonic() + seconds
+
+    def recover(self) -> None:
+        self._down_until = 0.0
+
+    def is_down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        async def hook(request: web.Request) -> web.Response:
+            payload = await request.json()
+            if not self.is_down():
+                self.posts.append((time.monotonic(), payload, 200))
+                return web.Response(text="ok")
+            self._failed += 1
+            if self._failed % 2:
+                self.posts.append((time.monotonic(), payload, 500))
+                return web.Response(status=500, text="service_unavailable")
+            self.posts.append((time.monotonic(), payload, 0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.hang_s)
+            return web.Response(status=500, text="hang")
+
+        async def main() -> None:
+            app = web.Application()
+            app.router.add_post("/services/T000/B000/XXXX", hook)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            self._ready.set()
+            await self._stop.wait()
+            await runner.cleanup()
+
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(main())
+        finally:
+            self._loop.close()
+
+    def start(self) -> OutageSlack:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+
+    def failed(self) -> int:
+        """POSTs answered 500 or left hanging."""
+        return sum(1 for _, _, status in self.posts if status != 200)
+
+    def delivered(self) -> list[dict[str, object]]:
+        """Bodies of the POSTs that were answered 200, in arrival order."""
+        return [p for _, p, status in self.posts if status == 200]

@@ -102,7 +102,7 @@ def decode_callback_data(
     if text.startswith("{"):
         try:
             decoded = msgspec.json.decode(text)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # deep nesting fits in the length cap
             return NO_ATTRIBUTION
         if not isinstance(decoded, dict):
             return NO_ATTRIBUTION

@@ -57,6 +57,15 @@ template                    5          5%           0.5%
 
 Cost: observing is O(1); the baseline is summed from hourly totals, so an evaluation reads about
 150 small dicts per scope. Memory: one entry per scope and minute with traffic, for 24 h.
+
+Saving and restoring (a restart must not forget the baseline): the state is cut into
+:class:`HourRecord` values, one hour of one scope each (at most 60 minutes, so every record stays
+small however many scopes there are). :meth:`SpikeDetector.take_changes` returns the hours changed
+since its last call and the hours forgotten, for the caller to write and delete;
+:meth:`SpikeDetector.load` puts a saved hour back. Additions may carry the *position* of their
+input (any increasing pair, e.g. a signal's offset and the index of the delta in it): each hour
+remembers the last position it absorbed and skips an addition at or before it, so inputs replayed
+after a restart are added once, however a crash split the previous save.
 """
 
 from __future__ import annotations
@@ -217,6 +226,24 @@ def judge(
 
 # --- per-scope minute series ------------------------------------------------------------
 
+#: The position of an addition: (input offset, index in the input); increasing per input stream.
+Position = tuple[int, int]
+
+
+class MinuteTally(msgspec.Struct, array_like=True, gc=False):
+    """Sends and monitored errors (by class) of one minute of one scope."""
+
+    attempts: int = 0
+    errors: dict[ErrorClass, int] = {}
+
+
+class HourRecord(msgspec.Struct, array_like=True, gc=False):
+    """One hour of one scope's minute tallies, as saved; ``applied`` is the position of the last
+    addition absorbed (``None``: additions without a position only)."""
+
+    minutes: dict[int, MinuteTally] = {}
+    applied: Position | None = None
+
 
 class _Tally:
     __slots__ = ("attempts", "errors")
@@ -238,11 +265,12 @@ class _Tally:
 class _Series:
     """Minute tallies of one scope, with hourly totals kept in step for the baseline sums."""
 
-    __slots__ = ("hours", "minutes")
+    __slots__ = ("applied", "hours", "minutes")
 
     def __init__(self) -> None:
         self.minutes: dict[int, _Tally] = {}
         self.hours: dict[int, _Tally] = {}
+        self.applied: dict[int, Position] = {}  # hour -> last position absorbed
 
     def add(self, minute: int, attempts: int, errors: Mapping[ErrorClass, int]) -> None:
         self.minutes.setdefault(minute, _Tally()).add(attempts, errors)
@@ -264,12 +292,38 @@ class _Series:
             out.absorb(minutes.get(m))
         return out
 
-    def prune(self, oldest_minute: int) -> None:
-        """Forget whole hours that end before ``oldest_minute``."""
-        for h in [h for h in self.hours if (h + 1) * 60 <= oldest_minute]:
+    def prune(self, oldest_minute: int) -> list[int]:
+        """Forget whole hours that end before ``oldest_minute``; returns them."""
+        gone = [h for h in self.hours if (h + 1) * 60 <= oldest_minute]
+        for h in gone:
             del self.hours[h]
+            self.applied.pop(h, None)
             for m in range(h * 60, h * 60 + 60):
                 self.minutes.pop(m, None)
+        return gone
+
+    def record(self, hour: int) -> HourRecord | None:
+        if hour not in self.hours:
+            return None
+        minutes = {}
+        for m in range(hour * 60, hour * 60 + 60):
+            tally = self.minutes.get(m)
+            if tally is not None:
+                minutes[m] = MinuteTally(tally.attempts, dict(tally.errors))
+        return HourRecord(minutes, self.applied.get(hour))
+
+    def load(self, hour: int, record: HourRecord) -> None:
+        """Replace ``hour`` with a saved record."""
+        self.hours.pop(hour, None)
+        self.applied.pop(hour, None)
+        for m in range(hour * 60, hour * 60 + 60):
+            self.minutes.pop(m, None)
+        for minute, tally in record.minutes.items():
+            if minute // 60 != hour:
+                raise ValueError(f"minute {minute} is not in hour {hour}")
+            self.add(minute, tally.attempts, tally.errors)
+        if record.applied is not None:
+            self.applied[hour] = record.applied
 
 
 _DIMENSION_KINDS = {"t": ScopeKind.TEMPLATE, "s": ScopeKind.SENDER, "c": ScopeKind.COUNTRY}
@@ -293,6 +347,8 @@ class SpikeDetector:
         self.config = config or DetectorConfig()
         self._classes = {c.value: c for c in self.config.thresholds}
         self._series: dict[Scope, _Series] = {}
+        self._dirty: set[tuple[Scope, int]] = set()  # (scope, hour) changed since take_changes
+        self._dropped: set[tuple[Scope, int]] = set()  # (scope, hour) forgotten since then
 
     def _monitored(self, errors: Mapping[str, int]) -> dict[ErrorClass, int]:
         out: dict[ErrorClass, int] = {}
@@ -302,19 +358,43 @@ class SpikeDetector:
                 out[cls] = out.get(cls, 0) + n
         return out
 
-    def _add(self, scope: Scope, minute: int, attempts: int, errors: dict[ErrorClass, int]) -> None:
+    def _add(
+        self,
+        scope: Scope,
+        minute: int,
+        attempts: int,
+        errors: dict[ErrorClass, int],
+        position: Position | None = None,
+    ) -> None:
         if scope.kind is ScopeKind.ACCOUNT:
             raise ValueError("the account scope is derived from the sender scopes")
+        if not attempts and not any(errors.values()):
+            return
+        hour = minute // 60
         targets = (scope, Scope.for_account()) if scope.kind is ScopeKind.SENDER else (scope,)
         for target in targets:
             series = self._series.get(target)
             if series is None:
                 series = self._series[target] = _Series()
+            if position is not None:
+                last = series.applied.get(hour)
+                if last is not None and position <= last:
+                    continue  # a replayed input: this hour has it already
+                series.applied[hour] = position
             series.add(minute, attempts, errors)
+            self._dirty.add((target, hour))
 
-    def add(self, scope: Scope, minute: int, attempts: int, errors: Mapping[str, int]) -> None:
-        """Add sends and errors (keyed by error class value) to one minute of ``scope``."""
-        self._add(scope, minute, attempts, self._monitored(errors))
+    def add(
+        self,
+        scope: Scope,
+        minute: int,
+        attempts: int,
+        errors: Mapping[str, int],
+        position: Position | None = None,
+    ) -> None:
+        """Add sends and errors (keyed by error class value) to one minute of ``scope``; with a
+        ``position``, once (see the module docstring)."""
+        self._add(scope, minute, attempts, self._monitored(errors), position)
 
     def observe(self, scope: Scope, minute: int, attempts: int, errors: Mapping[str, int]) -> None:
         """Set one minute of ``scope`` to these totals (idempotent; replaces earlier totals)."""
@@ -341,7 +421,7 @@ class SpikeDetector:
         findings: list[Finding] = []
         for scope in sorted(self._series, key=str):
             series = self._series[scope]
-            series.prune(oldest)
+            self._dropped.update((scope, hour) for hour in series.prune(oldest))
             if not series.minutes:
                 del self._series[scope]
                 continue
@@ -351,6 +431,47 @@ class SpikeDetector:
             baseline = series.total(oldest, start)
             findings.extend(self._judge_scope(scope, window, baseline))
         return Evaluation(at=now, rules=frozenset({RULE}), findings=tuple(findings))
+
+    # -- saving and restoring ------------------------------------------------------------------
+
+    def take_changes(
+        self,
+    ) -> tuple[dict[tuple[Scope, int], HourRecord], set[tuple[Scope, int]]]:
+        """The (scope, hour) records changed since the last call, and those forgotten."""
+        changed: dict[tuple[Scope, int], HourRecord] = {}
+        for scope, hour in self._dirty:
+            record = self.record(scope, hour)
+            if record is not None:
+                changed[(scope, hour)] = record
+            else:
+                self._dropped.add((scope, hour))
+        dropped = self._dropped - changed.keys()
+        self._dirty, self._dropped = set(), set()
+        return changed, dropped
+
+    def record(self, scope: Scope, hour: int) -> HourRecord | None:
+        """One hour of ``scope`` as saved (``None`` when nothing of it is kept)."""
+        series = self._series.get(scope)
+        return series.record(hour) if series is not None else None
+
+    def load(self, scope: Scope, hour: int, record: HourRecord) -> None:
+        """Put a saved hour back (replaces what the detector has of that hour)."""
+        series = self._series.get(scope)
+        if series is None:
+            series = self._series[scope] = _Series()
+        series.load(hour, record)
+
+    def kept(self) -> dict[Scope, list[int]]:
+        """The hours kept per scope."""
+        return {scope: sorted(series.hours) for scope, series in self._series.items()}
+
+    def totals(self, scope: Scope) -> MinuteTally:
+        """Sends and errors of ``scope`` over every minute kept."""
+        out = _Tally()
+        series = self._series.get(scope)
+        for tally in series.hours.values() if series is not None else ():
+            out.absorb(tally)
+        return MinuteTally(out.attempts, dict(out.errors))
 
     def _judge_scope(self, scope: Scope, window: _Tally, baseline: _Tally) -> Iterable[Finding]:
         seconds = self.config.window_minutes * 60

@@ -1,9 +1,25 @@
 """Stage 4: spike detection and alert lifecycle over the signals of the counting stages.
 
 One partition, one owner: the worker that owns partition 0 of ``<app>-signals`` evaluates every
-rule and writes notifications to the alerts topic; the alert book (which alerts fire, since
-when, what was notified) is saved in a table after each batch, so a restart neither forgets a
-firing alert nor posts it twice.
+rule and writes notifications to the alerts topic.
+
+Saved in the ``alerting`` table (partition 0) by :meth:`AlertingStage.save`, which writes each
+changed key once and is called once per batch, after the batch's notifications are in Kafka:
+
+- ``stage``: the alert book (which alerts fire, since when, what was notified) with the
+  evaluation clock (last minute evaluated, newest event time, partition watermarks), in one
+  record so they never disagree. Saved after the notifications are written, so a crash in
+  between sends them again after the restart (at least once) rather than never.
+- the spike detector's minute counts (its 24 h baselines): one record per scope and hour
+  (``d``), an index of the scopes of each hour (``dh``) and the list of hours (``detector``).
+  Records stay small (at most 60 minutes each) and only changed hours are written. Every hour
+  record remembers the position (signal offset, index) of the last bucket delta it absorbed, so
+  signals replayed after a crash are counted once; the index is written before the records it
+  lists, so a crash between the two only leaves an indexed record missing (empty), which the
+  replay fills.
+
+Not saved: the immediate rules and resend storms (small, event-driven; they restart from the
+signals replayed since the last commit).
 
 Time is event time: the low watermark of the messages partitions (the slowest partition that is
 still receiving data decides, so no minute is judged before every partition delivered it; a
@@ -18,8 +34,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from streams.core.alerts import AlertBook, AlertPolicy, Notification
-from streams.core.detector import DetectorConfig, SpikeDetector, scope_of_bucket
+import msgspec
+
+from streams.core.alerts import AlertBook, AlertPolicy, BookState, Notification, Scope
+from streams.core.detector import DetectorConfig, HourRecord, SpikeDetector, scope_of_bucket
 from streams.core.immediate import (
     ImmediateRules,
     ResendStormRule,
@@ -27,8 +45,31 @@ from streams.core.immediate import (
     TemplateStatusChange,
 )
 from streams.core.signals import SignalBatch
+from streams.state import KeyValue, decode, encode
 
 log = logging.getLogger(__name__)
+
+PARTITION = 0  # the alerting table has one partition
+STAGE_KEY = b"stage"
+LEGACY_BOOK_KEY = b"book"  # the alert book alone, as saved before the stage record
+HOURS_KEY = b"detector"
+
+
+def hour_index_key(hour: int) -> bytes:
+    return b"dh\x1f%d" % hour
+
+
+def hour_key(scope: Scope, hour: int) -> bytes:
+    return f"d\x1f{hour}\x1f{scope.kind}\x1f{scope.sender}\x1f{scope.key}".encode()
+
+
+class StageState(msgspec.Struct, gc=False):
+    """The alert book and the evaluation clock, saved together."""
+
+    book: BookState
+    last_minute: int = -1
+    event_time: int = 0
+    watermarks: dict[int, int] = {}
 
 
 class AlertingStage:
@@ -38,8 +79,13 @@ class AlertingStage:
         policy: AlertPolicy | None = None,
         clock: Callable[[], float] = time.time,
         idle_s: float = 10.0,
+        partitions: int = 0,
     ) -> None:
         self.detector = SpikeDetector(detector)
+        #: messages partitions that report watermarks: one that has not reported yet holds
+        #: time back (at 0) until it has been quiet for ``idle_s``, so a partition whose first
+        #: batch comes late is not judged after its minutes were already evaluated
+        self.partitions = partitions
         self.immediate = ImmediateRules()
         self.storms = ResendStormRule()
         self.policy = policy
@@ -52,19 +98,101 @@ class AlertingStage:
         self.signals = 0
         self.idle_s = idle_s
         self._marks: dict[int, tuple[int, float]] = {}  # partition -> (watermark, wall seen)
+        self._saved_stage = b""
+        self._saved_index: dict[int, set[Scope]] = {}  # hour -> scopes, as saved
+        self._saved_hours: set[int] = set()
+        self._stale: set[int] = set()  # hours whose saved index lists records that are missing
 
-    def restore(self, raw: bytes | None) -> None:
-        if raw:
-            self.book = AlertBook.from_encoded_state(raw, self.policy)
+    # -- saving and restoring ------------------------------------------------------------------
 
-    def handle(self, batch: SignalBatch) -> None:
+    def restore(self, kv: KeyValue) -> None:
+        """Load what :meth:`save` wrote (an empty table leaves a fresh stage)."""
+        raw = kv.get(PARTITION, STAGE_KEY)
+        if raw is not None:
+            state = decode(raw, StageState)
+            self.book = AlertBook(self.policy, state.book)
+            self._last_minute, self.event_time = state.last_minute, state.event_time
+            wall = self.clock()
+            self._event_time_at = wall
+            self._marks = {p: (mark, wall) for p, mark in state.watermarks.items()}
+            self._saved_stage = raw
+        else:
+            legacy = kv.get(PARTITION, LEGACY_BOOK_KEY)
+            if legacy:
+                self.book = AlertBook.from_encoded_state(legacy, self.policy)
+        hours = kv.get(PARTITION, HOURS_KEY)
+        self._saved_hours = set(decode(hours, list[int])) if hours is not None else set()
+        for hour in sorted(self._saved_hours):
+            index = kv.get(PARTITION, hour_index_key(hour))
+            scopes = decode(index, list[Scope]) if index is not None else []
+            loaded = self._saved_index[hour] = set()
+            for scope in scopes:
+                record = kv.get(PARTITION, hour_key(scope, hour))
+                if record is not None:
+                    self.detector.load(scope, hour, decode(record, HourRecord))
+                    loaded.add(scope)
+            if loaded != set(scopes):  # a crash between an index and its records
+                self._stale.add(hour)
+        self.detector.take_changes()  # what was loaded is saved already
+
+    def save(self, kv: KeyValue) -> int:
+        """Write what changed since the last save (each key once); returns the writes."""
+        writes = 0
+        changed, dropped = self.detector.take_changes()
+        for scope, hour in dropped:
+            kv.delete(PARTITION, hour_key(scope, hour))
+            writes += 1
+        index = self._saved_index
+        touched, self._stale = self._stale, set()
+        for scope, hour in dropped:
+            if scope in index.get(hour, ()):
+                index[hour].discard(scope)
+                touched.add(hour)
+        for scope, hour in changed:
+            if scope not in index.setdefault(hour, set()):
+                index[hour].add(scope)
+                touched.add(hour)
+        for hour in sorted(touched):  # the index before the records it lists
+            if index.get(hour):
+                kv.set(PARTITION, hour_index_key(hour), encode(sorted(index[hour], key=str)))
+            else:
+                kv.delete(PARTITION, hour_index_key(hour))
+                index.pop(hour, None)
+            writes += 1
+        if set(index) != self._saved_hours:
+            kv.set(PARTITION, HOURS_KEY, encode(sorted(index)))
+            self._saved_hours = set(index)
+            writes += 1
+        for (scope, hour), record in changed.items():
+            kv.set(PARTITION, hour_key(scope, hour), encode(record))
+            writes += 1
+        stage = encode(
+            StageState(
+                self.book.state,
+                self._last_minute,
+                self.event_time,
+                {p: mark for p, (mark, _) in self._marks.items()},
+            )
+        )
+        if stage != self._saved_stage:
+            kv.set(PARTITION, STAGE_KEY, stage)
+            self._saved_stage = stage
+            writes += 1
+        return writes
+
+    # -- processing ----------------------------------------------------------------------------
+
+    def handle(self, batch: SignalBatch, offset: int | None = None) -> None:
+        """Absorb one signal batch; with its ``offset`` in the signals topic, a batch replayed
+        after a restart adds its bucket deltas once."""
         self.signals += 1
-        for b in batch.buckets:
+        for i, b in enumerate(batch.buckets):
             if self._last_minute < 0 and (self._first_minute < 0 or b.minute < self._first_minute):
                 self._first_minute = b.minute
             attempts = b.counts.get("attempted", 0)
             errors = {k[7:]: v for k, v in b.counts.items() if k.startswith("failed.")}
-            self.detector.add(scope_of_bucket(b.dim, b.key), b.minute, attempts, errors)
+            position = None if offset is None else (offset, i)
+            self.detector.add(scope_of_bucket(b.dim, b.key), b.minute, attempts, errors, position)
         for t in batch.templates:
             if t.field == "status":
                 self.immediate.observe(TemplateStatusChange(t.name, t.value, t.ts, t.reason))
@@ -79,6 +207,9 @@ class AlertingStage:
         for r in batch.resends:
             self.storms.record(r.template, "", r.ts, r.recipient_digest)
         wall = self.clock()
+        if len(self._marks) < self.partitions:
+            for partition in range(self.partitions):
+                self._marks.setdefault(partition, (0, wall))
         for partition, mark in batch.watermarks.items():
             self._marks[partition] = (mark, wall)
         if batch.max_ts > self.event_time:
@@ -118,6 +249,3 @@ class AlertingStage:
             ):
                 out.extend(self.book.apply(evaluation))
         return out
-
-    def state(self) -> bytes:
-        return self.book.encode_state()

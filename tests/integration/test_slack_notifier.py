@@ -1,9 +1,10 @@
 """The Slack notifier against a real local HTTP server that answers like Slack's webhooks.
 
 One path per scenario: 200 "ok"; 429 with Retry-After then 200; 500 three times then 200; 404
-"no_service"; a server that never answers (timeout); a closed port (connection refused). Most
-tests run the notifier on a fake clock (backoff sleeps advance it instantly); the 429 test uses
-the real clock and a real 1 s Retry-After.
+"no_service"; a server that never answers (timeout); a closed port (connection refused); the
+notifier agent's ``submit`` (waits for room, one post per id) and ``abandon`` (after a
+rebalance). Most tests run the notifier on a fake clock (backoff sleeps advance it instantly);
+the 429 test uses the real clock and a real 1 s Retry-After. Long outages: test_slack_outage.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 
@@ -283,3 +285,50 @@ def test_no_webhook_url_means_no_notifier() -> None:
     configured = Settings(slack_webhook_url=Secret("https://hooks.slack.com/services/X"))
     n = SlackNotifier.from_settings(configured)
     assert n is not None and "hooks.slack.com" not in repr(n)
+
+
+def numbered(note: Notification, i: int) -> Notification:
+    return msgspec.structs.replace(note, id=f"{note.id}#{i}")
+
+
+async def test_submit_waits_for_room_and_an_id_submitted_again_is_posted_once(
+    slack: FakeSlack,
+) -> None:
+    """The notifier agent's path: a full queue makes ``submit`` wait (nothing is dropped); a
+    replayed notification (same id) gets the first submission's future."""
+    outcomes: list[SlackOutcome] = []
+    notes = [numbered(spike_notification(), i) for i in range(3)]
+    async with notifier(slack, "/ok", outcomes, queue_size=1) as n:
+        futures = [await n.submit(note) for note in notes]
+        assert await n.submit(notes[0]) is futures[0]
+        assert n.knows(notes[0].id)
+        assert await asyncio.gather(*futures) == [SlackOutcome.SENT] * 3
+        assert await n.submit(notes[1]) is futures[1]  # already delivered: not posted again
+        await n.join()
+    assert outcomes == [SlackOutcome.SENT] * 3
+    assert len(slack.hits("/ok")) == 3
+    assert n.backlog() == (0, 0.0)
+
+
+async def test_abandon_drops_what_is_pending_so_the_new_owner_alone_posts_it(
+    slack: FakeSlack,
+) -> None:
+    """After a rebalance moved the alerts elsewhere: the POST under way and the queue are
+    dropped, their futures cancelled and their ids forgotten (submitting again posts)."""
+    outcomes: list[SlackOutcome] = []
+    notes = [numbered(spike_notification(), i) for i in range(2)]
+    async with notifier(slack, "/silent", outcomes) as n:
+        futures = [await n.submit(note) for note in notes]
+        while not slack.hits("/silent"):
+            await asyncio.sleep(0.01)
+        assert n.backlog()[0] == 2
+        assert await n.abandon() == 2
+        assert all(f.cancelled() for f in futures)
+        assert n.backlog() == (0, 0.0) and not n.knows(notes[1].id)
+        slack.release.set()
+        again = await n.submit(notes[1])
+        assert again is not futures[1]
+        assert await asyncio.wait_for(again, 10) is SlackOutcome.SENT
+    abandoned, posted = slack.hits("/silent")  # the first note's POST was cut short
+    assert abandoned.body != posted.body
+    assert outcomes == [SlackOutcome.SENT]

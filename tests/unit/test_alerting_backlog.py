@@ -45,3 +45,31 @@ def test_one_batch_backlog_fires_and_resolves_like_live_traffic() -> None:
         (NotificationKind.RESOLVED, "promo_spike"),
     ]
     assert backlog == live
+
+
+def test_a_partition_that_reports_late_is_judged_with_the_others() -> None:
+    """Two messages partitions: the one without the spike reports its whole backlog first.
+    Time waits for the other (until it has been quiet for idle_s), so the spike in the late
+    partition's data is still judged minute by minute and fires."""
+    campaign = spike_campaign()
+    wall = [1_000.0]
+    alerting = AlertingStage(clock=lambda: wall[0], partitions=2)
+    out = []
+    # partition 1: every other template; partition 0: the spiking one, reporting second
+    for p, spiking in ((1, False), (0, True)):
+        ingest, messages = IngestStage(1, 1), MessageStage(DictKeyValue(), 1)
+        bodies = [b for b in campaign.payloads if (b"promo_spike" in b) == spiking]
+        for offset, body in enumerate(bodies):
+            ingest.handle("raw", 0, offset, body)
+        messages.handle_batch(p, 0, ingest.drain()[0][0])
+        messages.flush(p)
+        signals = messages.drain_signals()
+        assert signals is not None
+        signals.watermarks = {p: signals.watermarks[p]}
+        alerting.handle(signals)
+        out += alerting.evaluate()
+        wall[0] += 1.0
+    assert [(n.kind, n.headline.scope.key) for n in out] == [
+        (NotificationKind.FIRING, "promo_spike"),
+        (NotificationKind.RESOLVED, "promo_spike"),
+    ]

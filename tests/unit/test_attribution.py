@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streams.core import Attribution, AttributionConfig, decode_callback_data
+from streams.core.attribution import NO_ATTRIBUTION
 
 NONE = Attribution()
 
@@ -86,3 +87,10 @@ def test_oversized_data_is_ignored() -> None:
 def test_results_are_cached() -> None:
     first = decode_callback_data("template=cached_one")
     assert decode_callback_data("template=cached_one") is first
+
+
+def test_deeply_nested_json_is_ignored_not_raised() -> None:
+    """A short opaque string can nest deeper than the JSON decoder recurses: no attribution,
+    no exception (an exception would crash stage 2 on the same record after every restart)."""
+    data = '{"t":' + "[" * 1000 + "]" * 1000 + "}"
+    assert decode_callback_data(data) == NO_ATTRIBUTION

@@ -21,6 +21,8 @@ from streams.core.catalog import ErrorClass
 from streams.core.detector import (
     DEFAULT_THRESHOLDS,
     DetectorConfig,
+    HourRecord,
+    MinuteTally,
     SpikeDetector,
     SpikeThresholds,
     binomial_sf,
@@ -279,6 +281,50 @@ def test_old_minutes_are_forgotten_after_the_baseline() -> None:
     det.observe(SALE, M0, 100, {LIMIT: 50})
     det.evaluate((M0 + 2 * DAY_MINUTES) * 60)
     assert det._series == {}
+
+
+def test_an_addition_with_a_position_is_applied_once_per_hour_record() -> None:
+    """A replayed input (same position, or an earlier one) adds nothing; the account, derived
+    from the senders, skips it too."""
+    det = SpikeDetector()
+    sender = Scope.for_sender("111")
+    det.add(sender, M0, 100, {LIMIT: 30}, position=(7, 0))
+    det.add(sender, M0 + 1, 50, {LIMIT: 5}, position=(7, 1))
+    det.add(sender, M0, 100, {LIMIT: 30}, position=(7, 0))  # replayed
+    det.add(sender, M0 + 1, 50, {LIMIT: 5}, position=(6, 3))  # older still
+    for scope in (sender, Scope.for_account()):
+        assert det.totals(scope) == MinuteTally(150, {ErrorClass.PER_USER_MARKETING_LIMIT: 35})
+    det.add(sender, M0, 10, {}, position=(8, 0))
+    assert det.totals(sender).attempts == 160
+
+
+def test_saved_hours_restore_the_same_verdicts() -> None:
+    """Hour records taken from one detector and loaded into a fresh one give the same
+    evaluations (baseline, window and positions included)."""
+    det = SpikeDetector()
+    feed(det, SALE, M0, DAY_MINUTES, 1000, 20)
+    feed(det, SALE, M0 + DAY_MINUTES, 3, 1000, 300)
+    changed, dropped = det.take_changes()
+    assert dropped == set()
+    assert {hour for _, hour in changed} == set(range(M0 // 60, (M0 + DAY_MINUTES + 3) // 60 + 1))
+    assert all(len(r.minutes) <= 60 for r in changed.values())
+    assert det.take_changes() == ({}, set())  # nothing changed since
+    restored = SpikeDetector()
+    for (scope, hour), record in changed.items():
+        restored.load(scope, hour, record)
+    at = (M0 + DAY_MINUTES + 3) * 60
+    assert restored.evaluate(at) == det.evaluate(at)
+    assert restored.kept() == det.kept()
+
+
+def test_forgotten_hours_are_reported_for_deletion() -> None:
+    det = SpikeDetector()
+    det.add(SALE, M0, 100, {LIMIT: 50}, position=(1, 0))
+    det.take_changes()
+    det.evaluate((M0 + 2 * DAY_MINUTES) * 60)
+    assert det.take_changes() == ({}, {(SALE, M0 // 60)})
+    with pytest.raises(ValueError, match="not in hour"):
+        det.load(SALE, M0 // 60, HourRecord({M0 + 60: MinuteTally(1, {})}))
 
 
 # --- immediate rules ----------------------------------------------------------------------

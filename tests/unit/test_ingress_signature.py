@@ -1,16 +1,26 @@
-"""Webhook signature and subscription handshake checks: only the exact answer is accepted."""
+"""Signature and handshake checks (only the exact answer is accepted), replay memory, settings."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
+import json
 import re
+from typing import Any
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from streams.ingress import Reason, app_secret_or_refuse, sign, verify_handshake, verify_signature
+from streams.ingress import (
+    Reason,
+    RecentBodies,
+    app_secret_or_refuse,
+    sign,
+    verify_handshake,
+    verify_signature,
+)
 from streams.settings import Secret, Settings, SettingsError
 
 SECRET = b"6f1c2a9e0b7d4e3f8a5c1d2e3f4a5b6c"
@@ -53,12 +63,59 @@ SIGNATURE_CASES = [
     ("sha256=" + HEX[:-1] + "é", Reason.BAD_SIGNATURE),
     # a lone surrogate (undecodable header bytes) must not raise either
     ("sha256=\udcff", Reason.BAD_SIGNATURE),
+    # whitespace or a line break inside or after the value (the function does not strip; HTTP
+    # strips only leading/trailing blanks, and a line break there is a malformed request)
+    (GOOD + " ", Reason.BAD_SIGNATURE),
+    (GOOD + "\n", Reason.BAD_SIGNATURE),
+    (GOOD + "\r\n", Reason.BAD_SIGNATURE),
+    ("\t" + GOOD, Reason.BAD_SIGNATURE),
+    ("sha256= " + HEX, Reason.BAD_SIGNATURE),
+    (GOOD[:20] + "\n" + GOOD[20:], Reason.BAD_SIGNATURE),
+    # the signature of the body with a trailing newline, or gzip-compressed
+    (sign(SECRET, BODY + b"\n"), Reason.BAD_SIGNATURE),
+    (sign(SECRET, gzip.compress(BODY)), Reason.BAD_SIGNATURE),
+    # the body re-serialised by a JSON library (same document, other bytes)
+    (sign(SECRET, json.dumps(json.loads(BODY)).encode()), Reason.BAD_SIGNATURE),
+    # every value of the header, as aiohttp's getall() gives them: exactly one must be there
+    ([GOOD], None),
+    ([], Reason.MISSING_SIGNATURE),
+    ([GOOD, GOOD], Reason.BAD_SIGNATURE),
+    (["sha256=" + "0" * 64, GOOD], Reason.BAD_SIGNATURE),
+    ([GOOD, "sha256=" + "0" * 64], Reason.BAD_SIGNATURE),
+    # two values folded into one by a proxy
+    (GOOD + ", " + GOOD, Reason.BAD_SIGNATURE),
 ]
 
 
 @pytest.mark.parametrize(("header", "expected"), SIGNATURE_CASES)
-def test_signature_cases(header: str | None, expected: Reason | None) -> None:
+def test_signature_cases(header: str | list[str] | None, expected: Reason | None) -> None:
     assert verify_signature(SECRET, BODY, header) is expected
+
+
+def test_the_body_of_a_gzip_request_is_checked_as_sent() -> None:
+    """A signature over the decompressed body does not verify the compressed bytes."""
+    assert verify_signature(SECRET, gzip.compress(BODY), GOOD) is Reason.BAD_SIGNATURE
+
+
+def test_comparisons_are_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signature and verify token are compared with hmac.compare_digest, never ``==``."""
+    calls: list[tuple[Any, Any]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr("streams.ingress.hmac.compare_digest", spy)
+    wrong = "sha256=" + "0" * 64
+    assert verify_signature(SECRET, BODY, GOOD) is None
+    assert verify_signature(SECRET, BODY, wrong) is Reason.BAD_SIGNATURE
+    assert verify_handshake(OK, TOKEN) is None
+    assert calls == [
+        (GOOD.encode(), GOOD.encode()),
+        (GOOD.encode(), wrong.encode()),
+        (TOKEN.encode(), TOKEN.encode()),
+    ]
 
 
 def test_sign_is_the_documented_format() -> None:
@@ -145,3 +202,43 @@ def test_changing_any_character_of_a_signature_breaks_it(
     i = position % len(good)
     assume(replacement != good[i])
     assert verify_signature(SECRET, body, good[:i] + replacement + good[i + 1 :]) is not None
+
+
+# --- replay memory -----------------------------------------------------------------------------
+
+
+def test_recent_bodies_never_hold_more_than_their_cap() -> None:
+    """Ten times more distinct bodies than the cap: the newest ``cap`` are remembered, no more."""
+    recent = RecentBodies(100)
+    digests = [hashlib.sha256(b"%d" % i).digest() for i in range(1_000)]
+    for i, digest in enumerate(digests):
+        recent.add(digest)
+        assert len(recent) == min(i + 1, 100)
+    assert [d in recent for d in digests] == [False] * 900 + [True] * 100
+    recent.add(digests[-1])  # a repeat takes no second slot
+    assert len(recent) == 100
+
+
+def test_a_zero_cap_remembers_nothing() -> None:
+    recent = RecentBodies(0)
+    recent.add(hashlib.sha256(b"x").digest())
+    assert len(recent) == 0 and hashlib.sha256(b"x").digest() not in recent
+
+
+def test_ingress_settings_from_the_environment() -> None:
+    prefix = "DELIVERY_MONITOR_INGRESS_"
+
+    def values(s: Settings) -> tuple[float, float, int]:
+        return s.ingress_read_timeout_s, s.ingress_idle_timeout_s, s.ingress_recent_bodies
+
+    assert values(Settings()) == values(Settings.from_env({})) == (10.0, 75.0, 100_000)
+    env = {
+        prefix + "READ_TIMEOUT": "3",
+        prefix + "IDLE_TIMEOUT": "60",
+        prefix + "RECENT_BODIES": "0",
+    }
+    assert values(Settings.from_env(env)) == (3.0, 60.0, 0)
+    bad = [("READ_TIMEOUT", "0"), ("IDLE_TIMEOUT", "x"), ("RECENT_BODIES", "-1")]
+    for name, value in bad:
+        with pytest.raises(SettingsError, match=prefix + name):
+            Settings.from_env({prefix + name: value})
