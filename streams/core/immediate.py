@@ -27,7 +27,9 @@ event arriving late does not undo a newer one). Both classes return an
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
+from typing import TypeVar
 
 import msgspec
 
@@ -165,6 +167,27 @@ def _finding(
     )
 
 
+class ImmediateState(msgspec.Struct, array_like=True, gc=False):
+    """What :class:`ImmediateRules` and :class:`ResendStormRule` remember, to be saved and
+    restored (small: bounded by the event TTL and the windows)."""
+
+    events: list[tuple[str, Scope, int, Finding | None]] = []
+    errors: list[tuple[str, Scope, dict[int, int]]] = []
+    resends: list[tuple[Scope, list[tuple[int, int]]]] = []
+
+
+V = TypeVar("V")
+
+
+def _str_key(item: tuple[object, object]) -> str:
+    return str(item[0])
+
+
+def _by_key(d: dict[tuple[str, Scope], V]) -> list[tuple[tuple[str, Scope], V]]:
+    """Items in a stable order (scopes do not compare), so equal states encode equally."""
+    return sorted(d.items(), key=_str_key)
+
+
 class ImmediateRules:
     """The immediate rules; :meth:`observe` events, :meth:`evaluate` at event time."""
 
@@ -172,6 +195,14 @@ class ImmediateRules:
         self.config = config or ImmediateConfig()
         self._events: dict[tuple[str, Scope], _Active] = {}
         self._errors: dict[tuple[str, Scope], dict[int, int]] = defaultdict(dict)
+
+    def export(self, into: ImmediateState) -> None:
+        into.events = [(r, sc, a.ts, a.finding) for (r, sc), a in _by_key(self._events)]
+        into.errors = [(r, sc, dict(m)) for (r, sc), m in _by_key(self._errors) if m]
+
+    def load(self, state: ImmediateState) -> None:
+        self._events = {(r, sc): _Active(ts, f) for r, sc, ts, f in state.events}
+        self._errors = defaultdict(dict, {(r, sc): dict(m) for r, sc, m in state.errors})
 
     def observe(self, event: ImmediateInput) -> None:
         if isinstance(event, ErrorCount):
@@ -291,7 +322,7 @@ class ResendStormConfig(msgspec.Struct, frozen=True):
 class ResendStormRule:
     """Counts premature resends per template and sending number (see the module docstring).
 
-    Recipients are kept only as in-memory hashes, to count them; they never leave this object.
+    Recipients are kept only as 64-bit numbers of their digests, to count them.
     """
 
     def __init__(self, config: ResendStormConfig | None = None) -> None:
@@ -300,7 +331,15 @@ class ResendStormRule:
 
     def record(self, template: str, sender: str, ts: int, recipient: str) -> None:
         """One premature resend of ``template`` from ``sender`` to ``recipient`` at ``ts``."""
-        self._resends[Scope.for_template(template, sender)].append((ts, hash(recipient)))
+        # a stable number (not hash(): it changes between processes, and the state is saved)
+        number = int.from_bytes(hashlib.blake2b(recipient.encode(), digest_size=8).digest())
+        self._resends[Scope.for_template(template, sender)].append((ts, number))
+
+    def export(self, into: ImmediateState) -> None:
+        into.resends = [(sc, list(v)) for sc, v in sorted(self._resends.items(), key=_str_key) if v]
+
+    def load(self, state: ImmediateState) -> None:
+        self._resends = defaultdict(list, {sc: list(v) for sc, v in state.resends})
 
     def evaluate(self, now: int) -> Evaluation:
         cfg = self.config

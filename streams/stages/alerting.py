@@ -18,8 +18,9 @@ changed key once and is called once per batch, after the batch's notifications a
   lists, so a crash between the two only leaves an indexed record missing (empty), which the
   replay fills.
 
-Not saved: the immediate rules and resend storms (small, event-driven; they restart from the
-signals replayed since the last commit).
+The event-driven rules and resend storms are saved in the ``stage`` record too (small; signals
+replayed after a crash re-apply the same events, and counts of error bursts can count a
+replayed signal twice: at least once).
 
 Time is event time: the low watermark of the messages partitions (the slowest partition that is
 still receiving data decides, so no minute is judged before every partition delivered it; a
@@ -40,6 +41,7 @@ from streams.core.alerts import AlertBook, AlertPolicy, BookState, Notification,
 from streams.core.detector import DetectorConfig, HourRecord, SpikeDetector, scope_of_bucket
 from streams.core.immediate import (
     ImmediateRules,
+    ImmediateState,
     ResendStormRule,
     TemplateQualityChange,
     TemplateStatusChange,
@@ -70,6 +72,9 @@ class StageState(msgspec.Struct, gc=False):
     last_minute: int = -1
     event_time: int = 0
     watermarks: dict[int, int] = {}
+    #: the event-driven rules (template paused, quality, phone, account, error bursts) and
+    #: resend storms: without them a restart would resolve what still fires
+    rules: ImmediateState | None = None
 
 
 class AlertingStage:
@@ -115,6 +120,9 @@ class AlertingStage:
             wall = self.clock()
             self._event_time_at = wall
             self._marks = {p: (mark, wall) for p, mark in state.watermarks.items()}
+            if state.rules is not None:
+                self.immediate.load(state.rules)
+                self.storms.load(state.rules)
             self._saved_stage = raw
         else:
             legacy = kv.get(PARTITION, LEGACY_BOOK_KEY)
@@ -166,12 +174,16 @@ class AlertingStage:
         for (scope, hour), record in changed.items():
             kv.set(PARTITION, hour_key(scope, hour), encode(record))
             writes += 1
+        rules = ImmediateState()
+        self.immediate.export(rules)
+        self.storms.export(rules)
         stage = encode(
             StageState(
                 self.book.state,
                 self._last_minute,
                 self.event_time,
                 {p: mark for p, (mark, _) in self._marks.items()},
+                rules,
             )
         )
         if stage != self._saved_stage:

@@ -228,3 +228,45 @@ def test_a_restored_stage_keeps_the_clock_and_resolves_when_traffic_stops() -> N
         wall[0] += 60
         notes += restarted.evaluate()
     assert [n.kind for n in notes] == [NotificationKind.RESOLVED]
+
+
+def test_a_restart_keeps_event_driven_alerts_and_resend_storms_firing() -> None:
+    """A paused template and a resend storm fire; the stage is saved and a new one restored
+    from the table: the next minutes post nothing (no premature RESOLVED), and the template's
+    REINSTATED later resolves it as before."""
+    from streams.core.signals import ResendSignal, TemplateSignal
+
+    t0 = 1_767_225_600
+    wall = [0.0]
+    kv = DictKeyValue()
+    stage = AlertingStage(clock=lambda: wall[0])
+    storm = [ResendSignal("promo", t0 + 5, f"digest-{i}") for i in range(12)]
+    stage.handle(
+        SignalBatch(
+            templates=[TemplateSignal("promo", "status", "PAUSED", t0 + 1)],
+            resends=storm,
+            max_ts=t0 + 61,
+            watermarks={0: t0 + 61},
+        ),
+        offset=0,
+    )
+    fired = stage.evaluate()
+    stage.save(kv)
+    assert {n.kind for n in fired} == {NotificationKind.FIRING}
+    assert {n.headline.rule for n in fired} == {"template_paused", "resend_storm"}
+
+    restarted = AlertingStage(clock=lambda: wall[0])
+    restarted.restore(kv)
+    restarted.handle(SignalBatch(max_ts=t0 + 180, watermarks={0: t0 + 180}), offset=1)
+    assert [n.kind for n in restarted.evaluate()] == []  # still firing, nothing new to say
+
+    restarted.handle(
+        SignalBatch(
+            templates=[TemplateSignal("promo", "status", "REINSTATED", t0 + 200)],
+            max_ts=t0 + 400,
+            watermarks={0: t0 + 400},
+        ),
+        offset=2,
+    )
+    resolved = [n for n in restarted.evaluate() if n.kind == NotificationKind.RESOLVED]
+    assert [n.headline.rule for n in resolved] == ["template_paused"]
