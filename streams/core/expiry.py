@@ -93,6 +93,11 @@ class ExpiryIndex:
                     delete(mkey)
                 cursor.next_day += 1
                 cursor.chunk = 0
+                # keys touched into this day since the last flush would be written to a day
+                # the cursor has passed (never swept again): they go to the next day instead
+                late = self._pending.pop(day, None)
+                if late:
+                    self._pending[cursor.next_day] |= late
                 continue
             ckey = chunk_key(self.prefix, self.partition, day, cursor.chunk)
             keys = get(ckey)

@@ -323,8 +323,9 @@ class MessageStage:
         state = self.state.get(partition, key, MessageState)
         state, fx = self.ledger.apply_send_log(state, record, position)
         self.state.put(partition, key, state)
-        if state.last_ts:
-            message_index.touch(key.decode(), state.last_ts, meta.messages)
+        # a record without sent_at whose statuses never come expires from the partition's time
+        if ts := state.last_ts or meta.watermark:
+            message_index.touch(key.decode(), ts, meta.messages)
         self._effects(partition, position, fx, meta)
 
     def _template(self, partition: int, fact: TemplateFact) -> None:

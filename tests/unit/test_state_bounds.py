@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import random
 
+import msgspec
+import orjson
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streams.core.expiry import ExpiryIndex, SweepCursor
 from streams.core.facts import FactBatch, RecipientFact, RecipientFactKind, StatusFact, encode_batch
 from streams.stages import partition_for
-from streams.stages.messages import MessageStage
+from streams.stages.messages import MessageStage, Retention
 from streams.stages.recipients import RecipientStage
 from streams.state import DictKeyValue
 
@@ -100,3 +103,82 @@ def test_idle_recipients_leave_and_opted_out_ones_stay() -> None:
     assert not any(k.startswith(b"d0-") or k.startswith(b"d1-") for k in keys)
     assert any(k.startswith(b"d11-") for k in keys)
     assert len(keys) <= 10 * 200 + 1
+
+
+def test_a_key_touched_into_the_day_its_flush_sweeps_is_swept_the_next_day() -> None:
+    # A late status (or a late send-log move) touches its key into the day the sweep is on;
+    # when the same flush's sweep finishes that day, the key must still be swept later.
+    store: dict[str, object] = {}
+    index = ExpiryIndex("x", 0)
+    cursor = SweepCursor()
+    expired: list[str] = []
+
+    def expire(key: str) -> bool:
+        expired.append(key)
+        return True
+
+    index.touch("a", T0 + 10, cursor)
+    index.flush(store.get, store.__setitem__)
+    index.touch("late", T0 + 20, cursor)  # handled in the batch whose flush sweeps day T0
+    index.sweep(cursor, T0 + 8 * DAY, 7 * DAY, 100, store.get, store.pop, expire)
+    index.flush(store.get, store.__setitem__)
+    assert expired == ["a"]
+    index.sweep(cursor, T0 + 9 * DAY, 7 * DAY, 100, store.get, store.pop, expire)
+    assert expired == ["a", "late"]
+    assert store == {}  # no chunk or manifest left behind
+
+
+def _unattributed(wamid: str, ts: int, offset: int) -> StatusFact:
+    return msgspec.structs.replace(
+        status(wamid, "5511", ts, "sent"), opaque=None, origin=(1, offset, 0)
+    )
+
+
+def test_a_send_log_record_after_the_bucket_retention_leaves_no_bucket_behind() -> None:
+    kv = DictKeyValue()
+    stage = MessageStage(kv, recipient_partitions=1)
+    retention = Retention()
+    offset = 0
+
+    def statuses(*facts: StatusFact) -> None:
+        nonlocal offset
+        batch = FactBatch(statuses=list(facts), recipients=[], templates=[])
+        stage.handle_batch(0, offset, encode_batch(batch))
+        offset += 1
+
+    statuses(_unattributed("old", T0, offset))  # counted under template "unknown"
+    stage.flush(0)
+    hours = retention.buckets // 3600 + 24
+    for h in range(1, hours):
+        statuses(_unattributed(f"w{h}", T0 + h * 3600, offset))
+        stage.flush(0)
+    # the send-log record comes a day after the buckets' retention, in the batch that moves
+    # the event time on by a minute: it moves the old counts into buckets of an expired minute
+    record = orjson.dumps({"wamid": "old", "template": "late_t", "sent_at": T0})
+    stage.handle_send_log(0, 0, record)
+    statuses(_unattributed("x", T0 + hours * 3600 + 60, offset))
+    stage.flush(0)
+    for h in range(hours + 1, hours + 72):
+        statuses(_unattributed(f"w{h}", T0 + h * 3600, offset))
+        stage.flush(0)
+    watermark = T0 + (hours + 71) * 3600
+    minutes = [int(k.split(b"\x1f")[3]) for k in kv.data[0] if k.startswith(b"b\x1f")]
+    assert minutes and min(minutes) >= (watermark - retention.buckets) // 60
+    assert not [k for k in kv.data[0] if b"late_t" in k]
+    # every index record is of a minute the sweep has still to visit
+    cursor = stage.meta(0).buckets.next_day
+    assert all(int(k.split(b"\x1f")[2]) >= cursor for k in kv.data[0] if k.startswith(b"xb"))
+
+
+def test_a_send_log_record_whose_statuses_never_come_expires() -> None:
+    kv = DictKeyValue()
+    stage = MessageStage(kv, recipient_partitions=1)
+    days = Retention().messages // DAY + 2
+    for day in range(days + 1):
+        batch = FactBatch(statuses=[status(f"w{day}", "5511", T0 + day * DAY)], recipients=[])
+        stage.handle_batch(0, day, encode_batch(batch))
+        if day == 0:  # no sent_at, and no status ever comes for this wamid
+            stage.handle_send_log(0, 0, orjson.dumps({"wamid": "lonely", "template": "t"}))
+        stage.flush(0)
+    assert b"m\x1fw0" not in kv.data[0]  # the retention has passed for day 0's messages
+    assert b"m\x1flonely" not in kv.data[0]
