@@ -166,19 +166,56 @@ def test_3_of_10_against_a_2_percent_baseline_at_the_minimum_count_does_not_page
     assert run(det, book, m, m + 10) == []
 
 
-def test_a_real_spike_on_a_large_template_fires_within_two_evaluations() -> None:
+def test_a_clear_spike_on_a_large_template_fires_on_the_first_evaluation() -> None:
+    """p <= fast_alpha (1e-9): no second positive minute is needed (alert within a minute)."""
     det, book = SpikeDetector(), AlertBook()
     feed(det, SALE, M0, DAY_MINUTES, 1000, 20)  # 2% for 24 h
     spike = M0 + DAY_MINUTES
     feed(det, SALE, spike, 10, 1000, 300)  # 30% from here on
     notes = run(det, book, spike, spike + 9)
     (minute, note), *_ = notes
-    assert minute == spike + 1  # second evaluation that sees the spike
+    assert minute == spike  # the first evaluation that sees the spike
+    assert note.headline.evidence.p_value is not None
+    assert note.headline.evidence.p_value <= 1e-9
     assert note.kind is NotificationKind.FIRING
     assert note.headline.scope == SALE
     assert note.error_class is ErrorClass.PER_USER_MARKETING_LIMIT
     assert note.headline.evidence.baseline_ratio == pytest.approx(0.02, rel=0.05)
     assert [n.kind for _, n in notes] == [NotificationKind.FIRING]
+
+
+def test_a_moderate_spike_still_needs_two_positive_minutes() -> None:
+    """8% against a 2% baseline at 100 sends a minute: significant (alpha 1e-4) from the
+    second spike minute, but not beyond 1e-9: it fires on the second positive evaluation."""
+    det = SpikeDetector()
+    feed(det, SALE, M0, DAY_MINUTES, 100, 2)
+    spike = M0 + DAY_MINUTES
+    feed(det, SALE, spike, 10, 100, 8)
+    positives = [
+        m
+        for m in range(spike, spike + 10)
+        if any(f.verdict is Verdict.POSITIVE for f in det.evaluate((m + 1) * 60).findings)
+    ]
+    det2, book2 = SpikeDetector(), AlertBook()
+    feed(det2, SALE, M0, DAY_MINUTES, 100, 2)
+    feed(det2, SALE, spike, 10, 100, 8)
+    (minute, note), *_ = run(det2, book2, spike, spike + 9)
+    assert minute == positives[1]  # the second consecutive positive minute
+    assert note.headline.evidence.p_value is not None
+    assert 1e-9 < note.headline.evidence.p_value <= 1e-4
+
+
+def test_one_minute_far_off_its_baseline_fires_at_once() -> None:
+    """The fast path also judges the last complete minute alone: a spike that starts late in
+    a minute is diluted in the 5-minute window but clear in its own minute."""
+    det, book = SpikeDetector(), AlertBook()
+    feed(det, SALE, M0, DAY_MINUTES, 1800, 18)  # 30 sends/s, 1%
+    spike = M0 + DAY_MINUTES
+    det.observe(SALE, spike, 1800, {LIMIT: 18 + 250})  # ~20 s of a 45% spike in this minute
+    (minute, note), *_ = run(det, book, spike, spike)
+    assert minute == spike
+    assert note.kind is NotificationKind.FIRING
+    assert note.headline.evidence.window_seconds == 60
 
 
 def test_a_ratio_oscillating_around_the_floor_fires_at_most_once() -> None:
