@@ -197,9 +197,12 @@ class Monitor:
                 self.messages_kv.commit(batcher)
                 for partition, value in self.messages.drain_outbox().items():
                     batcher.add(recipients_name, partition, None, value)
+                # taken before the first await: events handled while this flush waits belong
+                # to the next batch, and so do their signals (their state is not written yet)
+                signals = self.messages.drain_signals()
                 await retry_kafka("stage 2 output", batcher.send)
                 self.messages_kv.persisted(batcher.sent)
-                await self._signal(self.messages.drain_signals())
+                await self._signal(signals)
                 for dead in bad_send_log:
                     await self._dead_letter(dead, "send_log")
                 bad_send_log.clear()
@@ -222,6 +225,7 @@ class Monitor:
                     self.recipients.flush(partition)
                 batcher = RecordBatcher(self._producer)
                 self.recipients_kv.commit(batcher)
+                signals = self.recipients.drain_signals()  # before the first await (see above)
                 if published:
                     advice_partitions = await self._partitions(advice_name)
                 for recipient, record in published:
@@ -229,7 +233,7 @@ class Monitor:
                     batcher.add(advice_name, p, recipient.encode(), record)
                 await retry_kafka("stage 3 output", batcher.send)
                 self.recipients_kv.persisted(batcher.sent)
-                await self._signal(self.recipients.drain_signals())
+                await self._signal(signals)
                 m.observe_recipients(self.recipients.stats)
 
             await run_batched(stream, handle, flush, policy, lambda: self.generation)

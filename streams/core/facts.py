@@ -32,6 +32,11 @@ def source_id(topic_code: int, partition: int) -> int:
     return topic_code * 100_000 + partition
 
 
+def source_partition(source: int) -> int:
+    """The partition of a :func:`source_id`."""
+    return source % 100_000
+
+
 Applied = dict[int, tuple[int, int]]
 
 

@@ -20,12 +20,19 @@ INCIDENT_CODES = frozenset({131042, 131048, 471})
 
 
 class BucketSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """Deltas of one minute bucket (``dim``: t template, s sender, c country)."""
+    """Deltas of one minute bucket (``dim``: t template, s sender, c country).
+
+    ``source`` is the input (topic partition) the deltas came from and ``upto`` the offset of
+    the last input that contributed: deltas re-derived from inputs replayed after a crash
+    carry the offsets they had, so the alerting stage skips those it already absorbed and
+    takes those whose first signal was lost (-1: not tracked)."""
 
     dim: str
     key: str
     minute: int
     counts: dict[str, int]
+    source: int = -1
+    upto: int = -1
 
 
 class TemplateSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):

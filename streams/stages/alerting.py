@@ -75,6 +75,9 @@ class StageState(msgspec.Struct, gc=False):
     #: the event-driven rules (template paused, quality, phone, account, error bursts) and
     #: resend storms: without them a restart would resolve what still fires
     rules: ImmediateState | None = None
+    #: per input source of the bucket signals, the last input offset absorbed (a signal
+    #: re-derived from a replayed input at or before it was counted already)
+    absorbed: dict[int, int] = {}
 
 
 class AlertingStage:
@@ -103,6 +106,7 @@ class AlertingStage:
         self.signals = 0
         self.idle_s = idle_s
         self._marks: dict[int, tuple[int, float]] = {}  # partition -> (watermark, wall seen)
+        self._absorbed: dict[int, int] = {}  # bucket signal source -> last input offset
         self._saved_stage = b""
         self._saved_index: dict[int, set[Scope]] = {}  # hour -> scopes, as saved
         self._saved_hours: set[int] = set()
@@ -123,6 +127,7 @@ class AlertingStage:
             if state.rules is not None:
                 self.immediate.load(state.rules)
                 self.storms.load(state.rules)
+            self._absorbed = dict(state.absorbed)
             self._saved_stage = raw
         else:
             legacy = kv.get(PARTITION, LEGACY_BOOK_KEY)
@@ -184,6 +189,7 @@ class AlertingStage:
                 self.event_time,
                 {p: mark for p, (mark, _) in self._marks.items()},
                 rules,
+                self._absorbed,
             )
         )
         if stage != self._saved_stage:
@@ -198,7 +204,13 @@ class AlertingStage:
         """Absorb one signal batch; with its ``offset`` in the signals topic, a batch replayed
         after a restart adds its bucket deltas once."""
         self.signals += 1
+        absorbed = dict(self._absorbed)  # as before this batch
         for i, b in enumerate(batch.buckets):
+            if b.source >= 0:
+                if b.upto <= absorbed.get(b.source, -1):
+                    continue  # re-derived from a replayed input whose signal came through
+                if b.upto > self._absorbed.get(b.source, -1):
+                    self._absorbed[b.source] = b.upto
             if self._last_minute < 0 and (self._first_minute < 0 or b.minute < self._first_minute):
                 self._first_minute = b.minute
             attempts = b.counts.get("attempted", 0)

@@ -21,6 +21,7 @@ from streams.core.facts import (
     decode_send_log,
     encode_batch,
     source_id,
+    source_partition,
 )
 from streams.core.immediate import ErrorCount
 from streams.core.messages import Effects, MessageLedger, MessageState
@@ -199,7 +200,10 @@ class MessageStage:
         self.full = False
         self._buckets: dict[int, BucketWriter] = {}
         self.recent = RecentWindow()
-        self._signal_buckets: dict[tuple[int, str, str, int], dict[str, int]] = {}
+        #: (source, replayed, dim, key, minute) -> (deltas by outcome, [last input offset])
+        self._signal_buckets: dict[
+            tuple[int, bool, str, str, int], tuple[dict[str, int], list[int]]
+        ] = {}
         self._signals = SignalBatch()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -241,16 +245,21 @@ class MessageStage:
                 bucket_index = self._indexes(partition)[1]
                 for bucket_id in created:
                     bucket_index.touch(bucket_id.encode(), bucket_id.minute * 60, meta.buckets)
-            if not fx.replayed:
-                signal, counted = self._signal_buckets, s.counted
-                for d in fx.deltas:
-                    if d.delta > 0:
-                        counted[(d.dim, d.key, d.outcome)] += d.delta
-                    cell = (partition, d.dim, d.key, d.minute)
-                    counts = signal.get(cell)
-                    if counts is None:
-                        counts = signal[cell] = {}
-                    counts[d.outcome] = counts.get(d.outcome, 0) + d.delta
+            # Replayed inputs signal their deltas again, apart from new ones: their first
+            # signal may not have reached Kafka (a crash after the state was written); the
+            # alerting stage skips those it absorbed (by source and offset).
+            source, offset, replayed = position[0], position[1], fx.replayed
+            signal, counted = self._signal_buckets, s.counted
+            for d in fx.deltas:
+                if d.delta > 0 and not replayed:
+                    counted[(d.dim, d.key, d.outcome)] += d.delta
+                cell = (source, replayed, d.dim, d.key, d.minute)
+                entry = signal.get(cell)
+                if entry is None:
+                    entry = signal[cell] = ({}, [offset])
+                counts = entry[0]
+                counts[d.outcome] = counts.get(d.outcome, 0) + d.delta
+                entry[1][0] = offset
         for fact in fx.facts:
             self._send_recipient(fact)
 
@@ -402,19 +411,18 @@ class MessageStage:
     def drain_signals(self) -> SignalBatch | None:
         """What the alerting stage needs to know of the inputs since the last call."""
         batch = self._signals
-        totals: dict[tuple[str, str, int], dict[str, int]] = {}
-        for (partition, dim, key, minute), counts in self._signal_buckets.items():
-            total = totals.setdefault((dim, key, minute), {})
+        buckets = []
+        for (source, replayed, dim, key, minute), (counts, upto) in self._signal_buckets.items():
+            if not any(counts.values()):
+                continue
+            buckets.append(BucketSignal(dim, key, minute, counts, source, upto[0]))
+            if replayed or dim == "c":
+                continue
             for outcome, n in counts.items():
-                total[outcome] = total.get(outcome, 0) + n
                 window = _WINDOW_OUTCOMES.get(outcome)
-                if window is not None and dim != "c":
-                    self.recent.add(partition, dim, key, minute, window, n)
-        batch.buckets = [
-            BucketSignal(dim, key, minute, counts)
-            for (dim, key, minute), counts in totals.items()
-            if any(counts.values())
-        ]
+                if window is not None:
+                    self.recent.add(source_partition(source), dim, key, minute, window, n)
+        batch.buckets = buckets
         self._signal_buckets = {}
         self._signals = SignalBatch()
         # a flush of only duplicates still moves its partitions' event time for alerting

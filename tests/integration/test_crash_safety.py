@@ -10,8 +10,10 @@ Afterwards, against truth computed from the generated message lifecycles alone:
 - the dead-letter topic holds exactly the bad inputs, byte for byte (dead letters are
   at-least-once: a replay may write one again with the same key; duplicates are counted);
 - the alerting table's detector counts (its baselines) equal the truth;
-- the 131049 spike injected on one template (after a baseline) reached the fake Slack at least
-  once as FIRING and once as RESOLVED, and no other incident was raised (duplicates counted).
+- the alerts topic holds the incidents the same campaign raises without crashes (the stages in
+  process: the injected 131049 spike), plus at most those it raises without a send log (half of
+  it arrives mid-run: a resend storm), and every notification reached the fake Slack at least
+  once (the spike's FIRING and RESOLVED included; duplicates counted).
 
 Kill points are raw-topic positions (the group's committed offsets when the worker started plus
 the records it consumed since, read from its metrics), drawn from a seeded random generator;
@@ -60,6 +62,7 @@ from streams.asyncutil import run_sync
 from streams.core.alerts import Scope
 from streams.core.catalog import ErrorClass
 from streams.core.detector import DEFAULT_THRESHOLDS
+from streams.raw_consumer import ingest_group
 from streams.settings import Settings
 from streams.simulate import (
     ERRORS,
@@ -70,7 +73,11 @@ from streams.simulate import (
     spike_campaign,
     truth_of,
 )
+from streams.stages import partition_for
 from streams.stages.alerting import AlertingStage
+from streams.stages.ingest import IngestStage
+from streams.stages.messages import MessageStage
+from streams.stages.recipients import RecipientStage
 from streams.state import DictKeyValue
 from streams.topics import ensure_topics, source_topics
 
@@ -406,6 +413,41 @@ def check_detector(bootstrap: str, settings: Settings, c: CrashCampaign) -> int:
 NOTIFICATION_ID = re.compile(r"notification `([^`]+)`")
 
 
+def expected_incidents(c: CrashCampaign, send_log: bool = True) -> set[bytes]:
+    """The incidents the campaign raises when nothing crashes: the stages in process (no
+    Kafka), the send log first (or none), every rule evaluated as the batches come."""
+    n = 4
+    ingest, recipients = IngestStage(n, n), RecipientStage(DictKeyValue())
+    messages = MessageStage(DictKeyValue(), n)
+    alerting = AlertingStage(clock=lambda: 0.0, partitions=n)
+    offsets: Counter[tuple[str, int]] = Counter()
+    incidents: set[bytes] = set()
+    for key, value in c.send_log if send_log else []:
+        p = partition_for(key.decode(), n)
+        messages.handle_send_log(p, offsets["s", p], value)
+        offsets["s", p] += 1
+    for start in range(0, len(c.payloads), 2_000):
+        for i, body in enumerate(c.payloads[start : start + 2_000], start):
+            ingest.handle("raw", i % n, offsets["raw", i % n], body)
+            offsets["raw", i % n] += 1
+        statuses, facts, _ = ingest.drain()
+        for p, value in statuses.items():
+            messages.handle_batch(p, offsets["m", p], value)
+            offsets["m", p] += 1
+        for p in messages.state.partitions():
+            messages.flush(p)
+        for p, value in [*facts.items(), *messages.drain_outbox().items()]:
+            recipients.handle_batch(p, offsets["r", p], value)
+            offsets["r", p] += 1
+        for p in recipients.state.partitions():
+            recipients.flush(p)
+        for signals in (messages.drain_signals(), recipients.drain_signals()):
+            if signals is not None:
+                alerting.handle(signals)
+        incidents |= {note.incident.encode() for note in alerting.evaluate()}
+    return incidents
+
+
 def slack_deliveries(fake: FakeSlack) -> Counter[tuple[str, str]]:
     """(kind label, notification id) -> deliveries answered 200."""
     out: Counter[tuple[str, str]] = Counter()
@@ -459,7 +501,7 @@ def test_five_sigkills_over_200k_events_keep_everything_exact(
         kills: list[tuple[int, int, int]] = []  # (target, position at the kill, Slack posts)
         released = False
         for point in points:
-            base = committed(kafka_bootstrap, settings.app_id, raw)
+            base = committed(kafka_bootstrap, ingest_group(settings.app_id), raw)
             worker = start_worker(env)
             position = wait_until(
                 lambda w=worker, b=base, p=point: (n := raw_position(w, raw, b) or 0) >= p and n,
@@ -492,20 +534,34 @@ def test_five_sigkills_over_200k_events_keep_everything_exact(
         scopes = check_detector(kafka_bootstrap, settings, c)
         phase("dead letters and detector")
 
-        def firing_and_resolved() -> Counter[tuple[str, str]] | None:
-            got = slack_deliveries(fake)
-            labels = {label for label, _ in got}
-            return got if {"FIRING", "RESOLVED"} <= labels else None
+        expected = expected_incidents(c)
+        assert b"spike:per_user_marketing_limit" in expected
 
-        deliveries = wait_until(firing_and_resolved, 120, "the spike's FIRING and RESOLVED")
+        def spike_fired_and_resolved() -> Counter[tuple[str, str]] | None:
+            got = slack_deliveries(fake)
+            spike = {label for label, nid in got if nid.startswith("spike:")}
+            return got if {"FIRING", "RESOLVED"} <= spike else None
+
+        wait_until(spike_fired_and_resolved, 120, "the spike's FIRING and RESOLVED")
         for post in fake.delivered():
-            assert SPIKE_TEMPLATE in json.dumps(post)
-            assert ErrorClass.PER_USER_MARKETING_LIMIT.value in json.dumps(post)
+            if "spike:" in json.dumps(post):
+                assert SPIKE_TEMPLATE in json.dumps(post)
+                assert ErrorClass.PER_USER_MARKETING_LIMIT.value in json.dumps(post)
         notifications = consume_all(kafka_bootstrap, settings.topic_alerts)
         incidents = {key for key, _, _ in notifications}
-        assert incidents == {b"spike:per_user_marketing_limit"}
+        # what fires without crashes must fire; anything else only if it also fires when the
+        # send log is missing (half of it arrives mid-run: statuses seen before their record
+        # are judged without it, e.g. a resend storm)
+        unattributed = expected_incidents(c, send_log=False)
+        assert expected <= incidents <= expected | unattributed, (incidents, expected)
         written = Counter(json.loads(value)["id"] for _, value, _ in notifications)
-        assert set(written) == {nid for _, nid in deliveries}  # every one reached Slack
+
+        def all_delivered() -> Counter[tuple[str, str]] | None:
+            got = slack_deliveries(fake)
+            return got if set(written) <= {nid for _, nid in got} else None
+
+        deliveries = wait_until(all_delivered, 120, "every notification at the fake Slack")
+        assert {nid for _, nid in deliveries} == set(written)  # every one reached Slack
         print(
             f"\ncrash safety: {c.statuses:,} status events in {total:,} bodies "
             f"({len(c.garbage):,} garbage) + {len(c.send_log):,} send-log records\n"

@@ -1,0 +1,49 @@
+"""Stage 2 signals the deltas of replayed inputs again; the alerting stage absorbs each input's
+deltas once: a signal lost in a crash is made up by the replay, a delivered one is not doubled."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.core.alerts import Scope
+from streams.simulate import CampaignSpec, generate
+from streams.stages.alerting import AlertingStage
+from streams.stages.ingest import IngestStage
+from streams.stages.messages import MessageStage
+from streams.state import DictKeyValue
+
+
+def inputs() -> tuple[list[bytes], dict[str, int]]:
+    campaign = generate(CampaignSpec(messages=600, garbage_ratio=0.0, opaque_ratio=1.0), seed=5)
+    ingest = IngestStage(1, 1)
+    for offset, body in enumerate(campaign.payloads):
+        ingest.handle("raw", 0, offset, body)
+    batch = ingest.drain()[0][0]
+    attempted = {name: c["attempted"] for name, c in campaign.truth.templates.items()}
+    return [batch], attempted
+
+
+@pytest.mark.parametrize("signal_lost", [True, False])
+def test_a_replay_after_a_crash_counts_each_input_once(signal_lost: bool) -> None:
+    records, attempted = inputs()
+    kv = DictKeyValue()
+    alerting = AlertingStage(clock=lambda: 0.0)
+
+    first = MessageStage(kv, 1)
+    first.handle_batch(0, 0, records[0])
+    first.flush(0)  # the state is written...
+    signals = first.drain_signals()
+    assert signals is not None
+    if not signal_lost:
+        alerting.handle(signals, offset=0)  # ...and its signal reached the alerting stage
+    # the worker dies before acknowledging the input: a new one replays it on the same state
+    second = MessageStage(kv, 1)
+    second.handle_batch(0, 0, records[0])
+    second.flush(0)
+    assert second.stats.replays == second.stats.statuses > 0
+    replayed = second.drain_signals()
+    assert replayed is not None
+    alerting.handle(replayed, offset=1)
+
+    for name, n in attempted.items():
+        assert alerting.detector.totals(Scope.for_template(name)).attempts == n, name
