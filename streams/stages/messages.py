@@ -200,9 +200,10 @@ class MessageStage:
         self.full = False
         self._buckets: dict[int, BucketWriter] = {}
         self.recent = RecentWindow()
-        #: (source, replayed, dim, key, minute) -> (deltas by outcome, [last input offset])
+        #: (source, input offset if replayed else -1, dim, key, minute)
+        #:   -> (deltas by outcome, [last input offset])
         self._signal_buckets: dict[
-            tuple[int, bool, str, str, int], tuple[dict[str, int], list[int]]
+            tuple[int, int, str, str, int], tuple[dict[str, int], list[int]]
         ] = {}
         self._signals = SignalBatch()
 
@@ -248,12 +249,15 @@ class MessageStage:
             # Replayed inputs signal their deltas again, apart from new ones: their first
             # signal may not have reached Kafka (a crash after the state was written); the
             # alerting stage skips those it absorbed (by source and offset).
+            # A replayed input's deltas stay apart per input offset: a replay can span several
+            # earlier flushes whose signals did and did not come through.
             source, offset, replayed = position[0], position[1], fx.replayed
             signal, counted = self._signal_buckets, s.counted
+            apart = offset if replayed else -1
             for d in fx.deltas:
                 if d.delta > 0 and not replayed:
                     counted[(d.dim, d.key, d.outcome)] += d.delta
-                cell = (source, replayed, d.dim, d.key, d.minute)
+                cell = (source, apart, d.dim, d.key, d.minute)
                 entry = signal.get(cell)
                 if entry is None:
                     entry = signal[cell] = ({}, [offset])
@@ -412,11 +416,11 @@ class MessageStage:
         """What the alerting stage needs to know of the inputs since the last call."""
         batch = self._signals
         buckets = []
-        for (source, replayed, dim, key, minute), (counts, upto) in self._signal_buckets.items():
+        for (source, apart, dim, key, minute), (counts, upto) in self._signal_buckets.items():
             if not any(counts.values()):
                 continue
             buckets.append(BucketSignal(dim, key, minute, counts, source, upto[0]))
-            if replayed or dim == "c":
+            if apart >= 0 or dim == "c":  # replayed: in the window already
                 continue
             for outcome, n in counts.items():
                 window = _WINDOW_OUTCOMES.get(outcome)

@@ -47,3 +47,35 @@ def test_a_replay_after_a_crash_counts_each_input_once(signal_lost: bool) -> Non
 
     for name, n in attempted.items():
         assert alerting.detector.totals(Scope.for_template(name)).attempts == n, name
+
+
+def test_a_replay_spanning_a_delivered_and_a_lost_flush_counts_each_input_once() -> None:
+    """The committed offset lags the flushes: a replay re-reads two flushed batches at once,
+    the first of which signalled the alerting stage and the second did not."""
+    campaign = generate(CampaignSpec(messages=600, garbage_ratio=0.0, opaque_ratio=1.0), seed=6)
+    ingest = IngestStage(1, 1)
+    half = len(campaign.payloads) // 2
+    records = []
+    for part in (campaign.payloads[:half], campaign.payloads[half:]):
+        for i, body in enumerate(part):
+            ingest.handle("raw", 0, len(records) * 10_000 + i, body)
+        records.append(ingest.drain()[0][0])
+    kv, alerting = DictKeyValue(), AlertingStage(clock=lambda: 0.0)
+    first = MessageStage(kv, 1)
+    for offset, record in enumerate(records):
+        first.handle_batch(0, offset, record)
+        first.flush(0)
+        signals = first.drain_signals()
+        assert signals is not None
+        if offset == 0:
+            alerting.handle(signals, offset=0)  # the second flush's signal is lost
+    second = MessageStage(kv, 1)
+    for offset, record in enumerate(records):  # one batch re-reads both
+        second.handle_batch(0, offset, record)
+    second.flush(0)
+    replayed = second.drain_signals()
+    assert replayed is not None
+    alerting.handle(replayed, offset=1)
+    for name, counts in campaign.truth.templates.items():
+        got = alerting.detector.totals(Scope.for_template(name)).attempts
+        assert got == counts["attempted"], name
