@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 KAFKA4_VERSION ?= 4.1.1
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -50,8 +51,8 @@ format: install ## Apply ruff's formatter and safe fixes
 	$(VENV)/bin/ruff format streams tests bench
 	$(VENV)/bin/ruff check --fix streams tests bench
 
-bench: install ## Benchmarks (bench/): parser throughput vs a decode-only baseline
-	$(PY) bench/bench_parse.py
+bench: install ## Benchmark sections on the real broker (bench/run.py, BENCH_ARGS="..."); bench/results/
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean: ## Remove the virtualenv and caches (not the Kafka jar cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

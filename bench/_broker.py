@@ -5,23 +5,40 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from streams.localkafka import LocalKafka
 from streams.settings import Settings
 
 
+@dataclass(frozen=True)
+class Broker:
+    bootstrap: str
+    version: str  # the local broker's version; for an external one, what the settings say
+    where: str  # "local" (started here) or "external" (KAFKA_BOOTSTRAP_SERVERS)
+    pid: int | None  # the local broker's JVM
+
+
+@contextlib.contextmanager
+def benchmark_broker_info(tmp: Path, heap: str = "1g") -> Iterator[Broker]:
+    """A :class:`Broker`; a local broker started here is stopped at the end."""
+    settings = Settings.from_env()
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        version = os.environ.get("DELIVERY_MONITOR_KAFKA_VERSION", "unknown")
+        yield Broker(external, version, "external", None)
+        return
+    broker = LocalKafka(tmp / "kafka", settings.cache_dir, settings.kafka_version, heap=heap)
+    info = broker.start()
+    try:
+        yield Broker(info.bootstrap, info.version, "local", info.pid)
+    finally:
+        broker.stop()
+
+
 @contextlib.contextmanager
 def benchmark_broker(tmp: Path, heap: str = "1g") -> Iterator[str]:
     """Yield a bootstrap address; a local broker started here is stopped at the end."""
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
-    settings = Settings.from_env()
-    broker = LocalKafka(tmp / "kafka", settings.cache_dir, settings.kafka_version, heap=heap)
-    broker.start()
-    try:
+    with benchmark_broker_info(tmp, heap) as broker:
         yield broker.bootstrap
-    finally:
-        broker.stop()
