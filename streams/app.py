@@ -384,8 +384,11 @@ class Monitor:
         return signature, msgspec.json.encode(advice)
 
     async def _signal(self, batch: SignalBatch | None) -> None:
+        """Send and wait until Kafka has it: a stage acknowledges its inputs after this, and
+        Faust's send only queues (stage 1's own consumer commits without Faust's flush)."""
         if batch is not None:
-            await self.signals_topic.send(value=encode_signals(batch), partition=0)
+            sent = await self.signals_topic.send(value=encode_signals(batch), partition=0)
+            await sent
 
     def _announce(self, n: Notification) -> None:
         """Every notification goes to the log (and to Slack when a webhook is configured)."""
@@ -406,7 +409,12 @@ class Monitor:
         )
 
     async def _dead_letter(self, letter: DeadLetter, stage: str) -> None:
-        await self.dead_topic.send(key=letter.key, value=letter.value, headers=letter.headers())
+        """Send and wait until Kafka has it (see :meth:`_signal`): a dead letter still queued
+        when stage 1 committed was lost with a crash (the crash test caught 4 of 1,794)."""
+        sent = await self.dead_topic.send(
+            key=letter.key, value=letter.value, headers=letter.headers()
+        )
+        await sent
         self.metrics.dead_letters.labels(
             stage=stage, kind="partial" if letter.partial else "rejected"
         ).inc()
