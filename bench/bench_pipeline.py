@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -57,6 +60,25 @@ def main() -> int:
             stderr=subprocess.DEVNULL,
         )
 
+    try:
+        result = measure(args, run_args, tmp, events, profile)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the broker's and the worker's data
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:36s} {v}")
+    return 0
+
+
+def measure(
+    args: argparse.Namespace,
+    run_args: argparse.Namespace,
+    tmp: Path,
+    events: int,
+    profile: Callable[[list[WorkerProcess]], None],
+) -> dict[str, Any]:
     with benchmark_broker_info(tmp) as broker:
         bench = Bench(
             bootstrap=broker.bootstrap,
@@ -71,7 +93,7 @@ def main() -> int:
         )
         r = throughput(bench)
     w, base = r["worker"], r["baseline"]
-    result = {
+    return {
         "events": events,
         "payloads": r["workload"]["payloads"],
         "status_events": r["workload"]["status_events"],
@@ -85,12 +107,6 @@ def main() -> int:
         "worker_drain_s": w["seconds"],
         "store": args.store,
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:36s} {v}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -39,6 +39,13 @@ def fmt_value(value: Any, unit: str = "") -> str:
     return f"{text} {unit}" if unit else text
 
 
+def target_text(op: str | None, limit: float | None, unit: str = "") -> str | None:
+    """``<= 300 B``, ``<= 1.1x``; None without a target."""
+    if op is None or limit is None:
+        return None
+    return f"{op} {limit:g}x" if unit == "x" else f"{op} {limit:g} {unit}".strip()
+
+
 def mark(r: dict[str, Any]) -> str:
     if r.get("ok") is None:
         return ""
@@ -71,7 +78,9 @@ def table(rows: list[dict[str, Any]], with_section: str | None = None) -> list[s
         cells = [
             _escape(r["name"]),
             fmt_value(r.get("value"), r.get("unit", "")),
-            _escape(r.get("target") or ""),
+            _escape(
+                target_text(r.get("op"), r.get("limit"), r.get("unit", "")) or r.get("target") or ""
+            ),
             mark(r),
         ]
         if with_section is not None:
@@ -251,11 +260,10 @@ def details(name: str, s: dict[str, Any]) -> list[str]:
             f"{(s.get('firing_text') or 'none').split(' · ')[0][:200]}"
         )
         lag = (s.get("event_time_lag_s") or {}).get("after_onset") or {}
-        if s.get("worker_counted_firing_s") is not None or lag.get("p50") is not None:
+        if lag.get("p50") is not None:
             out.append(
-                f"The worker counted its FIRING notification {s.get('worker_counted_firing_s')} s "
-                f"after the onset; wall clock minus its newest event time after the onset: "
-                f"p50 {lag.get('p50')} s, max {lag.get('max')} s."
+                f"Wall clock minus the worker's newest event time after the onset: p50 "
+                f"{lag.get('p50')} s, max {lag.get('max')} s."
             )
     elif name == "steady":
         out.append(

@@ -45,6 +45,7 @@ from harness import (
     unique_env,
     wait_assigned,
 )
+from report import target_text as format_target
 from workload import (
     Workload,
     alert_bodies,
@@ -97,9 +98,7 @@ def row(
     if op is not None and limit is not None and value is not None:
         ok = value <= limit if op == "<=" else value >= limit
         vs = round(value / limit, 3) if limit else None
-    target = target_text
-    if target is None and op is not None and limit is not None:
-        target = f"{op} {limit:g} {unit}".strip()
+    target = target_text if target_text is not None else format_target(op, limit, unit)
     return {
         "name": name,
         "value": value,
@@ -705,18 +704,16 @@ async def _alert_run(
         f"alert: {args.alert_rate:g} messages/s on {len(templates)} templates, spike on "
         f"{SPIKE_TEMPLATE} after {args.alert_baseline_s:g} s"
     )
-    # diagnostics: the worker's event-time lag and when it counted its FIRING notification
-    samples: list[tuple[float, float | None, float]] = []  # (t, wall - watermark, firing)
+    # diagnostics: how far the worker's newest event time trails the wall clock
+    samples: list[tuple[float, float | None]] = []  # (t, wall - watermark)
     stop_watch = asyncio.Event()
 
     async def watch(session: aiohttp.ClientSession) -> None:
         while not stop_watch.is_set():
             t = time.monotonic()
             status, health = await get_json_async(session, worker.base_url + "/v1/health", 5)
-            text = await scrape(session, worker)
             mark = health.get("watermark") if status == 200 and isinstance(health, dict) else 0
-            fired = metric_sum(text or "", "whatsapp_monitor_alerts_total", {"kind": "firing"})
-            samples.append((t, round(time.time() - mark, 1) if mark else None, fired))
+            samples.append((t, round(time.time() - mark, 1) if mark else None))
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
 
     session = aiohttp.ClientSession()
@@ -753,15 +750,13 @@ async def _alert_run(
         await session.close()
         await producer.stop()
     text = json.dumps(firing[1]) if firing else ""
-    counted = next((t for t, _, fired in samples if fired > 0), None)
     return {
-        "worker_counted_firing_s": round(counted - onset, 1) if counted and onset else None,
         "event_time_lag_s": {  # wall clock - the worker's newest event time, around the onset
             "before_onset": summary(
-                [lag for t, lag, _ in samples if lag is not None and onset and t < onset]
+                [lag for t, lag in samples if lag is not None and onset and t < onset]
             ),
             "after_onset": summary(
-                [lag for t, lag, _ in samples if lag is not None and onset and t >= onset]
+                [lag for t, lag in samples if lag is not None and onset and t >= onset]
             ),
         },
         "rate_messages_per_s": args.alert_rate,

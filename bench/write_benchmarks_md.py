@@ -2,7 +2,10 @@
 
     python bench/write_benchmarks_md.py [RESULTS_JSON] [--out BENCHMARKS.md]
 
-Only figures that are in the results file are written: nothing is estimated or carried over.
+Only figures that are in the results file are written: nothing is estimated or carried over,
+except a hand-written section at the end of the existing page (from its first ``## `` heading
+that says "hand-written" to the end), which is kept as it is: update it by hand when the figures
+it discusses change.
 """
 
 from __future__ import annotations
@@ -24,9 +27,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BENCH.parent / "BENCHMARKS.md")
     args = parser.parse_args(argv)
     results = json.loads(args.results.read_text())
-    args.out.write_text(render_benchmarks_md(results))
+    kept = hand_written(args.out.read_text()) if args.out.exists() else ""
+    text = render_benchmarks_md(results)
+    args.out.write_text(text + ("\n" + kept if kept else ""))
     print(f"wrote {args.out} from {args.results}")
+    if kept:
+        print(f"kept its hand-written section ({kept.splitlines()[0]!r}): check it still holds")
     return 0
+
+
+def hand_written(text: str) -> str:
+    """The hand-written tail of a BENCHMARKS.md: from the first "## ..." heading that says
+    "hand-written" to the end ("" if there is none)."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("## ") and "hand-written" in line.lower():
+            return "".join(lines[i:])
+    return ""
 
 
 if __name__ == "__main__":

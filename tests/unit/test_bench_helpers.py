@@ -300,3 +300,13 @@ def test_a_section_on_changed_code_is_flagged() -> None:
     text = report.render_benchmarks_md(results)
     assert text.count("the worker's code changed during the run") == 1
     assert "digest bbb" in text
+
+
+def test_the_hand_written_tail_of_benchmarks_md_is_kept() -> None:
+    import write_benchmarks_md
+
+    page = "# Benchmarks\n\n| a |\n\n## Reading these figures (hand-written, today)\n\n- x\n"
+    assert write_benchmarks_md.hand_written(page) == (
+        "## Reading these figures (hand-written, today)\n\n- x\n"
+    )
+    assert write_benchmarks_md.hand_written("# Benchmarks\n## Throughput\n") == ""
