@@ -85,6 +85,13 @@ def parser() -> argparse.ArgumentParser:
         help="background traffic before the spike (300: fills the 5-minute window)",
     )
     p.add_argument("--alert-timeout-s", type=float, default=600.0)
+    p.add_argument(
+        "--alert-phase",
+        type=float,
+        default=57.0,
+        help="second of the minute the spike starts at (57: the worst case of whole-minute "
+        "evaluation; negative: wherever the quiet period ends)",
+    )
     p.add_argument("--steady-minutes", type=float, default=0.0)
     p.add_argument("--steady-sample-s", type=float, default=5.0)
     p.add_argument("--scaling-events", type=int, help="default: --events")

@@ -642,6 +642,24 @@ async def _latency_run(
 # -- 4. alert latency ----------------------------------------------------------------------------
 
 SPIKE_TEMPLATE = "bench_spike"
+#: the second of the minute the spike starts at (``--alert-phase``). Late phases are the worst
+#: case of judging complete minutes only: at 57 s the spike's 3 s in its minute (about 7 of the
+#: minute's 300 sends) are under the floors (10 errors, 5 %), so it waited for the next minute to
+#: end (about 63 s); the checks every 15 s of the minute in progress fire on the next minute's
+#: first boundary (about 18 s). At 50-55 s the spike's own minute often fires already.
+DEFAULT_ALERT_PHASE = 57.0
+
+
+def alert_phase(args: argparse.Namespace) -> float | None:
+    """The onset's second of the minute asked for; ``None`` (a negative value): wherever the
+    baseline ends."""
+    phase = args.alert_phase
+    return None if phase is None or phase < 0 else float(phase) % 60
+
+
+def spike_start(wall: float, phase: float | None) -> float:
+    """The first wall-clock time at or after ``wall`` at second ``phase`` of a minute."""
+    return wall if phase is None else wall + (phase - wall % 60) % 60
 
 
 def alert(b: Bench) -> dict[str, Any]:
@@ -661,17 +679,19 @@ def alert(b: Bench) -> dict[str, Any]:
             details = asyncio.run(_alert_run(b, settings, fake, workers[0]))
     finally:
         fake.stop()
+    phase = details["onset_second_of_minute"]
+    at = f" (onset {phase:g} s into its minute)" if phase is not None else ""
     return {
         **details,
         "rows": [
             row(
-                "spike onset -> FIRING at the Slack webhook",
+                f"spike onset -> FIRING at the Slack webhook{at}",
                 details["alert_latency_s"],
                 "s",
                 op="<=",
                 limit=60,
             ),
-            row("onset second within its minute", details["onset_second_of_minute"], "s"),
+            row("onset second within its minute", phase, "s"),
             row("traffic", details["rate_messages_per_s"], "messages/s"),
         ],
     }
@@ -700,9 +720,12 @@ async def _alert_run(
     made = 0.0
     seq = 0
     bodies = 0
+    phase = alert_phase(args)
+    spike_wall: float | None = None  # when the spike starts (wall clock)
     b.log(
         f"alert: {args.alert_rate:g} messages/s on {len(templates)} templates, spike on "
         f"{SPIKE_TEMPLATE} after {args.alert_baseline_s:g} s"
+        + (f", at second {phase:g} of a minute" if phase is not None else "")
     )
     # diagnostics: how far the worker's newest event time trails the wall clock
     samples: list[tuple[float, float | None]] = []  # (t, wall - watermark)
@@ -721,7 +744,9 @@ async def _alert_run(
     try:
         while True:
             now = time.monotonic()
-            spike = now - t0 >= args.alert_baseline_s
+            if spike_wall is None and now - t0 >= args.alert_baseline_s:
+                spike_wall = spike_start(time.time(), phase)
+            spike = spike_wall is not None and time.time() >= spike_wall
             due = int(per_template * (now - t0)) - int(made)
             if due > 0:
                 ts = int(time.time())
@@ -762,6 +787,7 @@ async def _alert_run(
         "rate_messages_per_s": args.alert_rate,
         "templates": templates,
         "baseline_s": args.alert_baseline_s,
+        "alert_phase_requested_s": phase,
         "spike_ratio": 0.45,
         "background_ratio": 0.01,
         "bodies_sent": bodies,

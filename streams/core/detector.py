@@ -33,10 +33,29 @@ The :class:`~streams.core.alerts.AlertBook` fires after ``for_evaluations`` cons
 evaluations (default 2) and resolves after ``resolve_evaluations`` consecutive clear ones
 (default 5), i.e. the ratio under half the floor for 5 minutes. Fast path: a positive whose
 p-value is at most ``fast_alpha`` (1e-9), on the 5-minute window or on the last complete minute
-alone (same floors), fires on that evaluation: a spike that clear needs no second minute, and a
-spike that starts late in a minute is diluted in the 5-minute window but not in its own minute,
-so it alerts within about a minute of its onset. At 1e-9 per test, even a million tests a day
-expect one false alarm in about three years.
+alone (same floors; the minute alone is judged whenever the window is not that clear), fires on
+that evaluation: a spike that clear needs no second minute, and a spike diluted in the 5-minute
+window is not in its own minute. At 1e-9 per test, even a million tests a day expect one false
+alarm in about three years.
+
+The minute in progress (:meth:`SpikeDetector.evaluate_partial`): complete minutes alone would
+make a spike that starts at second 55 of minute ``m`` wait for ``m + 1`` to end (its 5 s in ``m``
+are too few), about 65 s. So every ``partial_every`` seconds of event time (default 15: at
+``m * 60 + 15``, ``+ 30``, ``+ 45``) the minute so far is judged alone on the fast path, with the
+same floors and baseline as the complete minute will be, but *projected to a whole minute*: its
+``k`` errors against ``n * 60 / elapsed`` sends, as if the rest of the minute brought sends at the
+same rate and not one more error. That projection is what the complete minute at least shows
+unless its send rate rises or errors are taken back (the binomial tail only falls as errors are
+added and only rises as clean sends are), so a partial positive fires an alert the complete
+minute would fire anyway, only up to 45 s sooner: which minute checks see which batch of data
+(the in-progress counts depend on batching) moves *when* an alert fires, hardly *whether*. Only
+positives are reported and the evaluation names no rule, so it clears, holds and resolves
+nothing. Latency: a spike that needs ``d`` seconds of its own minute to pass the fast path fires
+less than ``d + 15 * ceil(d / 15)`` s after its onset, whatever second of the minute it starts at
+(seconds too few to pass before a minute ends count for nothing in the next one): within 30 s
+for ``d <= 15``, within 60 s for ``d <= 30``. With the 131049 defaults (10 errors, 5 % of the
+projected minute) a 45 % spike at 3 or more sends a second needs ``d`` of about 7 s. A spike
+that needs minutes of evidence is judged on complete minutes as before.
 
 Why a binomial test: errors are rare events on a known number of sends; z-scores and MAD break on
 minutes of zeros. With ``p0 = 2%``: 2 of 10 gives p = 1.6e-2, 3 of 10 gives 8.6e-4, 8 of 50 gives
@@ -100,8 +119,9 @@ class SpikeThresholds(msgspec.Struct, frozen=True):
     resolve_evaluations: int = 5
     resolve_ratio: float = 0.5
     severity: Severity = Severity.WARNING
-    #: fast path: the last complete minute alone, judged with the same floors, at this alpha,
-    #: fires at once (a spike this clear needs no second minute: alert within a minute of onset)
+    #: fast path: the last complete minute alone (or the minute in progress, projected to a
+    #: whole minute), judged with the same floors, at this alpha, fires at once (a spike this
+    #: clear needs no second minute: alert within a minute of onset)
     fast_alpha: float = 1e-9
 
 
@@ -137,6 +157,8 @@ class DetectorConfig(msgspec.Struct, frozen=True):
 
     window_minutes: int = 5
     baseline_minutes: int = 24 * 60
+    #: seconds of event time between checks of the minute in progress (0: complete minutes only)
+    partial_every: int = 15
     thresholds: dict[ErrorClass, SpikeThresholds] = msgspec.field(
         default_factory=lambda: dict(DEFAULT_THRESHOLDS)
     )
@@ -353,6 +375,10 @@ class SpikeDetector:
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._classes = {c.value: c for c in self.config.thresholds}
+        self._fast = {
+            c: msgspec.structs.replace(t, alpha=t.fast_alpha)
+            for c, t in self.config.thresholds.items()
+        }
         self._series: dict[Scope, _Series] = {}
         self._dirty: set[tuple[Scope, int]] = set()  # (scope, hour) changed since take_changes
         self._dropped: set[tuple[Scope, int]] = set()  # (scope, hour) forgotten since then
@@ -440,6 +466,27 @@ class SpikeDetector:
             findings.extend(self._judge_scope(scope, window, baseline, last))
         return Evaluation(at=now, rules=frozenset({RULE}), findings=tuple(findings))
 
+    def evaluate_partial(self, now: int, at: int | None = None) -> Evaluation:
+        """Judge the minute in progress at ``now`` (event time; ``now % 60`` seconds of it have
+        passed) alone, on the fast path, as if the rest of the minute brought sends at the same
+        rate and not one more error (see the module docstring). Only positives are listed and
+        the evaluation names no rule, so it clears nothing: it can only make an alert fire
+        sooner. ``at`` is the event time to report (default ``now``)."""
+        cfg = self.config
+        minute, elapsed = divmod(now, 60)
+        findings: list[Finding] = []
+        if elapsed:
+            start = minute + 1 - cfg.window_minutes  # the window of this minute's evaluation
+            oldest = start - cfg.baseline_minutes
+            for scope in sorted(self._series, key=str):
+                series = self._series[scope]
+                tally = series.minutes.get(minute)
+                if tally is None or not any(n > 0 for n in tally.errors.values()):
+                    continue
+                baseline = series.total(oldest, start)
+                findings.extend(self._judge_partial(scope, tally, baseline, elapsed))
+        return Evaluation(at=now if at is None else at, rules=frozenset(), findings=tuple(findings))
+
     # -- saving and restoring ------------------------------------------------------------------
 
     def take_changes(
@@ -492,25 +539,61 @@ class SpikeDetector:
             b_errors, b_attempts = baseline.errors.get(cls, 0), baseline.attempts
             verdict, evidence = judge(k, window.attempts, b_errors, b_attempts, t, seconds)
             for_evaluations = t.for_evaluations
-            k1 = last.errors.get(cls, 0)
-            if verdict is not Verdict.POSITIVE and k1 >= t.min_count:
-                fast_t = msgspec.structs.replace(t, alpha=t.fast_alpha)
-                fast, fast_evidence = judge(k1, last.attempts, b_errors, b_attempts, fast_t, 60)
+            if verdict is Verdict.POSITIVE and _at_most(evidence.p_value, t.fast_alpha):
+                for_evaluations = 1
+            elif (k1 := last.errors.get(cls, 0)) >= t.min_count:
+                # the last complete minute alone: clear in its own minute however diluted in
+                # the window (also when the window is positive, but not beyond fast_alpha)
+                fast, fast_evidence = judge(
+                    k1, last.attempts, b_errors, b_attempts, self._fast[cls], 60
+                )
                 if fast is Verdict.POSITIVE:
                     verdict, evidence, for_evaluations = fast, fast_evidence, 1
-            elif verdict is Verdict.POSITIVE and (evidence.p_value or 1.0) <= t.fast_alpha:
-                for_evaluations = 1
             if verdict is None:
                 continue
-            yield Finding(
-                rule=RULE,
-                scope=scope,
-                group=f"{RULE}:{cls.value}",
-                verdict=verdict,
-                evidence=evidence,
-                title=spike_title(cls),
-                error_class=cls,
-                severity=t.severity,
-                for_evaluations=for_evaluations,
-                resolve_evaluations=t.resolve_evaluations,
+            yield self._finding(scope, cls, t, verdict, evidence, for_evaluations)
+
+    def _judge_partial(
+        self, scope: Scope, tally: _Tally, baseline: _Tally, elapsed: int
+    ) -> Iterable[Finding]:
+        for cls, t in self.config.thresholds.items():
+            k = tally.errors.get(cls, 0)
+            if k < t.min_count:
+                continue
+            attempts = max(tally.attempts, k)
+            projected = -(-attempts * 60 // elapsed)  # the whole minute at the same send rate
+            b_errors, b_attempts = baseline.errors.get(cls, 0), baseline.attempts
+            verdict, evidence = judge(k, projected, b_errors, b_attempts, self._fast[cls], 60)
+            if verdict is not Verdict.POSITIVE:
+                continue
+            # the counts so far; the p-value is the projected (larger) one
+            evidence = msgspec.structs.replace(
+                evidence, attempts=attempts, ratio=k / attempts, window_seconds=elapsed
             )
+            yield self._finding(scope, cls, t, verdict, evidence, 1)
+
+    def _finding(
+        self,
+        scope: Scope,
+        cls: ErrorClass,
+        t: SpikeThresholds,
+        verdict: Verdict,
+        evidence: Evidence,
+        for_evaluations: int,
+    ) -> Finding:
+        return Finding(
+            rule=RULE,
+            scope=scope,
+            group=f"{RULE}:{cls.value}",
+            verdict=verdict,
+            evidence=evidence,
+            title=spike_title(cls),
+            error_class=cls,
+            severity=t.severity,
+            for_evaluations=for_evaluations,
+            resolve_evaluations=t.resolve_evaluations,
+        )
+
+
+def _at_most(p_value: float | None, alpha: float) -> bool:
+    return p_value is not None and p_value <= alpha

@@ -52,6 +52,8 @@ def _when(ts: int) -> str:
 
 
 def _duration(seconds: int) -> str:
+    if 0 < seconds < 60:  # the minute in progress, judged early
+        return f"{seconds} s"
     minutes = max(0, seconds) // 60
     if minutes < 120:
         return f"{minutes} min"

@@ -7,9 +7,10 @@ Saved in the ``alerting`` table (partition 0) by :meth:`AlertingStage.save`, whi
 changed key once and is called once per batch, after the batch's notifications are in Kafka:
 
 - ``stage``: the alert book (which alerts fire, since when, what was notified) with the
-  evaluation clock (last minute evaluated, newest event time, partition watermarks), in one
-  record so they never disagree. Saved after the notifications are written, so a crash in
-  between sends them again after the restart (at least once) rather than never.
+  evaluation clock (last minute evaluated, last boundary of the minute in progress checked,
+  newest event time, partition watermarks), in one record so they never disagree. Saved after
+  the notifications are written, so a crash in between sends them again after the restart (at
+  least once) rather than never.
 - the spike detector's minute counts (its 24 h baselines): one record per scope and hour
   (``d``), an index of the scopes of each hour (``dh``) and the list of hours (``detector``).
   Records stay small (at most 60 minutes each) and only changed hours are written. Every hour
@@ -25,8 +26,13 @@ replayed signal twice: at least once).
 Time is event time: the low watermark of the messages partitions (the slowest partition that is
 still receiving data decides, so no minute is judged before every partition delivered it; a
 partition quiet for ``idle_s`` of wall time stops holding time back), advanced by the wall clock
-while no newer event arrives (so an incident still resolves when traffic stops). Evaluations run
-once per minute of that time.
+while no newer event arrives (so an incident still resolves when traffic stops). Every rule is
+evaluated once per minute of that time, on the complete minutes; in between, the spike detector
+checks the minute in progress every ``partial_every`` seconds (at fixed boundaries of event time,
+``m * 60 + 15``, ``+ 30``, ``+ 45``: each once, the last one passed when time jumps over several),
+and a clear positive fires at once, at the boundary's time (see :mod:`streams.core.detector`).
+A restart checks no saved boundary again; a crash between sending and saving checks it again
+(at least once; an alert the saved book has firing is not notified again).
 """
 
 from __future__ import annotations
@@ -37,7 +43,14 @@ from collections.abc import Callable
 
 import msgspec
 
-from streams.core.alerts import AlertBook, AlertPolicy, BookState, Notification, Scope
+from streams.core.alerts import (
+    AlertBook,
+    AlertPolicy,
+    AlertState,
+    BookState,
+    Notification,
+    Scope,
+)
 from streams.core.detector import DetectorConfig, HourRecord, SpikeDetector, scope_of_bucket
 from streams.core.immediate import (
     ImmediateRules,
@@ -78,6 +91,8 @@ class StageState(msgspec.Struct, gc=False):
     #: per input source of the bucket signals, the last input offset absorbed (a signal
     #: re-derived from a replayed input at or before it was counted already)
     absorbed: dict[int, int] = {}
+    #: the event time (a boundary) of the last check of the minute in progress
+    last_partial: int = -1
 
 
 class AlertingStage:
@@ -102,6 +117,7 @@ class AlertingStage:
         self.event_time = 0
         self._event_time_at = 0.0  # wall clock when event_time last moved
         self._last_minute = -1
+        self._last_partial = -1  # the boundary of the last check of the minute in progress
         self._first_minute = -1  # earliest bucket minute seen before the first evaluation
         self.signals = 0
         self.idle_s = idle_s
@@ -128,6 +144,7 @@ class AlertingStage:
                 self.immediate.load(state.rules)
                 self.storms.load(state.rules)
             self._absorbed = dict(state.absorbed)
+            self._last_partial = state.last_partial
             self._saved_stage = raw
         else:
             legacy = kv.get(PARTITION, LEGACY_BOOK_KEY)
@@ -190,6 +207,7 @@ class AlertingStage:
                 {p: mark for p, (mark, _) in self._marks.items()},
                 rules,
                 self._absorbed,
+                self._last_partial,
             )
         )
         if stage != self._saved_stage:
@@ -255,21 +273,48 @@ class AlertingStage:
         """Notifications due at the current time: one evaluation per minute of event time that
         passed since the last one (at most an hour's worth, when a replay jumps ahead). The
         first evaluation starts at the earliest minute seen, so a backlog that arrives in one
-        batch is judged minute by minute as live traffic would be."""
+        batch is judged minute by minute as live traffic would be. Then the minute in progress
+        is checked at the last of its boundaries (every ``partial_every`` seconds) that time
+        passed, unless that boundary was checked already."""
         now = self.now()
-        minute = now // 60
-        if not now or minute <= self._last_minute:
+        if not now:
             return []
-        start = self._last_minute + 1 if self._last_minute >= 0 else self._first_minute
-        first = max(start, minute - 60) if start >= 0 else minute
-        self._last_minute = minute
+        minute = now // 60
         out: list[Notification] = []
-        for m in range(first, minute + 1):
-            at = m * 60
-            for evaluation in (
-                self.detector.evaluate(at),
-                self.immediate.evaluate(at),
-                self.storms.evaluate(at),
-            ):
-                out.extend(self.book.apply(evaluation))
+        if minute > self._last_minute:
+            start = self._last_minute + 1 if self._last_minute >= 0 else self._first_minute
+            first = max(start, minute - 60) if start >= 0 else minute
+            self._last_minute = minute
+            for m in range(first, minute + 1):
+                at = m * 60
+                for evaluation in (
+                    self.detector.evaluate(at),
+                    self.immediate.evaluate(at),
+                    self.storms.evaluate(at),
+                ):
+                    out.extend(self.book.apply(evaluation))
+        out.extend(self._evaluate_partial(now))
         return out
+
+    def _evaluate_partial(self, now: int) -> list[Notification]:
+        """The spike detector's check of the minute in progress at its last boundary before
+        ``now`` (event time ``m * 60 + j * partial_every``): positives of alerts not firing yet
+        fire at once, at the boundary's time; nothing else changes (no clears, no resolves)."""
+        every = self.detector.config.partial_every
+        minute, elapsed = divmod(now, 60)
+        if every <= 0 or elapsed < every or minute != self._last_minute:
+            return []  # before the first boundary, or time went back to a minute judged whole
+        boundary = minute * 60 + elapsed // every * every
+        if boundary <= self._last_partial:
+            return []
+        self._last_partial = boundary
+        evaluation = self.detector.evaluate_partial(now, at=boundary)
+        alerts = self.book.state.alerts
+        findings = tuple(
+            f
+            for f in evaluation.findings
+            if (a := alerts.get(f.key)) is None or a.state is not AlertState.FIRING
+        )
+        if not findings:
+            return []
+        return self.book.apply(msgspec.structs.replace(evaluation, findings=findings))

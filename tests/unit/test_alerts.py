@@ -274,6 +274,17 @@ def test_firing_message_has_the_facts_the_action_and_the_dashboard_link() -> Non
         assert len(block.get("text", {}).get("text", "")) <= 3000
 
 
+def test_a_spike_judged_early_in_its_minute_says_how_many_seconds() -> None:
+    book = AlertBook()
+    early = msgspec.structs.replace(
+        finding(for_evaluations=1), evidence=Evidence(36, 77, 36 / 77, 0.005, 1_440_000, 1e-12, 15)
+    )
+    (note,) = book.apply(Evaluation(T0 + 15, RULES, (early,)))
+    body = json.dumps(render_slack_message(note, grafana_url=GRAFANA))
+    assert "36 of 77 sends (46.8%) in 15 s vs 0.5% baseline" in body
+    assert "in 0 min" not in body
+
+
 def test_resolved_message_is_short_and_in_the_same_style() -> None:
     book = AlertBook()
     f = finding(for_evaluations=1, resolve_evaluations=1)
