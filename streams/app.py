@@ -32,6 +32,7 @@ from streams.faust_state import (
     BatchPolicy,
     FaustTableKV,
     RecordBatcher,
+    SharedRocksDB,
     faust_producer,
     run_batched,
 )
@@ -104,18 +105,9 @@ class Monitor:
         self.alerts_topic = _raw(app, settings.topic_alerts)
         stage2_input = _raw(app, messages_name, settings.topic_send_log)
 
-        # Faust's RocksDB defaults (64 MiB x 3 memtables and a 2 GiB block cache per partition
-        # database) would let RSS grow with the state; these bound it (see the README).
-        rocksdb = {
-            "write_buffer_size": settings.rocksdb_write_buffer_mb * 2**20,
-            "max_write_buffer_number": 2,
-            "block_cache_size": settings.rocksdb_block_cache_mb * 2**20,
-            "block_cache_compressed_size": 0,
-        }
         self.messages_table = app.Table(
             "messages",
             partitions=n,
-            options=rocksdb,
             key_type=bytes,
             value_type=bytes,
             help="per message state, minute buckets and expiry index (partition-local)",
@@ -123,7 +115,6 @@ class Monitor:
         self.recipients_table = app.Table(
             "recipients",
             partitions=n,
-            options=rocksdb,
             key_type=bytes,
             value_type=bytes,
             help="per recipient state, keyed by phone (else BSUID)",
@@ -136,6 +127,12 @@ class Monitor:
             help="the alert book: which alerts fire, since when, what was notified",
         )
         self.alerting_kv = FaustTableKV(self.alerting_table)
+        # Faust's RocksDB defaults (a 2 GiB block cache and 3 x 64 MiB memtables per partition
+        # database) would let RSS grow with the state: every database shares one budget instead
+        self.rocksdb = SharedRocksDB(settings.rocksdb_memory_mb, settings.rocksdb_write_buffer_mb)
+        tables = (self.messages_table, self.recipients_table, self.alerting_table)
+        if any([self.rocksdb.install(table) for table in tables]):
+            self.metrics.watch_rocksdb(self.rocksdb.usage, settings.rocksdb_memory_mb * 2**20)
         self.alerting = AlertingStage(partitions=settings.topic_partitions)
         self.advice_policy = AdvicePolicy()
         self.advice_topic = _raw(app, settings.topic_advice)

@@ -317,6 +317,17 @@ class MonitorMetrics:
             "How long the oldest pending Slack notification has waited (0 when none waits)",
             registry=r,
         )
+        self.rocksdb_memory = Gauge(
+            f"{PREFIX}_rocksdb_memory_bytes",
+            "RocksDB memory of this worker: its one block cache shared by every table "
+            "partition, memtables charged to it (levels off at the limit)",
+            registry=r,
+        )
+        self.rocksdb_memory_limit = Gauge(
+            f"{PREFIX}_rocksdb_memory_limit_bytes",
+            "RocksDB memory budget of this worker (DELIVERY_MONITOR_ROCKSDB_MEMORY_MB)",
+            registry=r,
+        )
         # -- deliveries (messages stage, after deduplication) ---------------------------------
         self.statuses = Counter(
             f"{PREFIX}_statuses",
@@ -439,6 +450,11 @@ class MonitorMetrics:
         seconds: :meth:`streams.slack.SlackNotifier.backlog`), read at scrape time."""
         self.slack_pending.set_function(lambda: backlog()[0])
         self.slack_oldest_pending_age.set_function(lambda: backlog()[1])
+
+    def watch_rocksdb(self, usage: Callable[[], int], limit: int) -> None:
+        """Serve the RocksDB memory gauges: ``usage()`` read at scrape time, ``limit`` bytes."""
+        self.rocksdb_memory.set_function(usage)
+        self.rocksdb_memory_limit.set(limit)
 
     def alert_notified(self, notification: Any) -> None:
         """Feed for every notification the alert book emits (rule of its headline, kind)."""

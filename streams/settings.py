@@ -65,10 +65,11 @@ class Settings:
     topic_partitions: int = 4
     topic_replication_factor: int = 1
     store: str = "rocksdb://"
-    #: RocksDB memory per partition database (two tables x topic_partitions databases): the
-    #: write buffer (memtable, x2) and the block cache, in MiB
-    rocksdb_write_buffer_mb: int = 8
-    rocksdb_block_cache_mb: int = 16
+    #: RocksDB memory of the whole process, in MiB: one block cache shared by every table
+    #: partition's database, memtables charged to it (see streams.faust_state.SharedRocksDB)
+    rocksdb_memory_mb: int = 64
+    #: RocksDB memtable size per partition database, in MiB (at most two each, within the budget)
+    rocksdb_write_buffer_mb: int = 4
     processing_guarantee: str = "at_least_once"
     session_timeout_s: float = 30.0
     data_dir: Path = Path(".")
@@ -133,11 +134,9 @@ class Settings:
                 "TOPIC_REPLICATION_FACTOR", d.topic_replication_factor, minimum=1
             ),
             store=get("STORE", d.store),
+            rocksdb_memory_mb=get_int("ROCKSDB_MEMORY_MB", d.rocksdb_memory_mb, minimum=8),
             rocksdb_write_buffer_mb=get_int(
                 "ROCKSDB_WRITE_BUFFER_MB", d.rocksdb_write_buffer_mb, minimum=1
-            ),
-            rocksdb_block_cache_mb=get_int(
-                "ROCKSDB_BLOCK_CACHE_MB", d.rocksdb_block_cache_mb, minimum=1
             ),
             session_timeout_s=float(get_int("SESSION_TIMEOUT", int(d.session_timeout_s), 6)),
             processing_guarantee=_guarantee(get("PROCESSING_GUARANTEE", d.processing_guarantee)),

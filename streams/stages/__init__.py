@@ -46,7 +46,7 @@ def murmur2(data: bytes) -> int:
     return h
 
 
-@lru_cache(maxsize=262_144)  # a message's statuses and a recipient's facts repeat the key
+@lru_cache(maxsize=16_384)  # recent keys repeat (a message's statuses); bounded: ~6 MB
 def partition_for(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key`` (murmur2, like the Java and
     aiokafka clients), so our routing agrees with records a sender produces keyed by wamid."""

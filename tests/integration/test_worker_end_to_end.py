@@ -75,6 +75,9 @@ def test_worker_counts_10000_webhooks_exactly(
         "committed offsets == 10000",
     )
     assert worker.metric(name, labels) == 10_000
+    # every table partition's RocksDB database charges the worker's one memory budget
+    assert worker.metric("whatsapp_monitor_rocksdb_memory_limit_bytes") == 64 * 2**20
+    assert 0 < (worker.metric("whatsapp_monitor_rocksdb_memory_bytes") or 0) <= 64 * 2**20
 
 
 @pytest.mark.kafka_smoke
