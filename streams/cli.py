@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -103,6 +104,23 @@ def prepare_topics(settings: Settings, bootstrap: str) -> None:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
 
 
+#: CPython's cyclic collector thresholds for the worker. It allocates many short-lived
+#: containers per event (parsed payloads, facts, state updates) that reference counting frees,
+#: almost none of them in cycles; the defaults (700, 10, 10) still run a young collection every
+#: 700 net allocations and a full one every 70,000, which scans all the live state. These run
+#: them ~140x less often (cycles that faust and aiokafka make are still collected). Measured by
+#: ``bench/bench_pipeline.py`` (300k events): 45 -> 36 CPU s per million events.
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """Collect once, move everything built at startup out of the collector's way
+    (``gc.freeze``), then use :data:`GC_THRESHOLDS`."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_worker(settings: Settings, bootstrap: str) -> int:
     from faust.worker import Worker
 
@@ -129,6 +147,7 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
             logger.setLevel(level)
 
     worker = MonitorWorker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    tune_gc()
     worker.execute_from_commandline()
 
 

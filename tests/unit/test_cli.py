@@ -117,3 +117,19 @@ def test_inspect_accepts_its_options_before_the_files(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""  # summary only: no event lines
     assert "131049 1" in result.stderr
+
+
+def test_the_worker_runs_the_cyclic_collector_rarely_and_skips_startup_objects() -> None:
+    import gc
+
+    from streams.cli import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert GC_THRESHOLDS[0] >= 100 * before[0]
+        assert gc.get_freeze_count() > 1000  # modules, classes, the app: never scanned again
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
