@@ -44,7 +44,7 @@ sys.path.insert(0, str(BENCH))
 from _broker import benchmark_broker_info  # noqa: E402
 from harness import LoadMeter, git_info, machine_info  # noqa: E402
 from report import render_summary  # noqa: E402
-from sections import SECTIONS, Bench  # noqa: E402
+from sections import DEFAULT_ALERT_PHASE, SECTIONS, Bench  # noqa: E402
 
 DEFAULT_SECTIONS = ["throughput", "memory", "latency", "alert", "scaling"]
 
@@ -88,9 +88,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--alert-phase",
         type=float,
-        default=57.0,
-        help="second of the minute the spike starts at (57: the worst case of whole-minute "
-        "evaluation; negative: wherever the quiet period ends)",
+        default=DEFAULT_ALERT_PHASE,
+        help=f"second of the minute the spike starts at ({DEFAULT_ALERT_PHASE:g}: the worst case "
+        "of whole-minute evaluation; negative: wherever the quiet period ends)",
     )
     p.add_argument("--steady-minutes", type=float, default=0.0)
     p.add_argument("--steady-sample-s", type=float, default=5.0)

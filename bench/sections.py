@@ -653,8 +653,8 @@ DEFAULT_ALERT_PHASE = 57.0
 def alert_phase(args: argparse.Namespace) -> float | None:
     """The onset's second of the minute asked for; ``None`` (a negative value): wherever the
     baseline ends."""
-    phase = args.alert_phase
-    return None if phase is None or phase < 0 else float(phase) % 60
+    phase: float = args.alert_phase
+    return None if phase < 0 else phase % 60
 
 
 def spike_start(wall: float, phase: float | None) -> float:

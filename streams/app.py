@@ -132,7 +132,7 @@ class Monitor:
         self.rocksdb = SharedRocksDB(settings.rocksdb_memory_mb, settings.rocksdb_write_buffer_mb)
         tables = (self.messages_table, self.recipients_table, self.alerting_table)
         if any([self.rocksdb.install(table) for table in tables]):
-            self.metrics.watch_rocksdb(self.rocksdb.usage, settings.rocksdb_memory_mb * 2**20)
+            self.metrics.watch_rocksdb(self.rocksdb.usage, self.rocksdb.limit)
         self.alerting = AlertingStage(partitions=settings.topic_partitions)
         self.advice_policy = AdvicePolicy()
         self.advice_topic = _raw(app, settings.topic_advice)

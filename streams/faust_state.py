@@ -217,11 +217,12 @@ class SharedRocksDB:
     """
 
     def __init__(self, memory_mb: int, write_buffer_mb: int) -> None:
-        self.memory_mb = memory_mb
+        #: the budget, in bytes
+        self.limit = memory_mb * 2**20
         self.write_buffer_mb = write_buffer_mb
-        self.cache = Cache(memory_mb * 2**20)
+        self.cache = Cache(self.limit)
         self.write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
-            memory_mb * 2**20 // 2, False, self.cache
+            self.limit // 2, False, self.cache
         )
 
     def install(self, table: Any) -> bool:
@@ -231,19 +232,18 @@ class SharedRocksDB:
         options = getattr(store, "rocksdb_options", None)
         if options is None or not getattr(options, "use_rocksdict", False):
             return False
-        shared = self
 
         def as_options() -> Options:
             db_options = Options(raw_mode=True)
             db_options.create_if_missing(True)
             db_options.set_max_open_files(options.max_open_files)
-            db_options.set_write_buffer_size(shared.write_buffer_mb * 2**20)
+            db_options.set_write_buffer_size(self.write_buffer_mb * 2**20)
             db_options.set_max_write_buffer_number(2)
             db_options.set_target_file_size_base(options.target_file_size_base)
-            db_options.set_write_buffer_manager(shared.write_buffers)
+            db_options.set_write_buffer_manager(self.write_buffers)
             table_options = BlockBasedOptions()
             table_options.set_bloom_filter(options.bloom_filter_size, True)
-            table_options.set_block_cache(shared.cache)
+            table_options.set_block_cache(self.cache)
             table_options.set_cache_index_and_filter_blocks(True)
             table_options.set_pin_l0_filter_and_index_blocks_in_cache(True)
             db_options.set_block_based_table_factory(table_options)

@@ -572,8 +572,8 @@ class SpikeDetector:
             )
             yield self._finding(scope, cls, t, verdict, evidence, 1)
 
+    @staticmethod
     def _finding(
-        self,
         scope: Scope,
         cls: ErrorClass,
         t: SpikeThresholds,
