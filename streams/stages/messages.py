@@ -206,6 +206,10 @@ class MessageStage:
             tuple[int, int, str, str, int], tuple[dict[str, int], list[int]]
         ] = {}
         self._signals = SignalBatch()
+        #: per input source, the first input offset of the current batch applied as new: an
+        #: input at or after it that comes again in the same batch (Kafka delivered it twice)
+        #: is in the batch's signal already
+        self._fresh: dict[int, int] = {}
 
     # -- helpers ------------------------------------------------------------------------------
     def meta(self, partition: int) -> PartitionMeta:
@@ -251,21 +255,28 @@ class MessageStage:
             # alerting stage skips those it absorbed (by source and offset).
             # A replayed input's deltas stay apart per input offset: a replay can span several
             # earlier flushes whose signals did and did not come through.
-            source, offset, replayed = position[0], position[1], fx.replayed
-            signal, counted = self._signal_buckets, s.counted
-            apart = offset if replayed else -1
-            for d in fx.deltas:
-                if d.delta > 0 and not replayed:
-                    counted[(d.dim, d.key, d.outcome)] += d.delta
-                cell = (source, apart, d.dim, d.key, d.minute)
-                entry = signal.get(cell)
-                if entry is None:
-                    entry = signal[cell] = ({}, [offset])
-                counts = entry[0]
-                counts[d.outcome] = counts.get(d.outcome, 0) + d.delta
-                entry[1][0] = offset
+            self._signal_deltas(position, fx)
         for fact in fx.facts:
             self._send_recipient(fact)
+
+    def _signal_deltas(self, position: Position, fx: Effects) -> None:
+        source, offset, replayed = position[0], position[1], fx.replayed
+        if not replayed:
+            self._fresh.setdefault(source, offset)
+        elif offset >= self._fresh.get(source, offset + 1):
+            return  # first applied in this batch: its deltas are in this batch's signal
+        signal, counted = self._signal_buckets, self.stats.counted
+        apart = offset if replayed else -1
+        for d in fx.deltas:
+            if d.delta > 0 and not replayed:
+                counted[(d.dim, d.key, d.outcome)] += d.delta
+            cell = (source, apart, d.dim, d.key, d.minute)
+            entry = signal.get(cell)
+            if entry is None:
+                entry = signal[cell] = ({}, [offset])
+            counts = entry[0]
+            counts[d.outcome] = counts.get(d.outcome, 0) + d.delta
+            entry[1][0] = offset
 
     def _send_recipient(self, fact: RecipientFact) -> None:
         p = partition_for(fact.recipient, self.recipient_partitions)
@@ -428,12 +439,21 @@ class MessageStage:
                     self.recent.add(source_partition(source), dim, key, minute, window, n)
         batch.buckets = buckets
         self._signal_buckets = {}
+        self._fresh = {}
         self._signals = SignalBatch()
         # a flush of only duplicates still moves its partitions' event time for alerting
         return None if batch.empty() and not batch.watermarks else batch
 
     def revoke(self, partition: int) -> None:
+        """Forget the partition's unflushed work: its new owner (or this worker, after the
+        rebalance) handles those inputs again from the committed offset, and their signals
+        come then (sent now as well, the detector would count them twice)."""
         self.state.discard(partition)
+        sources = {source_id(MESSAGES, partition), source_id(SEND_LOG, partition)}
+        for cell in [c for c in self._signal_buckets if c[0] in sources]:
+            del self._signal_buckets[cell]
+        for source in sources:
+            self._fresh.pop(source, None)
         self._buckets.pop(partition, None)
         self._message_index.pop(partition, None)
         self._bucket_index.pop(partition, None)

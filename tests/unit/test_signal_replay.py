@@ -79,3 +79,64 @@ def test_a_replay_spanning_a_delivered_and_a_lost_flush_counts_each_input_once()
     for name, counts in campaign.truth.templates.items():
         got = alerting.detector.totals(Scope.for_template(name)).attempts
         assert got == counts["attempted"], name
+
+
+def two_records() -> tuple[list[bytes], dict[str, int]]:
+    campaign = generate(CampaignSpec(messages=600, garbage_ratio=0.0, opaque_ratio=1.0), seed=7)
+    ingest = IngestStage(1, 1)
+    half = len(campaign.payloads) // 2
+    records = []
+    for part in (campaign.payloads[:half], campaign.payloads[half:]):
+        for i, body in enumerate(part):
+            ingest.handle("raw", 0, len(records) * 10_000 + i, body)
+        records.append(ingest.drain()[0][0])
+    attempted = {name: c["attempted"] for name, c in campaign.truth.templates.items()}
+    return records, attempted
+
+
+def assert_attempts(alerting: AlertingStage, attempted: dict[str, int]) -> None:
+    for name, n in attempted.items():
+        assert alerting.detector.totals(Scope.for_template(name)).attempts == n, name
+
+
+def test_an_input_delivered_twice_in_one_batch_is_signalled_once() -> None:
+    """Kafka (through Faust's seek after recovery) can deliver a record twice; when both copies
+    fall in one batch, the second is a replay of an input the batch's signal carries already."""
+    records, attempted = two_records()
+    stage, alerting = MessageStage(DictKeyValue(), 1), AlertingStage(clock=lambda: 0.0)
+    stage.handle_batch(0, 0, records[0])
+    stage.handle_batch(0, 1, records[1])
+    stage.handle_batch(0, 1, records[1])  # delivered again
+    stage.flush(0)
+    assert stage.stats.replays > 0
+    signals = stage.drain_signals()
+    assert signals is not None
+    alerting.handle(signals, offset=0)
+    assert_attempts(alerting, attempted)
+    # a later batch that reads it a third time (its signal came through) adds nothing
+    stage.handle_batch(0, 1, records[1])
+    stage.flush(0)
+    again = stage.drain_signals()
+    assert again is not None
+    alerting.handle(again, offset=1)
+    assert_attempts(alerting, attempted)
+
+
+def test_a_rebalance_before_the_flush_drops_the_signals_of_the_revoked_partition() -> None:
+    """Inputs handled before a rebalance are read again from the committed offset: their
+    signal is sent once, with the inputs' second handling."""
+    records, attempted = two_records()
+    stage, alerting = MessageStage(DictKeyValue(), 1), AlertingStage(clock=lambda: 0.0)
+    stage.handle_batch(0, 0, records[0])
+    stage.flush(0)
+    first = stage.drain_signals()
+    assert first is not None
+    alerting.handle(first, offset=0)
+    stage.handle_batch(0, 1, records[1])
+    stage.revoke(0)  # the rebalance comes before this input's flush; it is not committed
+    stage.handle_batch(0, 1, records[1])  # and is delivered again after the rebalance
+    stage.flush(0)
+    second = stage.drain_signals()
+    assert second is not None
+    alerting.handle(second, offset=1)
+    assert_attempts(alerting, attempted)
