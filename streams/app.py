@@ -31,8 +31,10 @@ from streams.faust_state import (
     BatchedTableKV,
     BatchPolicy,
     FaustTableKV,
+    Progress,
     RecordBatcher,
     SharedRocksDB,
+    faust_committer,
     faust_producer,
     run_batched,
 )
@@ -91,7 +93,6 @@ class Monitor:
             broker_session_timeout=settings.session_timeout_s,
             broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
             stream_buffer_maxsize=16_384,
-            broker_commit_every=50_000,
             producer_linger=0.005,
             producer_max_batch_size=512 * 1024,
         )
@@ -99,11 +100,14 @@ class Monitor:
         self.messages_name, self.recipients_name = messages_name, recipients_name
         self.messages_topic = _raw(app, messages_name, partitions=n, internal=True)
         self.send_log_topic = _raw(app, settings.topic_send_log)
-        self.recipients_topic = _raw(app, recipients_name, partitions=n, internal=True)
+        # the topics agents consume have Faust's acks off: run_batched commits their offsets
+        self.recipients_topic = _raw(app, recipients_name, partitions=n, internal=True, acks=False)
         self.dead_topic = _raw(app, settings.topic_dead_letter)
-        self.signals_topic = _raw(app, f"{settings.app_id}-signals", partitions=1, internal=True)
-        self.alerts_topic = _raw(app, settings.topic_alerts)
-        stage2_input = _raw(app, messages_name, settings.topic_send_log)
+        self.signals_topic = _raw(
+            app, f"{settings.app_id}-signals", partitions=1, internal=True, acks=False
+        )
+        self.alerts_topic = _raw(app, settings.topic_alerts, acks=False)
+        stage2_input = _raw(app, messages_name, settings.topic_send_log, acks=False)
 
         self.messages_table = app.Table(
             "messages",
@@ -149,6 +153,7 @@ class Monitor:
         self.recipients = RecipientStage(self.recipients_kv)
         self.metrics.watch(self)  # scrape-time gauges from the stages' state
         policy = BatchPolicy()
+        commit = faust_committer(app)
         self.generation = 0  # rebalances seen
         m = self.metrics
 
@@ -206,7 +211,13 @@ class Monitor:
                 m.observe_messages(self.messages.stats)
 
             await run_batched(
-                stream, handle, flush, policy, lambda: self.generation, lambda: self.messages.full
+                stream,
+                handle,
+                flush,
+                policy,
+                commit,
+                lambda: self.generation,
+                lambda: self.messages.full,
             )
 
         @app.agent(self.recipients_topic, name="recipients", concurrency=1)
@@ -233,7 +244,7 @@ class Monitor:
                 await self._signal(signals)
                 m.observe_recipients(self.recipients.stats)
 
-            await run_batched(stream, handle, flush, policy, lambda: self.generation)
+            await run_batched(stream, handle, flush, policy, commit, lambda: self.generation)
 
         alert_lock = asyncio.Lock()
         signals_name = self.signals_topic.get_topic_name()
@@ -259,7 +270,9 @@ class Monitor:
                 self.alerting_kv.events[0] = event
                 self.alerting.handle(decode_signals(event.value), event.message.offset)
 
-            await run_batched(stream, handle, evaluate_alerts, policy, lambda: self.generation)
+            await run_batched(
+                stream, handle, evaluate_alerts, policy, commit, lambda: self.generation
+            )
 
         @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
         async def evaluate_when_quiet() -> None:
@@ -270,59 +283,64 @@ class Monitor:
         @app.agent(self.alerts_topic, name="notifier", concurrency=1)
         async def notifier(stream: Any) -> None:
             """The one owner of the alerts topic's single partition logs every notification and
-            hands it to Slack in topic order; an event is acknowledged, in order, once Slack
-            took it, refused it for good or it was given up (after an outage of
+            hands it to Slack in topic order; its offset is committed, in order, once Slack took
+            it, refused it for good or it was given up (after an outage of
             ``slack_give_up_after_s``), so a worker that dies before delivers it after its
-            restart (at least once).
-
-            faust waits at every rebalance and at shutdown until each message it tracks is
-            acknowledged. A notification riding out a Slack outage must not hold those up (and
-            the whole consumer group with them), so its message is untracked: it is
-            acknowledged when final, or, when a rebalance comes first, never: the partition's
-            next owner reads it again and, on this worker, the notifier matches it by id to
-            the delivery under way."""
+            restart (at least once). A notification riding out a Slack outage holds up no
+            rebalance (Faust tracks no message of a topic without acks): when a rebalance comes
+            first, it is never committed here; the partition's next owner reads it again and,
+            on this worker, the notifier matches it by id to the delivery under way."""
             slack = self.notifier
             if slack is not None:
                 m.watch_slack(slack.backlog)
                 await slack.start()
-            manual = stream.noack()
+            # (message, generation it was handled in, delivery)
             waiting: list[tuple[Any, int, asyncio.Future[Any] | None]] = []
+            progress = Progress()
 
-            async def ack_in_order() -> None:
+            async def commit_in_order() -> None:
+                stalled = -1  # a generation whose commits stopped at an abandoned delivery
                 while True:
+                    done: dict[Any, int] = {}
                     while waiting and (
                         waiting[0][2] is None
                         or waiting[0][2].done()
                         or waiting[0][1] != self.generation
                     ):
-                        event, handled_in, delivery = waiting.pop(0)
-                        if handled_in == self.generation and not (
-                            delivery is not None and delivery.cancelled()
-                        ):
-                            await manual.ack(event)
+                        message, handled_in, delivery = waiting.pop(0)
+                        if handled_in != self.generation:
+                            continue
+                        if delivery is not None and delivery.cancelled():
+                            stalled = handled_in
+                        if stalled != handled_in:
+                            done[message.tp] = message.offset + 1
+                    if done:
+                        await commit(done)
                     await asyncio.sleep(policy.max_delay_s)
 
-            acker = asyncio.ensure_future(ack_in_order())
+            committer = asyncio.ensure_future(commit_in_order())
             try:
-                async for event in manual.events():
-                    app.consumer.unacked.discard(event.message)
-                    n = decode_notification(event.value)
+                async for event in stream.noack().events():
+                    message = event.message
                     handled_in = self.generation
+                    if not progress.admit(message.tp, message.offset, handled_in):
+                        continue
+                    n = decode_notification(event.value)
                     if slack is None:
                         self._announce(n)
-                        waiting.append((event, handled_in, None))
+                        waiting.append((message, handled_in, None))
                         continue
                     if not slack.knows(n.id):
                         self._announce(n)
-                    waiting.append((event, handled_in, await slack.submit(n)))
+                    waiting.append((message, handled_in, await slack.submit(n)))
             finally:
-                acker.cancel()
+                committer.cancel()
 
         alerts_name = self.alerts_topic.get_topic_name()
 
         async def hand_over_notifications(app: Any, assigned: Any, **kwargs: Any) -> None:
             """After a rebalance that gave the alerts partition to another worker, that worker
-            reads the unacknowledged notifications again and posts them: this one stops."""
+            reads the uncommitted notifications again and posts them: this one stops."""
             if self.notifier is not None and all(tp.topic != alerts_name for tp in assigned):
                 await self.notifier.abandon()
 
@@ -330,7 +348,7 @@ class Monitor:
 
         async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
             """Unflushed state of a revoked partition is dropped: its new owner replays it.
-            Events handled before the rebalance are not acknowledged (see run_batched)."""
+            Events handled before the rebalance are not committed (see run_batched)."""
             self.generation += 1
             for tp in revoked:
                 if tp.topic == signals_name:
@@ -381,7 +399,7 @@ class Monitor:
         return signature, msgspec.json.encode(advice)
 
     async def _signal(self, batch: SignalBatch | None) -> None:
-        """Send and wait until Kafka has it: a stage acknowledges its inputs after this, and
+        """Send and wait until Kafka has it: a stage commits its inputs after this, and
         Faust's send only queues (stage 1's own consumer commits without Faust's flush)."""
         if batch is not None:
             sent = await self.signals_topic.send(value=encode_signals(batch), partition=0)

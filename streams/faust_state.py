@@ -1,4 +1,4 @@
-"""Faust adapters: tables as partitioned KeyValues, batched sends, and manual acks.
+"""Faust adapters: tables as partitioned KeyValues, batched sends, and our own offset commits.
 
 :class:`BatchedTableKV` is the hot path: the stages' writes of a batch go to the table's local
 store in one RocksDB write batch per partition and to its changelog topic as aiokafka record
@@ -6,9 +6,17 @@ batches (:class:`RecordBatcher`), instead of Faust's per-key ``table[key] = valu
 send, its callbacks and a store put per key, ~100 us each). The records are the ones Faust
 writes (same topic, partition, raw key and value, ``None`` deletes), so Faust's own recovery and
 standbys restore them unchanged. :class:`FaustTableKV` keeps Faust's per-key path for the small
-alerting table. :func:`run_batched` processes events with acks disabled and acks them only
-after the batch's state is written and its output sent, so a commit never covers an event whose
-effects are not yet in Kafka (at-least-once, and the stages make replays idempotent).
+alerting table. :func:`run_batched` processes events in batches and commits their offsets
+itself, only after the batch's state is written and its output sent, so a commit never covers an
+event whose effects are not yet in Kafka (at-least-once, and the stages make replays idempotent).
+
+Why not Faust's acks: the agents' topics are declared with ``acks=False`` so that Faust commits
+nothing of them. Faust acks, and so commits, the records its stream skips while a rebalance is
+under way without handing them to the agent (``faust.streams.Stream._py_aiter``), and it can
+deliver a record twice (records fetched between resuming a partition and seeking it to the
+committed offset come again after the seek). A commit could then pass records no stage has
+written, and a record handled twice within one batch had its spike-detector counts signalled
+twice. :class:`Progress` drops records delivered again and knows what to commit.
 """
 
 from __future__ import annotations
@@ -265,55 +273,109 @@ class BatchPolicy:
         self.max_delay_s = max_delay_s
 
 
+class Progress:
+    """What an agent handled in the current generation (rebalances seen), per partition.
+
+    :meth:`admit` drops a record at or before the last one handled from its partition in the
+    same generation (Kafka delivered it again); :meth:`take` hands over what the next commit
+    may cover: the offset after the last record handled, per partition, of the records
+    handled since the last call in the generation now current.
+    """
+
+    def __init__(self) -> None:
+        self.generation: int | None = None
+        self._last: dict[Any, int] = {}  # partition -> last offset handled in the generation
+        self._pending: dict[Any, int] = {}  # the same, for records not yet taken
+        #: records admitted since the last :meth:`take` (of any generation)
+        self.count = 0
+        #: records dropped as delivered again
+        self.redelivered = 0
+
+    def admit(self, tp: Any, offset: int, generation: int) -> bool:
+        if generation != self.generation:
+            self.generation = generation
+            self._last, self._pending = {}, {}
+        last = self._last.get(tp)
+        if last is not None and offset <= last:
+            self.redelivered += 1
+            return False
+        self._last[tp] = self._pending[tp] = offset
+        self.count += 1
+        return True
+
+    def take(self) -> tuple[int | None, dict[Any, int]]:
+        """(generation, partition -> offset to commit) for the records admitted since the last
+        call, and start counting anew."""
+        taken = {tp: offset + 1 for tp, offset in self._pending.items()}
+        self._pending, self.count = {}, 0
+        return self.generation, taken
+
+
+Commit = Callable[[dict[Any, int]], Awaitable[object]]
+
+
+def faust_committer(app: Any) -> Commit:
+    """Commit offsets the way Faust commits acked ones (``Consumer._commit_offsets``): first
+    flush Faust's producer, which still holds the changelog records of writes through Faust's
+    own ``table[key] = value`` (the alerting table), then commit in Faust's group; partitions
+    no longer assigned are left out."""
+
+    async def commit(offsets: dict[Any, int]) -> object:
+        return await app.consumer._commit_offsets(offsets)
+
+    return commit
+
+
 async def run_batched(
     stream: Any,
     handle: Callable[[Any], None],
     flush: Callable[[], Awaitable[None]],
     policy: BatchPolicy,
+    commit: Commit,
     generation: Callable[[], int] = lambda: 0,
     full: Callable[[], bool] = lambda: False,
+    progress: Progress | None = None,
 ) -> None:
-    """Drive ``stream`` with manual acks: ``handle`` each event, ``flush`` per batch, then ack.
+    """Drive ``stream`` (a topic declared with ``acks=False``): ``handle`` each event,
+    ``flush`` per batch, then ``commit`` the batch's offsets.
 
     A batch ends after ``policy.max_events`` events, when ``full()`` (the output grew large) or
     every ``policy.max_delay_s`` (a ticker task flushes a quiet stream). ``handle`` is
     synchronous and ``flush`` does all its state writes before its first ``await``, so a flush
     covers exactly the events handled before it; events handled while it awaits its sends belong
     to the next batch. ``handle`` must not raise for bad input: stages turn bad input into dead
-    letters.
+    letters. A record Kafka delivers again in the same generation is not handled again.
 
-    ``generation()`` changes on every rebalance: events handled before one are never acked
-    (their partition's unflushed state was dropped, and faust delivers them again from the
+    ``generation()`` changes on every rebalance: events handled before one are never committed
+    (their partition's unflushed state was dropped, and Kafka delivers them again from the
     committed offset; the stages apply the replay once).
     """
-    manual = stream.noack()
-    pending: list[tuple[Any, int]] = []
+    progress = progress if progress is not None else Progress()
     lock = asyncio.Lock()
 
     async def flush_pending() -> None:
         async with lock:
-            batch = pending[:]
-            pending.clear()
-            if not batch:
+            if not progress.count:
                 return
+            handled_in, offsets = progress.take()
             await flush()
-            current = generation()
-            for done, handled_in in batch:
-                if handled_in == current:
-                    await manual.ack(done)
+            if offsets and handled_in == generation():
+                await commit(offsets)
 
     async def ticker() -> None:
         while True:
             await asyncio.sleep(policy.max_delay_s)
-            if pending:
+            if progress.count:
                 await flush_pending()
 
     task = asyncio.ensure_future(ticker())
     try:
-        async for event in manual.events():
+        async for event in stream.noack().events():
+            message = event.message
+            if not progress.admit(message.tp, message.offset, generation()):
+                continue
             handle(event)
-            pending.append((event, generation()))
-            if len(pending) >= policy.max_events or full():
+            if progress.count >= policy.max_events or full():
                 await flush_pending()
     finally:
         task.cancel()

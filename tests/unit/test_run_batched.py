@@ -1,0 +1,144 @@
+"""run_batched: what a Faust agent hands to a stage, when it flushes and what it commits.
+
+Faust can deliver a record twice and acks records it skips during a rebalance, so the agents'
+topics have Faust's acks off and run_batched commits: after a flush, the offset after the last
+record handled per partition, and never a record handled before a rebalance."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
+from typing import Any
+
+from streams.faust_state import BatchPolicy, Progress, run_batched
+
+Item = tuple[str, int] | Callable[[], None]
+
+
+class FakeStream:
+    """Yields events for (partition, offset) items; a callable item runs in between (a
+    rebalance); then waits for ``done`` (so the ticker can flush what is left)."""
+
+    def __init__(self, items: list[Item], done: asyncio.Event | None = None) -> None:
+        self.items = items
+        self.done = done
+
+    def noack(self) -> FakeStream:
+        return self
+
+    async def events(self) -> AsyncIterator[Any]:
+        for item in self.items:
+            if callable(item):
+                item()
+                continue
+            tp, offset = item
+            yield SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset), value=b"")
+            await asyncio.sleep(0)
+        if self.done is not None:
+            await self.done.wait()
+
+
+class Agent:
+    def __init__(self) -> None:
+        self.generation = 0
+        self.log: list[tuple[str, object]] = []
+        self.handled: list[tuple[str, int]] = []
+
+    def handle(self, event: Any) -> None:
+        self.handled.append((event.message.tp, event.message.offset))
+        self.log.append(("handle", (event.message.tp, event.message.offset)))
+
+    async def flush(self) -> None:
+        self.log.append(("flush", len(self.handled)))
+        await asyncio.sleep(0)
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        self.log.append(("commit", dict(offsets)))
+
+
+async def test_a_record_delivered_again_is_handled_once_and_commits_follow_flushes() -> None:
+    agent, progress = Agent(), Progress()
+    items: list[Item] = [("a", 0), ("a", 1), ("b", 5), ("a", 1), ("a", 2), ("b", 5), ("b", 6)]
+    await run_batched(
+        FakeStream(items),
+        agent.handle,
+        agent.flush,
+        BatchPolicy(max_events=3, max_delay_s=60),
+        agent.commit,
+        progress=progress,
+    )
+    assert agent.handled == [("a", 0), ("a", 1), ("b", 5), ("a", 2), ("b", 6)]
+    assert progress.redelivered == 2
+    assert agent.log[3:5] == [("flush", 3), ("commit", {"a": 2, "b": 6})]
+    # the second batch ("a" 2 and "b" 6) is not full: nothing flushed, nothing committed
+    assert [e for e in agent.log if e[0] == "commit"] == [("commit", {"a": 2, "b": 6})]
+
+
+async def test_records_handled_before_a_rebalance_are_never_committed() -> None:
+    agent = Agent()
+
+    def rebalance() -> None:
+        agent.generation += 1
+
+    items: list[Item] = [("a", 0), ("a", 1), rebalance, ("a", 0), ("a", 1), ("a", 2)]
+    await run_batched(
+        FakeStream(items),
+        agent.handle,
+        agent.flush,
+        BatchPolicy(max_events=5, max_delay_s=60),
+        agent.commit,
+        lambda: agent.generation,
+    )
+    # after the rebalance the records come again from the committed offset: handled again
+    assert agent.handled == [("a", 0), ("a", 1), ("a", 0), ("a", 1), ("a", 2)]
+    assert agent.log[-2:] == [("flush", 5), ("commit", {"a": 3})]
+
+
+async def test_a_rebalance_during_the_flush_cancels_its_commit() -> None:
+    agent = Agent()
+
+    async def flush() -> None:
+        await agent.flush()
+        agent.generation += 1  # the partitions were revoked while the output was being sent
+
+    await run_batched(
+        FakeStream([("a", 0), ("a", 1)]),
+        agent.handle,
+        flush,
+        BatchPolicy(max_events=2, max_delay_s=60),
+        agent.commit,
+        lambda: agent.generation,
+    )
+    assert [e[0] for e in agent.log] == ["handle", "handle", "flush"]
+
+
+async def test_a_quiet_stream_is_flushed_and_committed_by_the_ticker() -> None:
+    agent, done = Agent(), asyncio.Event()
+
+    async def commit(offsets: dict[Any, int]) -> None:
+        await agent.commit(offsets)
+        done.set()
+
+    await asyncio.wait_for(
+        run_batched(
+            FakeStream([("a", 7), ("a", 8)], done),
+            agent.handle,
+            agent.flush,
+            BatchPolicy(max_events=1_000, max_delay_s=0.01),
+            commit,
+        ),
+        timeout=30,
+    )
+    assert agent.log[-2:] == [("flush", 2), ("commit", {"a": 9})]
+
+
+def test_progress_forgets_a_generation_and_counts_what_it_drops() -> None:
+    p = Progress()
+    assert p.admit("a", 4, 0) and p.admit("a", 5, 0)
+    assert not p.admit("a", 5, 0) and not p.admit("a", 2, 0)
+    assert p.take() == (0, {"a": 6}) and p.count == 0
+    assert not p.admit("a", 5, 0)  # handled in an earlier batch of the generation
+    assert p.admit("a", 5, 1)  # a new generation reads from the committed offset again
+    assert p.take() == (1, {"a": 6})
+    assert p.redelivered == 3
