@@ -56,18 +56,23 @@ class Agent:
     async def commit(self, offsets: dict[Any, int]) -> None:
         self.log.append(("commit", dict(offsets)))
 
+    async def run(self, items: list[Item], max_events: int, **kw: Any) -> None:
+        """run_batched over ``items`` (no ticker flush: each batch ends by size)."""
+        await run_batched(
+            FakeStream(items),
+            self.handle,
+            kw.pop("flush", self.flush),
+            BatchPolicy(max_events=max_events, max_delay_s=60),
+            self.commit,
+            lambda: self.generation,
+            **kw,
+        )
+
 
 async def test_a_record_delivered_again_is_handled_once_and_commits_follow_flushes() -> None:
     agent, progress = Agent(), Progress()
     items: list[Item] = [("a", 0), ("a", 1), ("b", 5), ("a", 1), ("a", 2), ("b", 5), ("b", 6)]
-    await run_batched(
-        FakeStream(items),
-        agent.handle,
-        agent.flush,
-        BatchPolicy(max_events=3, max_delay_s=60),
-        agent.commit,
-        progress=progress,
-    )
+    await agent.run(items, 3, progress=progress)
     assert agent.handled == [("a", 0), ("a", 1), ("b", 5), ("a", 2), ("b", 6)]
     assert progress.redelivered == 2
     assert agent.log[3:5] == [("flush", 3), ("commit", {"a": 2, "b": 6})]
@@ -82,14 +87,7 @@ async def test_records_handled_before_a_rebalance_are_never_committed() -> None:
         agent.generation += 1
 
     items: list[Item] = [("a", 0), ("a", 1), rebalance, ("a", 0), ("a", 1), ("a", 2)]
-    await run_batched(
-        FakeStream(items),
-        agent.handle,
-        agent.flush,
-        BatchPolicy(max_events=5, max_delay_s=60),
-        agent.commit,
-        lambda: agent.generation,
-    )
+    await agent.run(items, 5)
     # after the rebalance the records come again from the committed offset: handled again
     assert agent.handled == [("a", 0), ("a", 1), ("a", 0), ("a", 1), ("a", 2)]
     assert agent.log[-2:] == [("flush", 5), ("commit", {"a": 3})]
@@ -102,14 +100,7 @@ async def test_a_rebalance_during_the_flush_cancels_its_commit() -> None:
         await agent.flush()
         agent.generation += 1  # the partitions were revoked while the output was being sent
 
-    await run_batched(
-        FakeStream([("a", 0), ("a", 1)]),
-        agent.handle,
-        flush,
-        BatchPolicy(max_events=2, max_delay_s=60),
-        agent.commit,
-        lambda: agent.generation,
-    )
+    await agent.run([("a", 0), ("a", 1)], 2, flush=flush)
     assert [e[0] for e in agent.log] == ["handle", "handle", "flush"]
 
 
