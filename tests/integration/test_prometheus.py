@@ -314,7 +314,16 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             ),
             seed=32,
         )
+        probe = Stack(worker, ingress_url, prometheus_url, settings, 0, 0)
         feed(kafka_bootstrap, settings, older, topics)
+        # a counter series first scraped at its final value has no increase(): the recent
+        # campaign's counts must come after a scrape of the older one's
+        drained_at = time.time()
+        wait_until(
+            lambda: (probe.value('timestamp(up{job="whatsapp-monitor-worker"})') or 0) > drained_at,
+            60,
+            "a scrape of the older campaign's counts",
+        )
         feed(kafka_bootstrap, settings, recent, topics)
         # Through the ingress, as Meta would POST them: a template paused, a user opting out.
         posts = [template_paused("promo_04", now - 60), preference_stop("5511987654321", now - 30)]
