@@ -504,6 +504,11 @@ class SpikeDetector:
         self._dirty, self._dropped = set(), set()
         return changed, dropped
 
+    def touch_all(self) -> None:
+        """Count every hour kept as changed (the next :meth:`take_changes` returns them all)."""
+        for scope, series in self._series.items():
+            self._dirty.update((scope, hour) for hour in series.hours)
+
     def record(self, scope: Scope, hour: int) -> HourRecord | None:
         """One hour of ``scope`` as saved (``None`` when nothing of it is kept)."""
         series = self._series.get(scope)
