@@ -34,8 +34,10 @@ from streams.faust_state import (
     Progress,
     RecordBatcher,
     SharedRocksDB,
+    admit,
     faust_committer,
     faust_producer,
+    faust_seeker,
     run_batched,
 )
 from streams.metrics import MonitorMetrics
@@ -153,7 +155,7 @@ class Monitor:
         self.recipients = RecipientStage(self.recipients_kv)
         self.metrics.watch(self)  # scrape-time gauges from the stages' state
         policy = BatchPolicy()
-        commit = faust_committer(app)
+        commit, seek = faust_committer(app), faust_seeker(app)
         self.generation = 0  # rebalances seen
         m = self.metrics
 
@@ -218,6 +220,7 @@ class Monitor:
                 commit,
                 lambda: self.generation,
                 lambda: self.messages.full,
+                seek=seek,
             )
 
         @app.agent(self.recipients_topic, name="recipients", concurrency=1)
@@ -244,7 +247,9 @@ class Monitor:
                 await self._signal(signals)
                 m.observe_recipients(self.recipients.stats)
 
-            await run_batched(stream, handle, flush, policy, commit, lambda: self.generation)
+            await run_batched(
+                stream, handle, flush, policy, commit, lambda: self.generation, seek=seek
+            )
 
         alert_lock = asyncio.Lock()
         signals_name = self.signals_topic.get_topic_name()
@@ -271,7 +276,7 @@ class Monitor:
                 self.alerting.handle(decode_signals(event.value), event.message.offset)
 
             await run_batched(
-                stream, handle, evaluate_alerts, policy, commit, lambda: self.generation
+                stream, handle, evaluate_alerts, policy, commit, lambda: self.generation, seek=seek
             )
 
         @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
@@ -323,7 +328,7 @@ class Monitor:
                 async for event in stream.noack().events():
                     message = event.message
                     handled_in = self.generation
-                    if not progress.admit(message.tp, message.offset, handled_in):
+                    if not await admit(progress, event, handled_in, seek):
                         continue
                     n = decode_notification(event.value)
                     if slack is None:
