@@ -34,10 +34,8 @@ from streams.faust_state import (
     Progress,
     RecordBatcher,
     SharedRocksDB,
-    admit,
     faust_committer,
     faust_producer,
-    faust_seeker,
     run_batched,
 )
 from streams.metrics import MonitorMetrics
@@ -155,7 +153,7 @@ class Monitor:
         self.recipients = RecipientStage(self.recipients_kv)
         self.metrics.watch(self)  # scrape-time gauges from the stages' state
         policy = BatchPolicy()
-        commit, seek = faust_committer(app), faust_seeker(app)
+        commit = faust_committer(app)
         self.generation = 0  # rebalances seen
         m = self.metrics
 
@@ -220,7 +218,6 @@ class Monitor:
                 commit,
                 lambda: self.generation,
                 lambda: self.messages.full,
-                seek=seek,
             )
 
         @app.agent(self.recipients_topic, name="recipients", concurrency=1)
@@ -247,9 +244,7 @@ class Monitor:
                 await self._signal(signals)
                 m.observe_recipients(self.recipients.stats)
 
-            await run_batched(
-                stream, handle, flush, policy, commit, lambda: self.generation, seek=seek
-            )
+            await run_batched(stream, handle, flush, policy, commit, lambda: self.generation)
 
         alert_lock = asyncio.Lock()
         signals_name = self.signals_topic.get_topic_name()
@@ -276,7 +271,7 @@ class Monitor:
                 self.alerting.handle(decode_signals(event.value), event.message.offset)
 
             await run_batched(
-                stream, handle, evaluate_alerts, policy, commit, lambda: self.generation, seek=seek
+                stream, handle, evaluate_alerts, policy, commit, lambda: self.generation
             )
 
         @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
@@ -328,7 +323,7 @@ class Monitor:
                 async for event in stream.noack().events():
                     message = event.message
                     handled_in = self.generation
-                    if not await admit(progress, event, handled_in, seek):
+                    if not progress.admit(message.tp, message.offset, handled_in):
                         continue
                     n = decode_notification(event.value)
                     if slack is None:

@@ -277,48 +277,27 @@ class Progress:
     """What an agent handled in the current generation (rebalances seen), per partition.
 
     :meth:`admit` drops a record at or before the last one handled from its partition in the
-    same generation (Kafka delivered it again). A record after a gap (Faust's stream drops
-    records while its flow is stopped, and nothing delivers them again) is dropped too, and
-    :attr:`seeks` asks for the partition to be read again from the first missing offset; the
-    records still queued from before that seek are dropped until the missing one comes, or
-    the same gap again (then it is a real one: compaction, transaction markers).
-    :meth:`take` hands over what the next commit may cover: the offset after the last record
-    handled, per partition, of the records handled since the last call in the generation now
-    current.
+    same generation (Kafka delivered it again); :meth:`take` hands over what the next commit
+    may cover: the offset after the last record handled, per partition, of the records
+    handled since the last call in the generation now current.
     """
 
     def __init__(self) -> None:
         self.generation: int | None = None
         self._last: dict[Any, int] = {}  # partition -> last offset handled in the generation
         self._pending: dict[Any, int] = {}  # the same, for records not yet taken
-        self._refill: dict[Any, tuple[int, int]] = {}  # partition -> (missing, after the gap)
-        #: (partition, offset) to read again from, for the caller to seek
-        self.seeks: list[tuple[Any, int]] = []
         #: records admitted since the last :meth:`take` (of any generation)
         self.count = 0
         #: records dropped as delivered again
         self.redelivered = 0
-        #: gaps seen (each answered with a seek)
-        self.gaps = 0
 
     def admit(self, tp: Any, offset: int, generation: int) -> bool:
         if generation != self.generation:
             self.generation = generation
-            self._last, self._pending, self._refill, self.seeks = {}, {}, {}, []
+            self._last, self._pending = {}, {}
         last = self._last.get(tp)
-        refill = self._refill.get(tp)
-        if refill is not None:
-            if offset not in refill:
-                self.redelivered += 1  # queued before the seek
-                return False
-            del self._refill[tp]
-        elif last is not None and offset <= last:
+        if last is not None and offset <= last:
             self.redelivered += 1
-            return False
-        elif last is not None and offset > last + 1:
-            self._refill[tp] = (last + 1, offset)
-            self.seeks.append((tp, last + 1))
-            self.gaps += 1
             return False
         self._last[tp] = self._pending[tp] = offset
         self.count += 1
@@ -330,30 +309,6 @@ class Progress:
         taken = {tp: offset + 1 for tp, offset in self._pending.items()}
         self._pending, self.count = {}, 0
         return self.generation, taken
-
-
-Seek = Callable[[Any, int], Awaitable[object]]
-
-
-async def admit(progress: Progress, event: Any, generation: int, seek: Seek | None) -> bool:
-    """``progress.admit`` for ``event``, then the seeks it asks for."""
-    message = event.message
-    admitted = progress.admit(message.tp, message.offset, generation)
-    while progress.seeks:
-        tp, offset = progress.seeks.pop()
-        log.warning("%s: a record before offset %d was skipped; reading again", tp, offset)
-        if seek is not None:
-            await seek(tp, offset)
-    return admitted
-
-
-def faust_seeker(app: Any) -> Seek:
-    """Seek a partition of Faust's consumer (the records come again from ``offset``)."""
-
-    async def seek(tp: Any, offset: int) -> object:
-        return await app.consumer.seek(tp, offset)
-
-    return seek
 
 
 Commit = Callable[[dict[Any, int]], Awaitable[object]]
@@ -380,7 +335,6 @@ async def run_batched(
     generation: Callable[[], int] = lambda: 0,
     full: Callable[[], bool] = lambda: False,
     progress: Progress | None = None,
-    seek: Seek | None = None,
 ) -> None:
     """Drive ``stream`` (a topic declared with ``acks=False``): ``handle`` each event,
     ``flush`` per batch, then ``commit`` the batch's offsets.
@@ -417,7 +371,8 @@ async def run_batched(
     task = asyncio.ensure_future(ticker())
     try:
         async for event in stream.noack().events():
-            if not await admit(progress, event, generation(), seek):
+            message = event.message
+            if not progress.admit(message.tp, message.offset, generation()):
                 continue
             handle(event)
             if progress.count >= policy.max_events or full():

@@ -133,33 +133,3 @@ def test_progress_forgets_a_generation_and_counts_what_it_drops() -> None:
     assert p.admit("a", 5, 1)  # a new generation reads from the committed offset again
     assert p.take() == (1, {"a": 6})
     assert p.redelivered == 3
-
-
-async def test_a_record_skipped_inside_a_generation_is_read_again_after_a_seek() -> None:
-    """Faust's stream drops records while its flow is stopped; a gap makes run_batched seek
-    back to the first missing offset, drop what was queued before the seek, and handle the
-    missing record and those after it in order."""
-    agent, seeks = Agent(), []
-
-    async def seek(tp: Any, offset: int) -> None:
-        seeks.append((tp, offset))
-
-    items: list[Item] = [("a", 10), ("a", 12), ("a", 13)]  # 11 was skipped; 12, 13 queued
-    items += [("a", 11), ("a", 12), ("a", 13), ("a", 14)]  # read again from 11
-    await agent.run(items, 100, seek=seek)
-    assert seeks == [("a", 11)]
-    assert agent.handled == [("a", 10), ("a", 11), ("a", 12), ("a", 13), ("a", 14)]
-
-
-async def test_a_real_gap_is_accepted_after_one_seek() -> None:
-    """Compaction or transaction markers leave offsets without records: after the seek the
-    record after the gap comes again, and is handled."""
-    agent, seeks = Agent(), []
-
-    async def seek(tp: Any, offset: int) -> None:
-        seeks.append((tp, offset))
-
-    items: list[Item] = [("a", 10), ("a", 12), ("a", 12), ("a", 13)]
-    await agent.run(items, 100, seek=seek)
-    assert seeks == [("a", 11)]
-    assert agent.handled == [("a", 10), ("a", 12), ("a", 13)]
