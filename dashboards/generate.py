@@ -816,7 +816,8 @@ def pipeline_health() -> Panel:
             timeseries(
                 "Duplicates, replays and late statuses",
                 "Meta's duplicate statuses dropped, inputs replayed after a restart (applied "
-                "once), statuses too late for the minute buckets, late attributions.",
+                "once), statuses too late for the minute buckets, late attributions, and "
+                "partitions an agent read again because Faust's stream dropped a record.",
                 "cps",
                 targets(
                     (f"sum(rate({P}duplicate_statuses_total[$__rate_interval]))", "duplicates"),
@@ -828,6 +829,10 @@ def pipeline_health() -> Panel:
                     (
                         f"sum(rate({P}late_attributions_total[$__rate_interval]))",
                         "late attributions",
+                    ),
+                    (
+                        f"sum by (agent) (rate({P}partition_reads_again_total[$__rate_interval]))",
+                        "read again {{agent}}",
                     ),
                 ),
             ),

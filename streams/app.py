@@ -34,8 +34,11 @@ from streams.faust_state import (
     Progress,
     RecordBatcher,
     SharedRocksDB,
+    admit,
+    faust_committed,
     faust_committer,
     faust_producer,
+    faust_seeker,
     run_batched,
 )
 from streams.metrics import MonitorMetrics
@@ -153,9 +156,12 @@ class Monitor:
         self.recipients = RecipientStage(self.recipients_kv)
         self.metrics.watch(self)  # scrape-time gauges from the stages' state
         policy = BatchPolicy()
-        commit = faust_committer(app)
+        commit, seek, committed = faust_committer(app), faust_seeker(app), faust_committed(app)
         self.generation = 0  # rebalances seen
         m = self.metrics
+
+        def progress_of(agent: str) -> Progress:
+            return Progress(on_gap=m.reads_again.labels(agent=agent).inc, committed=committed)
 
         @app.task  # type: ignore[untyped-decorator]
         async def ingest() -> None:
@@ -218,6 +224,8 @@ class Monitor:
                 commit,
                 lambda: self.generation,
                 lambda: self.messages.full,
+                progress=progress_of("messages"),
+                seek=seek,
             )
 
         @app.agent(self.recipients_topic, name="recipients", concurrency=1)
@@ -244,7 +252,16 @@ class Monitor:
                 await self._signal(signals)
                 m.observe_recipients(self.recipients.stats)
 
-            await run_batched(stream, handle, flush, policy, commit, lambda: self.generation)
+            await run_batched(
+                stream,
+                handle,
+                flush,
+                policy,
+                commit,
+                lambda: self.generation,
+                progress=progress_of("recipients"),
+                seek=seek,
+            )
 
         alert_lock = asyncio.Lock()
         signals_name = self.signals_topic.get_topic_name()
@@ -271,7 +288,14 @@ class Monitor:
                 self.alerting.handle(decode_signals(event.value), event.message.offset)
 
             await run_batched(
-                stream, handle, evaluate_alerts, policy, commit, lambda: self.generation
+                stream,
+                handle,
+                evaluate_alerts,
+                policy,
+                commit,
+                lambda: self.generation,
+                progress=progress_of("alerting"),
+                seek=seek,
             )
 
         @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
@@ -296,7 +320,7 @@ class Monitor:
                 await slack.start()
             # (message, generation it was handled in, delivery)
             waiting: list[tuple[Any, int, asyncio.Future[Any] | None]] = []
-            progress = Progress()
+            progress = progress_of("notifier")
 
             async def commit_in_order() -> None:
                 stalled = -1  # a generation whose commits stopped at an abandoned delivery
@@ -323,7 +347,7 @@ class Monitor:
                 async for event in stream.noack().events():
                     message = event.message
                     handled_in = self.generation
-                    if not progress.admit(message.tp, message.offset, handled_in):
+                    if not await admit(progress, event, handled_in, seek):
                         continue
                     n = decode_notification(event.value)
                     if slack is None:

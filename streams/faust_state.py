@@ -277,28 +277,71 @@ class Progress:
     """What an agent handled in the current generation (rebalances seen), per partition.
 
     :meth:`admit` drops a record at or before the last one handled from its partition in the
-    same generation (Kafka delivered it again); :meth:`take` hands over what the next commit
-    may cover: the offset after the last record handled, per partition, of the records
-    handled since the last call in the generation now current.
+    same generation (Kafka delivered it again). A record after a gap (Faust's stream drops
+    records while its flow is stopped, and nothing delivers them again) is dropped too: after
+    the last one handled, or, for the first record of a generation, after ``committed(tp)``
+    (where Faust sought the partition to after the rebalance). Then
+    :attr:`seeks` asks for the partition to be read again from the first missing offset; the
+    records still queued from before that seek are dropped until the missing one comes, or
+    the same gap again (then it is a real one: compaction, transaction markers). Should
+    neither come within ``reseek_after`` dropped records (the seek was lost), the seek is
+    asked for again.
+    :meth:`take` hands over what the next commit may cover: the offset after the last record
+    handled, per partition, of the records handled since the last call in the generation now
+    current.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        reseek_after: int = 100_000,
+        on_gap: Callable[[], object] = lambda: None,
+        committed: Callable[[Any], int | None] = lambda tp: None,
+    ) -> None:
         self.generation: int | None = None
+        self.reseek_after = reseek_after
+        self.on_gap = on_gap
+        self.committed = committed
         self._last: dict[Any, int] = {}  # partition -> last offset handled in the generation
         self._pending: dict[Any, int] = {}  # the same, for records not yet taken
+        # partition -> [missing, first offset after the gap, records dropped since the seek]
+        self._refill: dict[Any, list[int]] = {}
+        #: (partition, offset) to read again from, for the caller to seek
+        self.seeks: list[tuple[Any, int]] = []
         #: records admitted since the last :meth:`take` (of any generation)
         self.count = 0
         #: records dropped as delivered again
         self.redelivered = 0
+        #: gaps seen (each answered with a seek)
+        self.gaps = 0
 
     def admit(self, tp: Any, offset: int, generation: int) -> bool:
         if generation != self.generation:
             self.generation = generation
-            self._last, self._pending = {}, {}
+            self._last, self._pending, self._refill, self.seeks = {}, {}, {}, []
         last = self._last.get(tp)
-        if last is not None and offset <= last:
+        refill = self._refill.get(tp)
+        if refill is not None:
+            missing, after, dropped = refill
+            if offset != missing and offset != after:
+                self.redelivered += 1  # queued before the seek
+                refill[2] = dropped + 1
+                if refill[2] >= self.reseek_after:
+                    refill[2] = 0
+                    self.seeks.append((tp, missing))
+                return False
+            del self._refill[tp]
+        elif last is not None and offset <= last:
             self.redelivered += 1
             return False
+        else:
+            # the first record of the generation comes from the committed offset
+            expected = self.committed(tp) if last is None else last + 1
+            if expected is not None and offset > expected:
+                self._refill[tp] = [expected, offset, 0]
+                self.seeks.append((tp, expected))
+                self.gaps += 1
+                self.on_gap()
+                return False
         self._last[tp] = self._pending[tp] = offset
         self.count += 1
         return True
@@ -309,6 +352,47 @@ class Progress:
         taken = {tp: offset + 1 for tp, offset in self._pending.items()}
         self._pending, self.count = {}, 0
         return self.generation, taken
+
+
+Seek = Callable[[Any, int], Awaitable[object]]
+
+
+async def admit(progress: Progress, event: Any, generation: int, seek: Seek | None) -> bool:
+    """``progress.admit`` for ``event``, then the seeks it asks for."""
+    message = event.message
+    admitted = progress.admit(message.tp, message.offset, generation)
+    while progress.seeks:
+        tp, offset = progress.seeks.pop()
+        log.warning("%s: a record before offset %d was skipped; reading again", tp, offset)
+        if seek is not None:
+            await seek(tp, offset)
+    return admitted
+
+
+def faust_seeker(app: Any) -> Seek:
+    """Seek a partition of Faust's consumer (the records come again from ``offset``). A
+    partition a rebalance took away meanwhile is left alone: its next owner reads it from the
+    committed offset."""
+
+    async def seek(tp: Any, offset: int) -> object:
+        try:
+            return await app.consumer.seek(tp, offset)
+        except Exception as exc:  # IllegalStateError: no longer assigned
+            log.warning("%s: could not seek to %d (%r)", tp, offset, exc)
+            return None
+
+    return seek
+
+
+def faust_committed(app: Any) -> Callable[[Any], int | None]:
+    """The committed offset Faust knows for a partition (read at the rebalance, then updated
+    by each commit), or None."""
+
+    def committed(tp: Any) -> int | None:
+        offset: int | None = app.consumer._committed_offset.get(tp)
+        return offset
+
+    return committed
 
 
 Commit = Callable[[dict[Any, int]], Awaitable[object]]
@@ -335,6 +419,7 @@ async def run_batched(
     generation: Callable[[], int] = lambda: 0,
     full: Callable[[], bool] = lambda: False,
     progress: Progress | None = None,
+    seek: Seek | None = None,
 ) -> None:
     """Drive ``stream`` (a topic declared with ``acks=False``): ``handle`` each event,
     ``flush`` per batch, then ``commit`` the batch's offsets.
@@ -371,8 +456,7 @@ async def run_batched(
     task = asyncio.ensure_future(ticker())
     try:
         async for event in stream.noack().events():
-            message = event.message
-            if not progress.admit(message.tp, message.offset, generation()):
+            if not await admit(progress, event, generation(), seek):
                 continue
             handle(event)
             if progress.count >= policy.max_events or full():

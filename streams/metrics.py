@@ -148,6 +148,10 @@ class CappedLabel:
         return len(self._admitted)
 
 
+#: the worker's Faust agents (labels of the per-agent metrics)
+AGENTS = ("messages", "recipients", "alerting", "notifier")
+
+
 @dataclass(frozen=True, slots=True)
 class StateSnapshot:
     """What the scrape-time gauges show, read from the stages (see :func:`monitor_state`)."""
@@ -263,6 +267,15 @@ class MonitorMetrics:
             ["stage"],
             registry=r,
         )
+        self.reads_again = Counter(
+            f"{PREFIX}_partition_reads_again",
+            "Times an agent found a record missing inside a rebalance generation (Faust's "
+            "stream dropped it) and read its partition again from the missing offset",
+            ["agent"],
+            registry=r,
+        )
+        for agent in AGENTS:
+            self.reads_again.labels(agent=agent)
         self.late_events = Counter(
             f"{PREFIX}_late_statuses",
             "Statuses older than the allowed lateness: counted per message, not in minute buckets",

@@ -459,6 +459,7 @@ def test_exposition_names_follow_prometheus_conventions() -> None:
         "version",
         "topic",
         "stage",
+        "agent",
         "kind",
         "status",
         "rule",

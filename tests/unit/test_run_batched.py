@@ -133,3 +133,98 @@ def test_progress_forgets_a_generation_and_counts_what_it_drops() -> None:
     assert p.admit("a", 5, 1)  # a new generation reads from the committed offset again
     assert p.take() == (1, {"a": 6})
     assert p.redelivered == 3
+
+
+async def test_a_record_skipped_inside_a_generation_is_read_again_after_a_seek() -> None:
+    """Faust's stream drops records while its flow is stopped; a gap makes run_batched seek
+    back to the first missing offset, drop what was queued before the seek, and handle the
+    missing record and those after it in order."""
+    agent, seeks = Agent(), []
+
+    async def seek(tp: Any, offset: int) -> None:
+        seeks.append((tp, offset))
+
+    items: list[Item] = [("a", 10), ("a", 12), ("a", 13)]  # 11 was skipped; 12, 13 queued
+    items += [("a", 11), ("a", 12), ("a", 13), ("a", 14)]  # read again from 11
+    gaps: list[int] = []
+    progress = Progress(on_gap=lambda: gaps.append(1))
+    await agent.run(items, 100, seek=seek, progress=progress)
+    assert seeks == [("a", 11)]
+    assert progress.gaps == len(gaps) == 1
+    assert agent.handled == [("a", 10), ("a", 11), ("a", 12), ("a", 13), ("a", 14)]
+
+
+async def test_a_real_gap_is_accepted_after_one_seek() -> None:
+    """Compaction or transaction markers leave offsets without records: after the seek the
+    record after the gap comes again, and is handled."""
+    agent, seeks = Agent(), []
+
+    async def seek(tp: Any, offset: int) -> None:
+        seeks.append((tp, offset))
+
+    items: list[Item] = [("a", 10), ("a", 12), ("a", 12), ("a", 13)]
+    await agent.run(items, 100, seek=seek)
+    assert seeks == [("a", 11)]
+    assert agent.handled == [("a", 10), ("a", 12), ("a", 13)]
+
+
+async def test_a_seek_that_brings_nothing_back_is_asked_for_again() -> None:
+    """A seek lost on the way (the records keep coming from after the gap) is repeated after
+    ``reseek_after`` dropped records, and the missing record is handled when it comes."""
+    agent, seeks = Agent(), []
+
+    async def seek(tp: Any, offset: int) -> None:
+        seeks.append((tp, offset))
+
+    items: list[Item] = [("a", 10), ("a", 12), *(("a", o) for o in range(13, 20))]
+    items += [("a", 11), ("a", 12)]
+    await agent.run(items, 100, seek=seek, progress=Progress(reseek_after=3))
+    assert seeks == [("a", 11), ("a", 11), ("a", 11)]  # after 13-15 and after 16-18 dropped
+    assert agent.handled == [("a", 10), ("a", 11), ("a", 12)]
+
+
+async def test_a_gap_commits_nothing_past_it_before_the_missing_record_is_handled() -> None:
+    agent = Agent()
+
+    async def seek(tp: Any, offset: int) -> None:
+        pass
+
+    await agent.run([("a", 0), ("a", 1), ("a", 3), ("a", 4), ("a", 2), ("a", 3)], 2, seek=seek)
+    commits = [e[1] for e in agent.log if e[0] == "commit"]
+    assert commits == [{"a": 2}, {"a": 4}]
+
+
+def test_the_faust_seeker_leaves_a_partition_it_no_longer_has() -> None:
+    """aiokafka refuses to seek a partition no longer assigned; the agent goes on."""
+    from streams.faust_state import faust_seeker
+
+    class Consumer:
+        async def seek(self, tp: Any, offset: int) -> None:
+            raise RuntimeError("IllegalStateError: No current assignment for partition")
+
+    seek = faust_seeker(SimpleNamespace(consumer=Consumer()))
+    assert asyncio.run(seek("a", 3)) is None
+
+
+def test_the_first_record_of_a_generation_after_the_committed_offset_is_a_gap() -> None:
+    """Faust seeks to the committed offset after a rebalance; a first record past it means
+    the stream dropped the records in between."""
+    committed = {"a": 20, "b": 7}
+    p = Progress(committed=committed.get)
+    assert not p.admit("a", 22, 0)  # 20 and 21 dropped by the stream
+    assert p.seeks == [("a", 20)]
+    assert p.admit("b", 7, 0)  # from the committed offset: fine
+    assert p.admit("c", 3, 0)  # nothing committed yet: nothing to compare with
+    assert not p.admit("a", 23, 0)  # queued before the seek
+    assert p.admit("a", 20, 0) and p.admit("a", 21, 0) and p.admit("a", 22, 0)
+    assert p.take() == (0, {"a": 23, "b": 8, "c": 4})
+    assert p.gaps == 1
+
+
+def test_a_first_record_before_the_committed_offset_is_handled() -> None:
+    """Records fetched before Faust's seek to the committed offset come first (then again);
+    stages apply a replay once, so they are handled, not taken for a gap."""
+    p = Progress(committed={"a": 20}.get)
+    assert p.admit("a", 18, 0) and p.admit("a", 19, 0) and p.admit("a", 20, 0)
+    assert not p.admit("a", 18, 0)
+    assert p.seeks == [] and p.gaps == 0
