@@ -30,11 +30,13 @@ from streams.core.signals import SignalBatch, decode_signals, encode_signals
 from streams.faust_state import (
     BatchedTableKV,
     BatchPolicy,
+    ClearWatch,
     FaustTableKV,
     Progress,
     RecordBatcher,
     SharedRocksDB,
     admit,
+    apply_seeks,
     faust_committed,
     faust_committer,
     faust_producer,
@@ -160,8 +162,28 @@ class Monitor:
         self.generation = 0  # rebalances seen
         m = self.metrics
 
-        def progress_of(agent: str) -> Progress:
-            return Progress(on_gap=m.reads_again.labels(agent=agent).inc, committed=committed)
+        progresses: list[tuple[Progress, frozenset[str]]] = []
+        seeking: set[asyncio.Future[None]] = set()
+
+        def progress_of(agent: str, topic: Any) -> Progress:
+            progress = Progress(on_gap=m.reads_again.labels(agent=agent).inc, committed=committed)
+            progresses.append((progress, frozenset(topic.topics)))
+            return progress
+
+        def on_queues_cleared() -> None:
+            """Faust dropped the records queued for the agents: read them again."""
+            try:
+                assigned = app.consumer.assignment()
+            except Exception:  # not started, or stopping
+                return
+            for progress, topics in progresses:
+                progress.resync(self.generation, [tp for tp in assigned if tp.topic in topics])
+                if progress.seeks:
+                    future = asyncio.ensure_future(apply_seeks(progress, seek, logging.INFO))
+                    seeking.add(future)
+                    future.add_done_callback(seeking.discard)
+
+        self._clear_watch = ClearWatch(app.flow_control, on_queues_cleared)
 
         @app.task  # type: ignore[untyped-decorator]
         async def ingest() -> None:
@@ -224,7 +246,7 @@ class Monitor:
                 commit,
                 lambda: self.generation,
                 lambda: self.messages.full,
-                progress=progress_of("messages"),
+                progress=progress_of("messages", stage2_input),
                 seek=seek,
             )
 
@@ -259,7 +281,7 @@ class Monitor:
                 policy,
                 commit,
                 lambda: self.generation,
-                progress=progress_of("recipients"),
+                progress=progress_of("recipients", self.recipients_topic),
                 seek=seek,
             )
 
@@ -294,7 +316,7 @@ class Monitor:
                 policy,
                 commit,
                 lambda: self.generation,
-                progress=progress_of("alerting"),
+                progress=progress_of("alerting", self.signals_topic),
                 seek=seek,
             )
 
@@ -320,7 +342,7 @@ class Monitor:
                 await slack.start()
             # (message, generation it was handled in, delivery)
             waiting: list[tuple[Any, int, asyncio.Future[Any] | None]] = []
-            progress = progress_of("notifier")
+            progress = progress_of("notifier", self.alerts_topic)
 
             async def commit_in_order() -> None:
                 stalled = -1  # a generation whose commits stopped at an abandoned delivery

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from faust.streams import _current_event
@@ -346,6 +346,21 @@ class Progress:
         self.count += 1
         return True
 
+    def resync(self, generation: int, partitions: Iterable[Any]) -> None:
+        """The records queued for the agent were dropped (see :class:`ClearWatch`): ask for
+        each of ``partitions`` to be read again from the record it needs next (after the last
+        one handled in ``generation``, or from its committed offset), and drop what comes
+        until that record does."""
+        if generation != self.generation:
+            self.generation = generation
+            self._last, self._pending, self._refill, self.seeks = {}, {}, {}, []
+        for tp in partitions:
+            last = self._last.get(tp)
+            offset = self.committed(tp) if last is None else last + 1
+            if offset is not None:
+                self._refill[tp] = [offset, -1, 0]
+                self.seeks.append((tp, offset))
+
     def take(self) -> tuple[int | None, dict[Any, int]]:
         """(generation, partition -> offset to commit) for the records admitted since the last
         call, and start counting anew."""
@@ -361,12 +376,38 @@ async def admit(progress: Progress, event: Any, generation: int, seek: Seek | No
     """``progress.admit`` for ``event``, then the seeks it asks for."""
     message = event.message
     admitted = progress.admit(message.tp, message.offset, generation)
+    if progress.seeks:
+        await apply_seeks(progress, seek)
+    return admitted
+
+
+async def apply_seeks(progress: Progress, seek: Seek | None, level: int = logging.WARNING) -> None:
+    """Seek the partitions ``progress`` asks to read again."""
     while progress.seeks:
         tp, offset = progress.seeks.pop()
-        log.warning("%s: a record before offset %d was skipped; reading again", tp, offset)
+        log.log(level, "%s: reading again from offset %d (records were dropped)", tp, offset)
         if seek is not None:
             await seek(tp, offset)
-    return admitted
+
+
+class ClearWatch:
+    """Told when Faust clears its stream queues while flow is on.
+
+    Faust's ``flow_control.resume()`` clears every queue it manages, and recovery calls it
+    twice per rebalance: the second time after the streams were sought to their committed
+    offsets and may have fetched records already. Those records are gone; nothing fetches
+    them again. Registered with the flow control as if it were one more queue, this calls
+    ``on_clear`` then (a clear while flow is off belongs to a revocation: Faust seeks to the
+    committed offsets after it)."""
+
+    def __init__(self, flow_control: Any, on_clear: Callable[[], object]) -> None:
+        self.flow_control = flow_control
+        self.on_clear = on_clear
+        flow_control.manage_queue(self)
+
+    def clear(self) -> None:
+        if self.flow_control.is_active():
+            self.on_clear()
 
 
 def faust_seeker(app: Any) -> Seek:

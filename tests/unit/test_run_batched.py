@@ -228,3 +228,40 @@ def test_a_first_record_before_the_committed_offset_is_handled() -> None:
     assert p.admit("a", 18, 0) and p.admit("a", 19, 0) and p.admit("a", 20, 0)
     assert not p.admit("a", 18, 0)
     assert p.seeks == [] and p.gaps == 0
+
+
+def test_a_resync_reads_every_partition_again_from_the_record_it_needs_next() -> None:
+    """After Faust cleared the queues: partitions handled in the generation come again after
+    their last record, the others from their committed offset; what was fetched before the
+    seek is dropped until that record comes."""
+    p = Progress(committed={"a": 3, "b": 40}.get)
+    assert p.admit("a", 3, 0) and p.admit("a", 4, 0)
+    p.resync(0, ["a", "b", "c"])  # "c" has no committed offset: left alone
+    assert sorted(p.seeks) == [("a", 5), ("b", 40)]
+    assert not p.admit("a", 7, 0) and not p.admit("b", 41, 0)  # fetched before the seeks
+    assert p.admit("a", 5, 0) and p.admit("b", 40, 0) and p.admit("c", 9, 0)
+    assert p.take() == (0, {"a": 6, "b": 41, "c": 10})
+    p.resync(1, ["a"])  # a new generation: from the committed offset again
+    assert p.seeks[-1] == ("a", 3)
+
+
+def test_the_clear_watch_reports_clears_while_flow_is_on_only() -> None:
+    """Faust's flow control clears the queues it manages on suspend-and-clear (a revocation,
+    followed by Faust's own seek) and on every resume (records already fetched are lost)."""
+    from mode.utils.queues import FlowControlEvent
+
+    from streams.faust_state import ClearWatch
+
+    flow = FlowControlEvent()  # suspended, as Faust's is until the first assignment
+    cleared: list[bool] = []
+    watch = ClearWatch(flow, lambda: cleared.append(True))
+    flow.clear()
+    assert cleared == []
+    flow.resume()
+    assert cleared == [True]
+    flow.suspend()
+    flow.clear()
+    assert cleared == [True]
+    flow.resume()
+    assert cleared == [True, True]
+    del watch
