@@ -179,7 +179,7 @@ class Monitor:
             for progress, topics in progresses:
                 progress.resync(self.generation, [tp for tp in assigned if tp.topic in topics])
                 if progress.seeks:
-                    future = asyncio.ensure_future(apply_seeks(progress, seek, logging.INFO))
+                    future = asyncio.ensure_future(apply_seeks(progress, seek, logging.DEBUG))
                     seeking.add(future)
                     future.add_done_callback(seeking.discard)
 
