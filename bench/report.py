@@ -193,7 +193,9 @@ NOTES = {
         "is that second) until the FIRING message reached a local server answering like Slack."
     ),
     "steady": (
-        "Paced live traffic for N minutes; worker RSS sampled every few seconds; growth is "
+        "Paced live traffic for N minutes; worker RSS and its RocksDB memory (the "
+        "rocksdb_memory_bytes gauge: the shared block cache with the memtables charged to it, "
+        "which fills up to its budget as the state grows) sampled every few seconds; growth is "
         "max/min of the samples in the last half of the run."
     ),
     "scaling": (
