@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -185,6 +186,27 @@ class Monitor:
 
         self._clear_watch = ClearWatch(app.flow_control, on_queues_cleared)
 
+        async def drive(
+            stream: Any,
+            agent: str,
+            topic: Any,
+            handle: Callable[[Any], None],
+            flush: Callable[[], Awaitable[None]],
+            full: Callable[[], bool] = lambda: False,
+        ) -> None:
+            """An agent's loop (see run_batched): this worker's commits, seeks and rebalances."""
+            await run_batched(
+                stream,
+                handle,
+                flush,
+                policy,
+                commit,
+                lambda: self.generation,
+                full,
+                progress=progress_of(agent, topic),
+                seek=seek,
+            )
+
         @app.task  # type: ignore[untyped-decorator]
         async def ingest() -> None:
             """Stage 1 on a plain consumer (see streams.raw_consumer): no per-record events."""
@@ -238,17 +260,7 @@ class Monitor:
                 bad_send_log.clear()
                 m.observe_messages(self.messages.stats)
 
-            await run_batched(
-                stream,
-                handle,
-                flush,
-                policy,
-                commit,
-                lambda: self.generation,
-                lambda: self.messages.full,
-                progress=progress_of("messages", stage2_input),
-                seek=seek,
-            )
+            await drive(stream, "messages", stage2_input, handle, flush, lambda: self.messages.full)
 
         @app.agent(self.recipients_topic, name="recipients", concurrency=1)
         async def recipients(stream: Any) -> None:
@@ -274,16 +286,7 @@ class Monitor:
                 await self._signal(signals)
                 m.observe_recipients(self.recipients.stats)
 
-            await run_batched(
-                stream,
-                handle,
-                flush,
-                policy,
-                commit,
-                lambda: self.generation,
-                progress=progress_of("recipients", self.recipients_topic),
-                seek=seek,
-            )
+            await drive(stream, "recipients", self.recipients_topic, handle, flush)
 
         alert_lock = asyncio.Lock()
         signals_name = self.signals_topic.get_topic_name()
@@ -309,16 +312,7 @@ class Monitor:
                 self.alerting_kv.events[0] = event
                 self.alerting.handle(decode_signals(event.value), event.message.offset)
 
-            await run_batched(
-                stream,
-                handle,
-                evaluate_alerts,
-                policy,
-                commit,
-                lambda: self.generation,
-                progress=progress_of("alerting", self.signals_topic),
-                seek=seek,
-            )
+            await drive(stream, "alerting", self.signals_topic, handle, evaluate_alerts)
 
         @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
         async def evaluate_when_quiet() -> None:
