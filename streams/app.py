@@ -219,6 +219,7 @@ class Monitor:
                 self.ingest.handle,
                 self._flush_ingest,
                 session_timeout_s=settings.session_timeout_s,
+                policy=policy,
                 on_records=counter.inc,
                 full=lambda: self.ingest.full,
             )

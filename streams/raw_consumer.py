@@ -3,9 +3,13 @@
 Faust hands every record to an agent as its own event through a chain of queues and tasks
 (~35 us of CPU per record, the largest single cost when most webhooks carry one status). Stage 1
 keeps no state, so it does not need a Faust table or Faust's partition assignor: this loop reads
-up to ``max_records`` records at a time (``getmany``), gives each to ``handle``, awaits
-``flush`` (which sends the stage's output and returns once Kafka acknowledged it; also whenever
-``full()`` says the output grew large) and only then commits the batch's offsets. That is
+up to ``max_records`` records at a time (``getmany``) and gives each to ``handle``. A batch
+spans polls, as the other stages' do (:class:`~streams.faust_state.BatchPolicy`): once
+``policy.max_events`` records were handled, or ``policy.max_delay_s`` after the first of them,
+it awaits ``flush`` (which sends the stage's output and returns once Kafka acknowledged it; also
+whenever ``full()`` says the output grew large) and only then commits the batch's offsets. Live
+traffic arrives a few records per poll: flushing and committing every poll cost more CPU than
+the records themselves, and filled the messages topic with tiny records. That is
 at-least-once: records read again after a crash or a rebalance become facts with the same input
 positions, which stages 2 and 3 apply once.
 
@@ -17,10 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from streams.faust_state import BatchPolicy
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +46,13 @@ async def consume_raw(
     *,
     session_timeout_s: float = 30.0,
     max_records: int = 10_000,
+    policy: BatchPolicy | None = None,
+    clock: Callable[[], float] = time.monotonic,
     on_records: Callable[[int], None] = lambda n: None,
     full: Callable[[], bool] = lambda: False,
 ) -> None:
     """Consume ``topic`` until cancelled (see the module docstring)."""
+    policy = policy if policy is not None else BatchPolicy()
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -55,12 +65,15 @@ async def consume_raw(
         fetch_max_bytes=32 * 1024 * 1024,
     )
     await consumer.start()
+    offsets: dict[object, int] = {}  # the batch's partitions -> offset to commit
+    handled = 0
+    started = 0.0  # clock() when the batch's first record was handled
     try:
         while True:
-            batches = await consumer.getmany(timeout_ms=250, max_records=max_records)
-            if not batches:
-                continue
-            offsets = {}
+            wait = policy.max_delay_s - (clock() - started) if offsets else policy.max_delay_s
+            batches = await consumer.getmany(
+                timeout_ms=max(0, int(wait * 1000)), max_records=max_records
+            )
             count = 0
             for tp, records in batches.items():
                 for r in records:
@@ -69,10 +82,19 @@ async def consume_raw(
                         await flush()
                 offsets[tp] = records[-1].offset + 1
                 count += len(records)
-            on_records(count)
+            if count:
+                on_records(count)
+                if not handled:
+                    started = clock()
+                handled += count
+            if not offsets or (
+                handled < policy.max_events and clock() - started < policy.max_delay_s
+            ):
+                continue
             await flush()
+            committing, offsets, handled = offsets, {}, 0
             try:
-                await consumer.commit(offsets)
+                await consumer.commit(committing)
             except (CommitFailedError, IllegalStateError) as exc:
                 # a rebalance took some of these partitions: their new owner reads the records
                 # again from the last commit (their output is already sent; replays apply once)
