@@ -94,24 +94,27 @@ class Api:
     def watermark(self) -> int:
         best = 0
         for p in self.local_partitions(self.messages_topic):
-            raw = self.m.messages_kv.read(meta_key(p))
+            raw = self.m.messages_kv.read(meta_key(p), p)
             if raw is not None:
                 best = max(best, decode(raw, PartitionMeta).watermark)
         return best
 
     # -- aggregates -----------------------------------------------------------------------------
     def local_counts(self, dim: str, key: str, at: int) -> dict[str, dict[str, int]]:
+        """Every window's counts from one read of the longest window's minute buckets (one
+        multi-get per local partition)."""
         end = at // 60
-        out: dict[str, dict[str, int]] = {}
-        partitions = self.local_partitions(self.messages_topic)
-        for label, minutes in WINDOWS.items():
-            buckets: list[Bucket | None] = []
-            for p in partitions:
-                for minute in range(end - minutes + 1, end + 1):
-                    raw = self.m.messages_kv.read(BucketId(dim, key, p, minute).encode().encode())
-                    buckets.append(None if raw is None else decode(raw, Bucket))
-            out[label] = sum_counts(buckets)
-        return out
+        minutes = range(end - max(WINDOWS.values()) + 1, end + 1)
+        found: list[tuple[int, Bucket]] = []  # (minute, bucket) of every partition
+        for p in self.local_partitions(self.messages_topic):
+            keys = [BucketId(dim, key, p, minute).encode().encode() for minute in minutes]
+            for minute, raw in zip(minutes, self.m.messages_kv.read_many(p, keys), strict=True):
+                if raw is not None:
+                    found.append((minute, decode(raw, Bucket)))
+        return {
+            label: sum_counts(b for minute, b in found if minute > end - n)
+            for label, n in WINDOWS.items()
+        }
 
     def local_template_state(self, name: str) -> dict[str, Any] | None:
         raw = self.m.messages_kv.read(template_key(name))
@@ -189,8 +192,8 @@ class Api:
         partition = partition_for(rid, self.n)
         if partition not in self.local_partitions(self.recipients_topic):
             return await self._forward(rid, request)
-        raw = self.m.recipients_kv.read(recipient_key(rid))
-        meta_raw = self.m.recipients_kv.read(recipient_meta_key(partition))
+        raw = self.m.recipients_kv.read(recipient_key(rid), partition)
+        meta_raw = self.m.recipients_kv.read(recipient_meta_key(partition), partition)
         now = decode(meta_raw, RecipientMeta).watermark if meta_raw else int(time.time())
         if "at" in request.query:
             now = int(request.query["at"])
@@ -210,7 +213,7 @@ class Api:
 
         def now(partition: int) -> int:
             if partition not in seen:
-                meta_raw = self.m.recipients_kv.read(recipient_meta_key(partition))
+                meta_raw = self.m.recipients_kv.read(recipient_meta_key(partition), partition)
                 watermark = decode(meta_raw, RecipientMeta).watermark if meta_raw else 0
                 seen[partition] = max(watermark, wall)
             return seen[partition]
@@ -220,8 +223,9 @@ class Api:
     def local_advice(self, given: str, now: Callable[[int], int], at: int | None = None) -> Any:
         """Advice for ``given`` as of ``at`` (default ``now(partition)``), as JSON builtins."""
         rid = normalize_recipient(given)
-        raw = self.m.recipients_kv.read(recipient_key(rid))
-        when = now(partition_for(rid, self.n)) if at is None else at
+        partition = partition_for(rid, self.n)
+        raw = self.m.recipients_kv.read(recipient_key(rid), partition)
+        when = now(partition) if at is None else at
         state = None if raw is None else decode(raw, RecipientState)
         advice = advise(state, given, when, is_us=is_us_recipient(rid), policy=self.m.advice_policy)
         return msgspec.to_builtins(advice)

@@ -169,10 +169,23 @@ class BatchedTableKV:
     def delete(self, partition: int, key: bytes) -> None:
         self._pending.setdefault(partition, {})[key] = None
 
-    def read(self, key: bytes) -> bytes | None:
-        """Read outside stream processing (web views): any local partition."""
+    def read(self, key: bytes, partition: int | None = None) -> bytes | None:
+        """Read outside stream processing (web views), as last flushed: from any local
+        partition, or only from ``partition`` when the caller knows the key's."""
+        if partition is not None:
+            return self.read_many(partition, [key])[0]
         value: bytes | None = self.table.get(key)
         return value
+
+    def read_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        """:meth:`read` of several keys of one partition: one RocksDB multi-get (Faust's own
+        ``table.get`` asks every local database whether it may hold a key, key by key)."""
+        dbs = getattr(self.table.data, "_dbs", None)
+        db = dbs.get(partition) if dbs is not None else None
+        if db is None:  # the memory store, or a partition whose database is not open here
+            return [self.table.get(key) for key in keys]
+        values: list[bytes | None] = db.get(keys)
+        return values
 
     def discard(self, partition: int) -> None:
         self._pending.pop(partition, None)
