@@ -23,6 +23,9 @@ def fmt_value(value: Any, unit: str = "") -> str:
         text = "yes" if value else "no"
     elif isinstance(value, int):
         text = f"{value:,}"
+    elif isinstance(value, float) and unit == "x" and abs(value) < 100:
+        # a ratio near its target must not round onto it: 1.1004x, not 1.1x
+        text = f"{value:.4f}".rstrip("0").rstrip(".")
     elif isinstance(value, float):
         if value == int(value) and abs(value) >= 1000:
             text = f"{int(value):,}"

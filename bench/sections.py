@@ -97,7 +97,7 @@ def row(
     vs: float | None = None
     if op is not None and limit is not None and value is not None:
         ok = value <= limit if op == "<=" else value >= limit
-        vs = round(value / limit, 3) if limit else None
+        vs = round(value / limit, 4) if limit else None
     target = target_text if target_text is not None else format_target(op, limit, unit)
     return {
         "name": name,
@@ -831,6 +831,8 @@ def steady(b: Bench) -> dict[str, Any]:
         "rows": [
             row("offered load", round(rate), "events/s"),
             row("achieved load", details["achieved_rate"], "events/s"),
+            row("consumer lag when the load stopped", details["lag_at_end"], "records"),
+            row("caught up after the load stopped", details["seconds_to_drain_after_stop"], "s"),
             row("RSS at the end", details["rss_end_mb"], "MiB"),
             row("RSS max/min over the last half", g, "x", op="<=", limit=1.10),
             row("RocksDB memory, last half: min", min(half, default=None), "MiB"),
@@ -881,13 +883,24 @@ async def _steady_run(
     await producer.stop()
     from harness import LagProbe
 
+    # a snapshot of the lag when the load stops says little (every stage commits in batches):
+    # how long the worker takes to catch up tells a backlog from records in flight
     probe = await LagProbe(b.bootstrap, settings.app_id, group_topics(settings)).start()
-    lag = await probe.lag()
+    lags = await probe.lags()
+    stopped = time.monotonic()
+    drained: float | None = None
+    while time.monotonic() - stopped < 120:
+        if await probe.lag() == 0:
+            drained = round(time.monotonic() - stopped, 1)
+            break
+        await asyncio.sleep(0.5)
     await probe.stop()
     return {
         "achieved_rate": round(paced.sent_statuses / paced.seconds) if paced.seconds else None,
         "worker_cpu_cores_used": round(cpu / elapsed, 2),
-        "lag_at_end": lag,
+        "lag_at_end": None if lags is None else sum(lags.values()),
+        "lag_at_end_by_topic": lags,
+        "seconds_to_drain_after_stop": drained,
         "rss_samples_mb": samples,
         "rocksdb_samples_mb": rocksdb,
         "rss_start_mb": samples[0][1] if samples else None,

@@ -127,7 +127,7 @@ def test_summary_table_has_every_row_and_mark() -> None:
     text = report.render_summary(results_fixture())
     assert "abc1234 (dirty" in text
     assert (
-        "| memory | RSS per tracked recipient | 412 B | <= 300 B | FAIL (1.374 of target) |" in text
+        "| memory | RSS per tracked recipient | 412 B | <= 300 B | FAIL (1.3733 of target) |" in text
     )
     assert "| latency | webhook -> /metrics p99 | 0.8 s | <= 2 s | PASS (0.4 of target) |" in text
     assert "a \\| pipe" in text
@@ -152,6 +152,9 @@ def test_benchmarks_md_has_machine_commit_and_a_table_per_section() -> None:
 def test_fmt_value() -> None:
     assert report.fmt_value(1234567, "events/s") == "1,234,567 events/s"
     assert report.fmt_value(0.04812, "x") == "0.0481x"
+    # a ratio just over its target does not print as the target itself
+    assert report.fmt_value(1.1004, "x") == "1.1004x"
+    assert report.fmt_value(2.0, "x") == "2x"
     assert report.fmt_value(None, "s") == "n/a"
     assert report.fmt_value(187.04, "MiB") == "187 MiB"
     assert report.fmt_value(48.25, "CPU s") == "48.2 CPU s"
