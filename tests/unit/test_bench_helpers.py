@@ -127,7 +127,7 @@ def test_summary_table_has_every_row_and_mark() -> None:
     text = report.render_summary(results_fixture())
     assert "abc1234 (dirty" in text
     assert (
-        "| memory | RSS per tracked recipient | 412 B | <= 300 B | FAIL (1.3733 of target) |" in text
+        "| memory | RSS per tracked recipient | 412 B | <= 300 B | FAIL (1.3743 of target) |" in text
     )
     assert "| latency | webhook -> /metrics p99 | 0.8 s | <= 2 s | PASS (0.4 of target) |" in text
     assert "a \\| pipe" in text
