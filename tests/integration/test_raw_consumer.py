@@ -44,6 +44,9 @@ class Recorder:
     async def flush(self) -> None:
         self.flushes.append(len(self.handled))
 
+    async def all_handled(self) -> bool:
+        return len(self.handled) == RECORDS
+
 
 async def eventually(
     condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 60
@@ -95,11 +98,7 @@ async def test_a_batch_spans_polls_until_its_delay(kafka_bootstrap: str) -> None
         kafka_bootstrap, BatchPolicy(max_events=10_000, max_delay_s=5.0)
     )
     try:
-
-        async def all_handled() -> bool:
-            return len(recorder.handled) == RECORDS
-
-        await eventually(all_handled, "every record handled")
+        await eventually(recorder.all_handled, "every record handled")
         # a dozen polls and more, no flush yet: the batch is not old enough
         assert recorder.flushes == []
         assert await committed() == 0
@@ -123,11 +122,7 @@ async def test_a_batch_ends_at_its_size_and_commits_only_what_was_flushed(
         kafka_bootstrap, BatchPolicy(max_events=200, max_delay_s=5.0)
     )
     try:
-
-        async def all_handled() -> bool:
-            return len(recorder.handled) == RECORDS
-
-        await eventually(all_handled, "every record handled")
+        await eventually(recorder.all_handled, "every record handled")
         # every flush so far was due to size: at least 200 records since the one before
         sizes = [b - a for a, b in zip([0, *recorder.flushes], recorder.flushes, strict=False)]
         assert sizes and all(size >= 200 for size in sizes), sizes
