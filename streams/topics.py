@@ -28,8 +28,11 @@ class TopicSpec:
     exact: bool = False
 
 
+COMPACT = {"cleanup.policy": "compact"}
+
+
 def source_topics(settings: Settings) -> list[TopicSpec]:
-    """The topics that must exist before the worker starts (internal ones faust creates)."""
+    """The topics that must exist before the worker starts, faust's internal ones included."""
     n = settings.topic_partitions
     return [
         TopicSpec(settings.topic_raw, n, {"max.message.bytes": str(4 * 1024 * 1024)}),
@@ -46,6 +49,15 @@ def source_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(f"{settings.app_id}-recipients", n, exact=True),
         # Signals for the alerting stage: one partition, one owner evaluates every rule.
         TopicSpec(f"{settings.app_id}-signals", 1, exact=True),
+        # The tables' changelogs (compacted, co-partitioned with their source topics), as
+        # faust would declare them. Created here, they are in the consumer's first metadata:
+        # faust creating one while its group formed left it out (or at 0 partitions) of the
+        # group's metadata snapshot, and the table's first write then failed faust's partition
+        # check (PartitionsMismatch "... has 0 partitions": the worker crashed at startup).
+        *(
+            TopicSpec(f"{settings.app_id}-{table}-changelog", k, COMPACT, exact=True)
+            for table, k in (("messages", n), ("recipients", n), ("alerting", 1))
+        ),
     ]
 
 

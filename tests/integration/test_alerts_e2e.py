@@ -11,6 +11,7 @@ import pytest
 from support import (
     FakeSlack,
     WorkerProcess,
+    alert_campaign,
     consume_all,
     produce,
     unique_env,
@@ -19,7 +20,6 @@ from support import (
 
 from streams.asyncutil import run_sync
 from streams.settings import Settings
-from streams.simulate import spike_campaign
 from streams.topics import ensure_topics, source_topics
 
 pytestmark = [pytest.mark.kafka]
@@ -59,7 +59,7 @@ def run_spike(
     settings = Settings.from_env(env)
     run_sync(ensure_topics(kafka_bootstrap, source_topics(settings), 1))
     worker = start_worker(env)
-    produce(kafka_bootstrap, settings.topic_raw, spike_campaign().payloads)
+    produce(kafka_bootstrap, settings.topic_raw, alert_campaign().payloads)
     return worker, settings
 
 
@@ -142,7 +142,7 @@ def test_worker_killed_between_writing_and_sending_delivers_after_restart(
     settings = Settings.from_env(env)
     run_sync(ensure_topics(kafka_bootstrap, source_topics(settings), 1))
     worker = start_worker(env)
-    produce(kafka_bootstrap, settings.topic_raw, spike_campaign().payloads)
+    produce(kafka_bootstrap, settings.topic_raw, alert_campaign().payloads)
     wait_until(lambda: len(fake.posts) >= 1, 120, "the first (hanging) POST")
     assert worker.kill() == -9
     assert "promo_spike" in text_of(fake.posts[0][1])

@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from support import (
     OutageSlack,
     WorkerProcess,
+    alert_campaign,
     free_port,
     get_json,
     produce,
@@ -445,7 +446,7 @@ def test_a_worker_stopped_during_an_outage_exits_cleanly_and_its_restart_deliver
     env = worker_env(kafka_bootstrap, tmp_path / "state", slack, "rocksdb://")
     settings = Settings.from_env(env)
     worker = start_worker(env)
-    produce(kafka_bootstrap, settings.topic_raw, spike_campaign().payloads)
+    produce(kafka_bootstrap, settings.topic_raw, alert_campaign().payloads)
     pending = P + "slack_pending_notifications"
     wait_until(lambda: worker.metric(pending) == 2, 120, "FIRING and RESOLVED pending")
     wait_until(lambda: slack.failed() >= 2, 60, "two failed POSTs")
@@ -472,7 +473,7 @@ def test_a_worker_joining_during_an_outage_neither_stalls_the_group_nor_doubles_
     env = worker_env(kafka_bootstrap, tmp_path / "a", slack, "rocksdb://")
     settings = Settings.from_env(env)
     first = start_worker(env)
-    produce(kafka_bootstrap, settings.topic_raw, spike_campaign().payloads)
+    produce(kafka_bootstrap, settings.topic_raw, alert_campaign().payloads)
     pending = P + "slack_pending_notifications"
     wait_until(lambda: first.metric(pending) == 2, 120, "FIRING and RESOLVED pending")
     second = start_worker(

@@ -118,9 +118,57 @@ def test_faust_topics_groups_and_transactions_work(
     )
     internal = [t for t in list_topics(kafka_bootstrap) if t.startswith(settings.app_id)]
     assert any("__assignor-__leader" in t for t in internal), internal
+    # the worker created the tables' changelogs before faust started, so faust's group saw
+    # them in its first metadata (one it created itself while the group formed could be
+    # left at 0 partitions there, and the table's first write crashed the worker)
+    for table in ("messages", "recipients", "alerting"):
+        assert f"{settings.app_id}-{table}-changelog" in internal, internal
+    missing = [
+        line
+        for line in worker.log_path.read_text().splitlines()
+        if "-changelog" in line and ("not found in cluster" in line or "missing topic" in line)
+    ]
+    assert not missing, missing
     code = worker.stop()
     if guarantee == "at_least_once":
         assert code == 0, worker.log_tail()
+
+
+def test_the_tables_changelogs_exist_before_faust_starts(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """What the worker creates before faust starts includes the tables' changelogs, compacted
+    and co-partitioned as faust declares them (faust creating them itself, while its group
+    formed, once crashed a worker: PartitionsMismatch "... has 0 partitions")."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    settings = create_topics(unique_env(kafka_bootstrap, tmp_path / "state"))
+    names = {t: f"{settings.app_id}-{t}-changelog" for t in ("messages", "recipients", "alerting")}
+
+    async def describe() -> tuple[dict[str, int], dict[str, str]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            described = await admin.describe_topics(list(names.values()))
+            configs = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, n) for n in names.values()]
+            )
+        finally:
+            await admin.close()
+        policy = {
+            resource[3]: value
+            for response in configs
+            for resource in response.resources
+            for name, value, *_ in resource[4]
+            if name == "cleanup.policy"
+        }
+        return {d["topic"]: len(d["partitions"]) for d in described}, policy
+
+    partitions, policy = run_sync(describe())
+    n = settings.topic_partitions
+    assert partitions == {names["messages"]: n, names["recipients"]: n, names["alerting"]: 1}
+    assert policy == dict.fromkeys(names.values(), "compact")
 
 
 def test_worker_refuses_a_send_log_that_is_not_co_partitioned(
