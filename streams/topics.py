@@ -28,6 +28,7 @@ class TopicSpec:
     exact: bool = False
 
 
+#: configs of a compacted topic (each spec gets its own copy when the topic is created)
 COMPACT = {"cleanup.policy": "compact"}
 
 
@@ -40,9 +41,9 @@ def source_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_send_log, n, exact=True),
         TopicSpec(settings.topic_dead_letter, n, {"max.message.bytes": str(4 * 1024 * 1024)}),
         # One partition: a single owner delivers notifications, so workers never double-post.
-        TopicSpec(settings.topic_alerts, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.topic_alerts, 1, COMPACT),
         # Latest advice per recipient (key = recipient): a sender's local suppression list.
-        TopicSpec(settings.topic_advice, n, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.topic_advice, n, COMPACT),
         # Repartition topics (statuses by wamid, facts by recipient): faust would create them
         # too, but only after the agents subscribe.
         TopicSpec(f"{settings.app_id}-messages", n, exact=True),
