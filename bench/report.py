@@ -199,7 +199,8 @@ NOTES = {
         "Paced live traffic for N minutes; worker RSS and its RocksDB memory (the "
         "rocksdb_memory_bytes gauge: the shared block cache with the memtables charged to it, "
         "which fills up to its budget as the state grows) sampled every few seconds; growth is "
-        "max/min of the samples in the last half of the run."
+        "max/min of the samples in the last half of the run, of RSS and of RSS minus the gauge "
+        "(the part of the process the RocksDB budget does not bound)."
     ),
     "scaling": (
         "The same pre-produced workload drained by 1 and by 2 workers of one group (separate "

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -819,15 +819,19 @@ def steady(b: Bench) -> dict[str, Any]:
         details = asyncio.run(_steady_run(b, w, settings, pool, rate, minutes * 60))
     g = growth([(t, v) for t, v in details["rss_samples_mb"]])
     # RocksDB's shared cache fills up to its budget as the state grows (and holds the
-    # memtables, which come and go): whether it still grew in the last half is reported apart
+    # memtables, which come and go): whether it still grew in the last half is reported apart,
+    # and so is the rest of the process (RSS minus the gauge, sampled together)
     rocks = details["rocksdb_samples_mb"]
     half = [r for t, r in rocks if t >= rocks[-1][0] / 2] if rocks else []
+    outside = outside_budget(details["rss_samples_mb"], rocks)
     return {
         "offered_rate": round(rate),
         "offered_rate_source": source,
         "minutes": minutes,
         **details,
         "rss_growth_last_half": g,
+        "rss_outside_rocksdb_samples_mb": outside,
+        "rss_outside_rocksdb_growth_last_half": growth(outside),
         "rows": [
             row("offered load", round(rate), "events/s"),
             row("achieved load", details["achieved_rate"], "events/s"),
@@ -837,8 +841,18 @@ def steady(b: Bench) -> dict[str, Any]:
             row("RSS max/min over the last half", g, "x", op="<=", limit=1.10),
             row("RocksDB memory, last half: min", min(half, default=None), "MiB"),
             row("RocksDB memory, last half: max", max(half, default=None), "MiB"),
+            row("RSS outside RocksDB, max/min over the last half", growth(outside), "x"),
         ],
     }
+
+
+def outside_budget(
+    rss: Sequence[tuple[float, float]], rocksdb: Sequence[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """RSS minus the RocksDB memory gauge, of the samples taken at the same time [(t, MiB)]:
+    the part of the process that the RocksDB budget does not bound."""
+    gauge = dict(rocksdb)
+    return [(t, round(v - gauge[t], 1)) for t, v in rss if t in gauge]
 
 
 async def _steady_run(

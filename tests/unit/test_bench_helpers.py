@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import harness
 import report
 import workload
-from sections import row
+from sections import outside_budget, row
 
 from streams.core import parse_webhook
 
@@ -47,6 +47,16 @@ def test_growth_is_max_over_min_of_the_last_half() -> None:
     samples = [(0.0, 100.0), (10.0, 300.0), (20.0, 200.0), (30.0, 210.0), (40.0, 220.0)]
     assert harness.growth(samples) == round(220 / 200, 4)
     assert harness.growth([(0.0, 1.0)]) is None
+
+
+def test_outside_budget_subtracts_the_gauge_sampled_at_the_same_time() -> None:
+    # the cache fills (RSS grows with it) while the rest of the process stays put
+    rss = [(0.0, 80.0), (10.0, 100.0), (20.0, 121.5), (30.0, 140.0)]
+    rocksdb = [(0.0, 0.5), (10.0, 20.0), (20.0, 40.0), (35.0, 70.0)]
+    outside = outside_budget(rss, rocksdb)
+    assert outside == [(0.0, 79.5), (10.0, 80.0), (20.0, 81.5)]  # t=30 has no gauge sample
+    assert harness.growth(rss) == round(140 / 121.5, 4)
+    assert harness.growth(outside) == round(81.5 / 80.0, 4)
 
 
 # -- /metrics ----------------------------------------------------------------------------------
