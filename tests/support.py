@@ -15,7 +15,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -344,89 +344,16 @@ def wait_drained(
     wait_until(probe, timeout_s, f"consumer group {group} to drain {topics} {what}", 1.0)
 
 
-class FakeSlack:
-    """A local HTTP server that answers like a Slack incoming webhook, in a background thread.
+class LocalSlack:
+    """A local HTTP server that answers POSTs like a Slack incoming webhook, in a background
+    thread. Subclasses decide each answer (:meth:`answer`); every POST is recorded as
+    ``(monotonic arrival, JSON body, status)``, status 0 for a POST left hanging."""
 
-    ``script`` lists the answers to give in order (status, body, headers); after it runs out
-    every POST gets ``200 ok``. Every POST is recorded (JSON body and arrival time).
-    """
-
-    def __init__(self, script: list[tuple[int, str, dict[str, str]]] | None = None) -> None:
+    def __init__(self) -> None:
         import threading
 
-        self.script = list(script or [])
         self.posts: list[tuple[float, dict[str, object], int]] = []
         self.port = free_port()
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/services/T000/B000/XXXX"
-
-    def _run(self) -> None:
-        from aiohttp import web
-
-        async def hook(request: web.Request) -> web.Response:
-            payload = await request.json()
-            status, body, headers = self.script.pop(0) if self.script else (200, "ok", {})
-            self.posts.append((time.monotonic(), payload, status))
-            delay = float(headers.pop("X-Test-Delay", "0")) if headers else 0.0
-            if delay:
-                await asyncio.sleep(delay)  # a Slack that hangs
-            return web.Response(status=status, text=body, headers=headers)
-
-        self._stopped = asyncio.Event()
-
-        async def main() -> None:
-            app = web.Application()
-            app.router.add_post("/services/T000/B000/XXXX", hook)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", self.port).start()
-            self._ready.set()
-            await self._stopped.wait()
-            await runner.cleanup()
-
-        self._loop = asyncio.new_event_loop()
-        try:
-            self._loop.run_until_complete(main())
-        finally:
-            self._loop.close()
-
-    def start(self) -> FakeSlack:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stopped.set)
-            self._thread.join(10)
-
-    def delivered(self) -> list[dict[str, object]]:
-        """Bodies of the POSTs that were answered 200."""
-        return [p for _, p, status in self.posts if status == 200]
-
-
-class OutageSlack:
-    """A local server that answers like a Slack incoming webhook and can be down for a while.
-
-    Up: ``200 ok``. Down (:meth:`down`, until :meth:`recover` or the given number of seconds):
-    answers alternate between ``500`` and a hang of ``hang_s`` seconds (a client with a shorter
-    timeout gives up first), so both failure paths are exercised. Every POST is recorded as
-    ``(monotonic arrival, JSON body, status)`` with status 0 for a hang.
-    """
-
-    def __init__(self, hang_s: float = 30.0) -> None:
-        import threading
-
-        self.hang_s = hang_s
-        self.posts: list[tuple[float, dict[str, object], int]] = []
-        self.port = free_port()
-        self._down_until = 0.0
-        self._failed = 0
         self._ready = threading.Event()
         self._stop = asyncio.Event()  # set in the server's loop: it ends hangs and the server
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -436,31 +363,21 @@ class OutageSlack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/services/T000/B000/XXXX"
 
-    def down(self, seconds: float = float("inf")) -> None:
-        self._down_until = time.monotonic() + seconds
+    async def answer(self, payload: dict[str, object]) -> tuple[int, str, dict[str, str]]:
+        """(status, body, headers) for one POST, recorded in :attr:`posts` by the subclass."""
+        raise NotImplementedError
 
-    def recover(self) -> None:
-        self._down_until = 0.0
-
-    def is_down(self) -> bool:
-        return time.monotonic() < self._down_until
+    async def hang(self, seconds: float) -> None:
+        """Keep a POST waiting up to ``seconds`` (less if the server stops)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
 
     def _run(self) -> None:
         from aiohttp import web
 
         async def hook(request: web.Request) -> web.Response:
-            payload = await request.json()
-            if not self.is_down():
-                self.posts.append((time.monotonic(), payload, 200))
-                return web.Response(text="ok")
-            self._failed += 1
-            if self._failed % 2:
-                self.posts.append((time.monotonic(), payload, 500))
-                return web.Response(status=500, text="service_unavailable")
-            self.posts.append((time.monotonic(), payload, 0))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.hang_s)
-            return web.Response(status=500, text="hang")
+            status, body, headers = await self.answer(await request.json())
+            return web.Response(status=status, text=body, headers=headers)
 
         async def main() -> None:
             app = web.Application()
@@ -478,7 +395,7 @@ class OutageSlack:
         finally:
             self._loop.close()
 
-    def start(self) -> OutageSlack:
+    def start(self) -> Self:
         self._thread.start()
         self._ready.wait(10)
         return self
@@ -488,13 +405,71 @@ class OutageSlack:
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(10)
 
-    def failed(self) -> int:
-        """POSTs answered 500 or left hanging."""
-        return sum(1 for _, _, status in self.posts if status != 200)
-
     def delivered(self) -> list[dict[str, object]]:
         """Bodies of the POSTs that were answered 200, in arrival order."""
         return [p for _, p, status in self.posts if status == 200]
+
+
+class FakeSlack(LocalSlack):
+    """Slack that answers from a script.
+
+    ``script`` lists the answers to give in order (status, body, headers); after it runs out
+    every POST gets ``200 ok``. A header ``X-Test-Delay: <seconds>`` in a scripted answer holds
+    that answer for so long (a Slack that hangs) and is not sent.
+    """
+
+    def __init__(self, script: list[tuple[int, str, dict[str, str]]] | None = None) -> None:
+        super().__init__()
+        self.script = list(script or [])
+
+    async def answer(self, payload: dict[str, object]) -> tuple[int, str, dict[str, str]]:
+        status, body, headers = self.script.pop(0) if self.script else (200, "ok", {})
+        self.posts.append((time.monotonic(), payload, status))
+        headers = dict(headers or {})
+        delay = float(headers.pop("X-Test-Delay", "0"))
+        if delay:
+            await self.hang(delay)
+        return status, body, headers
+
+
+class OutageSlack(LocalSlack):
+    """Slack that can be down for a while.
+
+    Up: ``200 ok``. Down (:meth:`down`, until :meth:`recover` or the given number of seconds):
+    answers alternate between ``500`` and a hang of ``hang_s`` seconds (a client with a shorter
+    timeout gives up first), so both failure paths are exercised.
+    """
+
+    def __init__(self, hang_s: float = 30.0) -> None:
+        super().__init__()
+        self.hang_s = hang_s
+        self._down_until = 0.0
+        self._failed = 0
+
+    def down(self, seconds: float = float("inf")) -> None:
+        self._down_until = time.monotonic() + seconds
+
+    def recover(self) -> None:
+        self._down_until = 0.0
+
+    def is_down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    async def answer(self, payload: dict[str, object]) -> tuple[int, str, dict[str, str]]:
+        if not self.is_down():
+            self.posts.append((time.monotonic(), payload, 200))
+            return 200, "ok", {}
+        self._failed += 1
+        if self._failed % 2:
+            self.posts.append((time.monotonic(), payload, 500))
+            return 500, "service_unavailable", {}
+        self.posts.append((time.monotonic(), payload, 0))
+        await self.hang(self.hang_s)
+        return 500, "hang", {}
+
+    def failed(self) -> int:
+        """POSTs answered 500 or left hanging."""
+        return sum(1 for _, _, status in self.posts if status != 200)
 
 
 def alert_campaign() -> Campaign:
