@@ -53,6 +53,7 @@ from streams.stages.alerting import AlertingStage
 from streams.stages.ingest import DeadLetter, IngestStage
 from streams.stages.messages import MessageStage, Retention, SendLogError
 from streams.stages.recipients import RecipientStage
+from streams.topics import table_partitions
 
 log = logging.getLogger(__name__)
 
@@ -115,23 +116,24 @@ class Monitor:
         self.alerts_topic = _raw(app, settings.topic_alerts, acks=False)
         stage2_input = _raw(app, messages_name, settings.topic_send_log, acks=False)
 
+        partitions = table_partitions(settings)
         self.messages_table = app.Table(
             "messages",
-            partitions=n,
+            partitions=partitions["messages"],
             key_type=bytes,
             value_type=bytes,
             help="per message state, minute buckets and expiry index (partition-local)",
         )
         self.recipients_table = app.Table(
             "recipients",
-            partitions=n,
+            partitions=partitions["recipients"],
             key_type=bytes,
             value_type=bytes,
             help="per recipient state, keyed by phone (else BSUID)",
         )
         self.alerting_table = app.Table(
             "alerting",
-            partitions=1,
+            partitions=partitions["alerting"],
             key_type=bytes,
             value_type=bytes,
             help="the alert book: which alerts fire, since when, what was notified",

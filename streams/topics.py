@@ -32,6 +32,17 @@ class TopicSpec:
 COMPACT = {"cleanup.policy": "compact"}
 
 
+def table_partitions(settings: Settings) -> dict[str, int]:
+    """The worker's Faust tables and their partitions (one for the alert book: one owner)."""
+    n = settings.topic_partitions
+    return {"messages": n, "recipients": n, "alerting": 1}
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """The changelog topic faust declares for ``table``."""
+    return f"{settings.app_id}-{table}-changelog"
+
+
 def source_topics(settings: Settings) -> list[TopicSpec]:
     """The topics that must exist before the worker starts, faust's internal ones included."""
     n = settings.topic_partitions
@@ -56,8 +67,8 @@ def source_topics(settings: Settings) -> list[TopicSpec]:
         # group's metadata snapshot, and the table's first write then failed faust's partition
         # check (PartitionsMismatch "... has 0 partitions": the worker crashed at startup).
         *(
-            TopicSpec(f"{settings.app_id}-{table}-changelog", k, COMPACT, exact=True)
-            for table, k in (("messages", n), ("recipients", n), ("alerting", 1))
+            TopicSpec(changelog_topic(settings, table), k, COMPACT, exact=True)
+            for table, k in table_partitions(settings).items()
         ),
     ]
 

@@ -349,6 +349,8 @@ class LocalSlack:
     thread. Subclasses decide each answer (:meth:`answer`); every POST is recorded as
     ``(monotonic arrival, JSON body, status)``, status 0 for a POST left hanging."""
 
+    PATH = "/services/T000/B000/XXXX"
+
     def __init__(self) -> None:
         import threading
 
@@ -361,7 +363,7 @@ class LocalSlack:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/services/T000/B000/XXXX"
+        return f"http://127.0.0.1:{self.port}{self.PATH}"
 
     async def answer(self, payload: dict[str, object]) -> tuple[int, str, dict[str, str]]:
         """(status, body, headers) for one POST, recorded in :attr:`posts` by the subclass."""
@@ -381,7 +383,7 @@ class LocalSlack:
 
         async def main() -> None:
             app = web.Application()
-            app.router.add_post("/services/T000/B000/XXXX", hook)
+            app.router.add_post(self.PATH, hook)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", self.port).start()

@@ -20,7 +20,7 @@ from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
 from streams.raw_consumer import ingest_group
 from streams.settings import Settings
-from streams.topics import ensure_topics, source_topics
+from streams.topics import changelog_topic, ensure_topics, source_topics, table_partitions
 
 pytestmark = [pytest.mark.kafka]
 
@@ -121,8 +121,8 @@ def test_faust_topics_groups_and_transactions_work(
     # the worker created the tables' changelogs before faust started, so faust's group saw
     # them in its first metadata (one it created itself while the group formed could be
     # left at 0 partitions there, and the table's first write crashed the worker)
-    for table in ("messages", "recipients", "alerting"):
-        assert f"{settings.app_id}-{table}-changelog" in internal, internal
+    for table in table_partitions(settings):
+        assert changelog_topic(settings, table) in internal, internal
     missing = [
         line
         for line in worker.log_path.read_text().splitlines()
