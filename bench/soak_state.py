@@ -550,8 +550,8 @@ class Soak:
             # keyless records: a window's bodies go to one raw partition, as a producer's
             # sticky partitioner batches them
             p = self.traffic.counts.bodies % self.partitions
-            for body in item[1]:
-                self.ingest.handle("raw", p, self._raw_offsets[p], body)
+            for body in item[1]:  # received at the end of its window, as live traffic would be
+                self.ingest.handle("raw", p, self._raw_offsets[p], body, item[0])
                 self._raw_offsets[p] += 1
             if self.ingest.stats.statuses - self._round_statuses >= self.batch:
                 self.round()

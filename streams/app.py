@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from streams import api
 from streams.api import is_us_recipient
 from streams.core.advice import AdvicePolicy, advise
 from streams.core.alerts import Notification, decode_notification, encode_notification
+from streams.core.eventtime import TimeTrust, received_at
 from streams.core.signals import SignalBatch, decode_signals, encode_signals
 from streams.faust_state import (
     BatchedTableKV,
@@ -156,8 +158,12 @@ class Monitor:
         self.recipients_kv = BatchedTableKV(self.recipients_table)
         self._producer = faust_producer(app)
         self._partition_counts: dict[str, int] = {}
-        self.ingest = IngestStage(n, n)
-        self.messages = MessageStage(self.messages_kv, n, Retention())
+        self.ingest = IngestStage(
+            n, n, time_trust=TimeTrust(settings.max_future_skew_s), idle_s=settings.alert_idle_s
+        )
+        self.messages = MessageStage(
+            self.messages_kv, n, Retention(), time_trust=TimeTrust(settings.max_future_skew_s)
+        )
         self.recipients = RecipientStage(self.recipients_kv)
         self.metrics.watch(self)  # scrape-time gauges from the stages' state
         policy = BatchPolicy()
@@ -218,12 +224,11 @@ class Monitor:
                 bootstrap,
                 settings.topic_raw,
                 ingest_group(settings.app_id),
-                self.ingest.handle,
+                self.ingest,
                 self._flush_ingest,
                 session_timeout_s=settings.session_timeout_s,
                 policy=policy,
                 on_records=counter.inc,
-                full=lambda: self.ingest.full,
             )
 
         @app.agent(stage2_input, name="messages", concurrency=1)
@@ -235,7 +240,10 @@ class Monitor:
                 if msg.topic == settings.topic_send_log:
                     m.records_consumed.labels(topic=settings.topic_send_log).inc()
                     try:
-                        self.messages.handle_send_log(msg.partition, msg.offset, event.value)
+                        received = received_at(msg.timestamp, time.time())
+                        self.messages.handle_send_log(
+                            msg.partition, msg.offset, event.value, received
+                        )
                     except SendLogError as exc:
                         bad_send_log.append(
                             DeadLetter(

@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from streams.core.eventtime import received_at
 from streams.faust_state import BatchPolicy
 
 log = logging.getLogger(__name__)
@@ -37,24 +39,91 @@ def ingest_group(app_id: str) -> str:
     return f"{app_id}-ingest"
 
 
+class RawReader(Protocol):
+    """What :func:`consume_raw` drives (stage 1: :class:`streams.stages.ingest.IngestStage`)."""
+
+    #: the output grew large: flush before handling more
+    full: bool
+    #: raw partition -> newest trusted event time read (committed with the offsets)
+    marks: dict[int, int]
+
+    @property
+    def marks_due(self) -> bool:
+        """Marks to send although no record came (a partition became idle)."""
+        ...
+
+    def handle(self, topic: str, partition: int, offset: int, raw: bytes, received: int) -> None:
+        """One record; ``received`` is when Kafka received it (unix seconds)."""
+
+    def assign(self, partitions: Iterable[int], raw_partitions: int) -> None: ...
+
+    def revoke(self, partitions: Iterable[int]) -> None: ...
+
+    def restore_mark(self, partition: int, mark: int) -> None: ...
+
+    def caught_up(self, partition: int, caught_up: bool) -> None: ...
+
+
+MARK = "mark="
+
+
+def commit_metadata(mark: int) -> str:
+    """What is committed with a raw partition's offset: its mark, so a restart resumes it."""
+    return f"{MARK}{mark}"
+
+
+def mark_of(metadata: str | None) -> int:
+    """The mark in committed metadata (0 when there is none)."""
+    if metadata and metadata.startswith(MARK):
+        try:
+            return int(metadata[len(MARK) :])
+        except ValueError:
+            return 0
+    return 0
+
+
+class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tells the reader which partitions it has, and restores their committed marks."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, topic: str, reader: RawReader) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.reader = reader
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.reader.revoke(tp.partition for tp in revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        partitions = self.consumer.partitions_for_topic(self.topic) or set()
+        self.reader.assign((tp.partition for tp in assigned), len(partitions))
+        if not assigned:
+            return
+        try:
+            committed = await self.consumer._coordinator.fetch_committed_offsets(assigned)
+        except KafkaError as exc:  # the marks then restart from the records read again
+            log.warning("could not read the committed marks of %s: %s", sorted(assigned), exc)
+            return
+        for tp, meta in committed.items():
+            self.reader.restore_mark(tp.partition, mark_of(getattr(meta, "metadata", None)))
+
+
 async def consume_raw(
     bootstrap: str,
     topic: str,
     group: str,
-    handle: Callable[[str, int, int, bytes], None],
+    reader: RawReader,
     flush: Callable[[], Awaitable[None]],
     *,
     session_timeout_s: float = 30.0,
     max_records: int = 10_000,
     policy: BatchPolicy | None = None,
     clock: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
     on_records: Callable[[int], None] = lambda n: None,
-    full: Callable[[], bool] = lambda: False,
 ) -> None:
     """Consume ``topic`` until cancelled (see the module docstring)."""
     policy = policy if policy is not None else BatchPolicy()
     consumer = AIOKafkaConsumer(
-        topic,
         bootstrap_servers=bootstrap,
         group_id=group,
         enable_auto_commit=False,
@@ -65,7 +134,8 @@ async def consume_raw(
         fetch_max_bytes=32 * 1024 * 1024,
     )
     await consumer.start()
-    offsets: dict[object, int] = {}  # the batch's partitions -> offset to commit
+    consumer.subscribe([topic], listener=_Assignment(consumer, topic, reader))
+    offsets: dict[Any, int] = {}  # the batch's partitions -> offset to commit
     handled = 0
     started = 0.0  # clock() when the batch's first record was handled
     try:
@@ -75,24 +145,36 @@ async def consume_raw(
                 timeout_ms=max(0, int(wait * 1000)), max_records=max_records
             )
             count = 0
+            now = wall()
             for tp, records in batches.items():
                 for r in records:
-                    handle(r.topic, r.partition, r.offset, r.value or b"")
-                    if full():  # keep each output record small: send, commit at the end
+                    received = received_at(r.timestamp, now)
+                    reader.handle(r.topic, r.partition, r.offset, r.value or b"", received)
+                    if reader.full:  # keep each output record small: send, commit at the end
                         await flush()
                 offsets[tp] = records[-1].offset + 1
                 count += len(records)
+            for tp in consumer.assignment():
+                end = consumer.highwater(tp)
+                if end is not None:
+                    reader.caught_up(tp.partition, await consumer.position(tp) >= end)
             if count:
                 on_records(count)
                 if not handled:
                     started = clock()
                 handled += count
-            if not offsets or (
-                handled < policy.max_events and clock() - started < policy.max_delay_s
-            ):
+            if not offsets:
+                if reader.marks_due:
+                    await flush()
+                continue
+            if handled < policy.max_events and clock() - started < policy.max_delay_s:
                 continue
             await flush()
-            committing, offsets, handled = offsets, {}, 0
+            committing = {
+                tp: (offset, commit_metadata(reader.marks.get(tp.partition, 0)))
+                for tp, offset in offsets.items()
+            }
+            offsets, handled = {}, 0
             try:
                 await consumer.commit(committing)
             except (CommitFailedError, IllegalStateError) as exc:

@@ -99,6 +99,13 @@ class Settings:
     ingress_idle_timeout_s: float = 75.0
     ingress_recent_bodies: int = 100_000
     template_label_cap: int = 100
+    #: Event time: how far after Kafka received a record its timestamp may lie (seconds)
+    max_future_skew_s: int = 3_600
+    #: Alerting waits for every input partition before judging a minute; it stops waiting for a
+    #: partition read to its end and quiet for ``alert_idle_s``, and for one that reports nothing
+    #: new for ``alert_max_wait_s`` (a stalled reader)
+    alert_idle_s: float = 30.0
+    alert_max_wait_s: float = 120.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -169,6 +176,11 @@ class Settings:
             ),
             ingress_recent_bodies=get_int("INGRESS_RECENT_BODIES", d.ingress_recent_bodies),
             template_label_cap=get_int("TEMPLATE_LABEL_CAP", d.template_label_cap, minimum=1),
+            max_future_skew_s=get_int("MAX_FUTURE_SKEW", d.max_future_skew_s, minimum=0),
+            alert_idle_s=float(get_int("ALERT_IDLE_SECONDS", int(d.alert_idle_s), minimum=1)),
+            alert_max_wait_s=float(
+                get_int("ALERT_MAX_WAIT_SECONDS", int(d.alert_max_wait_s), minimum=1)
+            ),
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -16,6 +16,7 @@ The send log is the sender's own record of what it sent (JSON, keyed by wamid):
 from __future__ import annotations
 
 import enum
+import math
 
 import msgspec
 
@@ -70,6 +71,8 @@ class StatusFact(msgspec.Struct, array_like=True, frozen=True, gc=False):
     error_code: int | None
     error_class: str | None
     origin: Position
+    #: the origin partition's newest trusted event time up to this item (see core.eventtime)
+    mark: int = 0
 
     @property
     def recipient(self) -> str:
@@ -88,12 +91,21 @@ class SendLogRecord(msgspec.Struct, frozen=True, gc=False):
     sent_at: int | str | None = None
 
     def sent_at_seconds(self) -> int | None:
+        """``sent_at`` as whole seconds; raises :class:`SendLogError` for a value that is not a
+        finite number."""
         if self.sent_at is None:
             return None
+        if isinstance(self.sent_at, int):
+            return self.sent_at
         try:
-            return int(float(self.sent_at))
+            value = float(self.sent_at)
         except ValueError:
-            return None
+            raise SendLogError(
+                f"send-log record: sent_at {self.sent_at!r} is not a number"
+            ) from None
+        if not math.isfinite(value):
+            raise SendLogError(f"send-log record: sent_at {self.sent_at!r} is not a finite number")
+        return int(value)
 
 
 class RecipientFactKind(enum.IntEnum):
@@ -140,11 +152,19 @@ MAX_BATCH_FACTS = 1_000
 
 
 class FactBatch(msgspec.Struct, array_like=True, gc=False):
-    """Many facts for one destination partition, sent as one Kafka record."""
+    """Many facts for one destination partition, sent as one Kafka record.
+
+    Stage 1 sends every messages partition, with each flush, the marks of the raw partitions it
+    read (``marks``: raw partition -> newest trusted event time read; ``idle``: raw partitions
+    read to their end and quiet; ``raw_partitions``: how many the raw topic has), after the
+    facts they cover: a partition that has read them knows how far each raw partition got."""
 
     statuses: list[StatusFact] = []
     recipients: list[RecipientFact] = []
     templates: list[TemplateFact] = []
+    marks: dict[int, int] = {}
+    idle: list[int] = []
+    raw_partitions: int = 0
 
 
 _batch_encoder = msgspec.msgpack.Encoder()
@@ -171,4 +191,5 @@ def decode_send_log(raw: bytes) -> SendLogRecord:
         raise SendLogError(f"send-log record: {exc}") from None
     if not record.wamid or not record.template:
         raise SendLogError("send-log record: wamid and template must be non-empty")
+    record.sent_at_seconds()  # raises for a value that is not a number
     return record

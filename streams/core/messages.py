@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import msgspec
 
+from streams.core.eventtime import visible_at
 from streams.core.facts import (
     Applied,
     Position,
@@ -83,13 +84,15 @@ def failed_outcome(error_class: str | None) -> str:
 
 class Counted(msgspec.Struct, array_like=True, gc=False):
     """One outcome counted for a message: in which minute, under which template, from where;
-    ``moved_at`` is the send-log input that moved it off template ``unknown``."""
+    ``moved_at`` is the send-log input that moved it off template ``unknown``; ``mark`` is the
+    mark of the status that counted it (see :mod:`streams.core.eventtime`)."""
 
     minute: int
     outcome: str
     position: Position
     template: str
     moved_at: Position | None = None
+    mark: int = 0
 
 
 class Seen(msgspec.Struct, array_like=True, gc=False):
@@ -117,17 +120,21 @@ class MessageState(msgspec.Struct, array_like=True, gc=False):
     first_ts: int = 0
     last_ts: int = 0
     applied: Applied = {}
+    #: the mark of the send-log record that named the template (0: not named by the send log)
+    log_mark: int = 0
 
 
 class BucketDelta(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """+/- n of one outcome in one minute for one dimension value (t=template, s=sender,
-    c=country)."""
+    c=country); ``visible`` is the first alert evaluation point that may use it
+    (:func:`streams.core.eventtime.visible_at` of the marks of the inputs it depends on)."""
 
     dim: str
     key: str
     minute: int
     outcome: str
     delta: int
+    visible: int = 0
 
 
 class Effects(msgspec.Struct, gc=False):
@@ -147,6 +154,19 @@ def minute_of(ts: int) -> int:
 
 def _dims(state: MessageState, template: str) -> tuple[tuple[str, str], ...]:
     return (("t", template), ("s", state.sender or "unknown"), ("c", state.country or "ZZ"))
+
+
+def _deltas(
+    state: MessageState, template: str, minute: int, outcome: str, n: int, mark: int
+) -> list[BucketDelta]:
+    """The bucket deltas of one counted outcome. A count under a template the send log named
+    depends on the send-log record too: the detector may use it once both inputs are read."""
+    seen = visible_at(mark)
+    named = visible_at(state.log_mark) if state.log_mark and template != UNKNOWN_TEMPLATE else 0
+    return [
+        BucketDelta(dim, key, minute, outcome, n, max(seen, named) if dim == "t" else seen)
+        for dim, key in _dims(state, template)
+    ]
 
 
 def _is_marketing(category: str | None) -> bool:
@@ -202,7 +222,7 @@ class MessageLedger:
         implied = _IMPLIES.get(fact.status, ATTEMPTED | OTHER)
         new = implied & ~state.stages
         state.stages |= new
-        late = fact.timestamp < watermark - self.lateness
+        late = fact.timestamp < max(watermark, fact.mark) - self.lateness
         fx.late = late and bool(new)
         template = state.template or UNKNOWN_TEMPLATE
         minute = minute_of(fact.timestamp)
@@ -212,9 +232,9 @@ class MessageLedger:
             label = failed_outcome(fact.error_class) if bit == FAILED else outcome
             if late:
                 continue
-            state.counted.append(Counted(minute, label, position, template))
-            for dim, key in _dims(state, template):
-                fx.deltas.append(BucketDelta(dim, key, minute, label, 1))
+            mark = fact.mark or fact.timestamp
+            state.counted.append(Counted(minute, label, position, template, None, mark))
+            fx.deltas.extend(_deltas(state, template, minute, label, 1, mark))
         if new & DELIVERED:
             state.delivered_ts = fact.timestamp
         if new & FAILED and fact.error_class in _FAILURE_FACTS:
@@ -234,8 +254,15 @@ class MessageLedger:
         return state, fx
 
     def apply_send_log(
-        self, state: MessageState | None, record: SendLogRecord, position: Position
+        self,
+        state: MessageState | None,
+        record: SendLogRecord,
+        position: Position,
+        mark: int = 0,
     ) -> tuple[MessageState, Effects]:
+        """Apply a send-log record; ``mark`` is its partition's mark (see
+        :mod:`streams.core.eventtime`): the counts it moves are visible to alerting once both
+        the status and this record are read."""
         state = state if state is not None else MessageState()
         fx = Effects()
         if already_applied(state.applied, position):
@@ -251,21 +278,24 @@ class MessageLedger:
         if state.template is None:
             state.template = record.template
             state.campaign = state.campaign or record.campaign
+            state.log_mark = mark
             moved = [c for c in state.counted if c.template == UNKNOWN_TEMPLATE]
             for c in moved:
                 c.template = record.template
                 c.moved_at = position
-            fx.deltas.extend(self._move(moved, record.template))
+            fx.deltas.extend(self._move(state, moved, record.template))
             fx.attributed_late = bool(moved)
         self._marketing_facts(state, fx, position)
         return state, fx
 
     @staticmethod
-    def _move(moved: list[Counted], template: str) -> list[BucketDelta]:
+    def _move(state: MessageState, moved: list[Counted], template: str) -> list[BucketDelta]:
         out = []
+        named = visible_at(state.log_mark)
         for c in moved:
-            out.append(BucketDelta("t", UNKNOWN_TEMPLATE, c.minute, c.outcome, -1))
-            out.append(BucketDelta("t", template, c.minute, c.outcome, 1))
+            seen = max(visible_at(c.mark), named)
+            out.append(BucketDelta("t", UNKNOWN_TEMPLATE, c.minute, c.outcome, -1, seen))
+            out.append(BucketDelta("t", template, c.minute, c.outcome, 1, seen))
         return out
 
     def _marketing_facts(self, state: MessageState, fx: Effects, position: Position) -> None:
@@ -313,11 +343,10 @@ class MessageLedger:
             if c.position == position:
                 # counted under "unknown" if a send-log record moved it later
                 template = UNKNOWN_TEMPLATE if c.moved_at is not None else c.template
-                for dim, key in _dims(state, template):
-                    fx.deltas.append(BucketDelta(dim, key, c.minute, c.outcome, 1))
+                fx.deltas.extend(_deltas(state, template, c.minute, c.outcome, 1, c.mark))
         moved = [c for c in state.counted if c.moved_at == position]
         if moved:
-            fx.deltas.extend(self._move(moved, moved[0].template))
+            fx.deltas.extend(self._move(state, moved, moved[0].template))
         fx.facts.extend(
             f
             for f in state.emitted

@@ -33,6 +33,8 @@ class BucketSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):
     counts: dict[str, int]
     source: int = -1
     upto: int = -1
+    #: the first alert evaluation point that may use these deltas (see streams.core.eventtime)
+    visible: int = 0
 
 
 class TemplateSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -49,6 +51,18 @@ class ResendSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):
     recipient_digest: str
 
 
+class PartitionReport(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """How far one messages partition has read its inputs: the mark of every raw partition (as
+    of the last facts it received from stage 1), which raw partitions are idle, how many there
+    are, and the mark of its send-log partition."""
+
+    partition: int
+    marks: dict[int, int]
+    idle: list[int]
+    raw_partitions: int
+    log_mark: int
+
+
 class SignalBatch(msgspec.Struct, array_like=True, gc=False):
     buckets: list[BucketSignal] = []
     templates: list[TemplateSignal] = []
@@ -61,6 +75,7 @@ class SignalBatch(msgspec.Struct, array_like=True, gc=False):
     #: advances time by the slowest of them, so it never judges a minute another partition has
     #: not delivered yet)
     watermarks: dict[int, int] = {}
+    reports: list[PartitionReport] = []
 
     def empty(self) -> bool:
         return not (

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+import msgspec
 
 from streams.core import (
     AccountUpdateEvent,
@@ -21,6 +23,7 @@ from streams.core import (
     UserPreferenceEvent,
     parse_webhook,
 )
+from streams.core.eventtime import TimeTrust, Verdict, refusal, trust
 from streams.core.facts import (
     MAX_BATCH_FACTS,
     FactBatch,
@@ -70,6 +73,8 @@ class IngestStats:
     partial: int = 0
     by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     last_event_ts: int = 0  # newest event time (webhook timestamp) seen, unix seconds
+    # timestamps not used as given, by verdict (milliseconds converted, future/too old refused)
+    untrusted: dict[Verdict, int] = field(default_factory=lambda: defaultdict(int))
     # For metrics, pending until ``take_lag`` (which resets them): status events per
     # (status, index of the first LAG_BUCKETS bound >= lag) and the sum of lags per status.
     lag_counts: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
@@ -86,7 +91,7 @@ class IngestStats:
 LAG_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
-def status_fact(event: StatusEvent, origin: tuple[int, int, int]) -> StatusFact:
+def status_fact(event: StatusEvent, origin: tuple[int, int, int], mark: int = 0) -> StatusFact:
     return StatusFact(
         wamid=event.wamid,
         status=event.raw_status if event.status == "unknown" else event.status.value,
@@ -101,21 +106,34 @@ def status_fact(event: StatusEvent, origin: tuple[int, int, int]) -> StatusFact:
         error_code=event.error_code,
         error_class=event.error_class.value if event.error_class is not None else None,
         origin=origin,
+        mark=mark or event.timestamp,
     )
 
 
 class IngestStage:
-    """Parses raw bodies and batches the facts per destination partition until ``drain``."""
+    """Parses raw bodies and batches the facts per destination partition until ``drain``.
+
+    Event time: every timestamp is checked against the time Kafka received its record
+    (:func:`streams.core.eventtime.trust`); an item whose time is refused is left out and its
+    body dead-lettered as partial, with the reason. Per raw partition the stage keeps the *mark*
+    (newest trusted event time read, :mod:`streams.core.eventtime`), stamps it on every status,
+    and sends every messages partition the marks of the raw partitions it reads with each drain
+    (and whenever a partition becomes idle: read to its end and quiet for ``idle_s``).
+    """
 
     def __init__(
         self,
         message_partitions: int,
         recipient_partitions: int,
         clock: Callable[[], float] = time.time,
+        time_trust: TimeTrust | None = None,
+        idle_s: float = 10.0,
     ) -> None:
-        self._clock = clock  # wall clock, for the event-lag histogram only
+        self._clock = clock  # wall clock: event lag, receive time of records without one, idleness
         self.message_partitions = message_partitions
         self.recipient_partitions = recipient_partitions
+        self.trust = time_trust or TimeTrust()
+        self.idle_s = idle_s
         self._messages: dict[int, FactBatch] = {}
         self._recipients: dict[int, FactBatch] = {}
         self._dead: list[DeadLetter] = []
@@ -123,6 +141,66 @@ class IngestStage:
         self.stats = IngestStats()
         #: a destination batch reached MAX_BATCH_FACTS: drain before handling more input
         self.full = False
+        #: raw partition -> newest trusted event time read (restored from the commit after a
+        #: restart: see :meth:`restore_mark`)
+        self.marks: dict[int, int] = {}
+        self.raw_partitions = 0
+        self._read_at: dict[int, float] = {}  # raw partition -> wall clock of its last record
+        self._caught_up: dict[int, bool] = {}  # raw partition -> read to its end at last poll
+        self._sent: tuple[dict[int, int], list[int]] | None = None  # marks and idle last sent
+
+    # -- partitions and marks ---------------------------------------------------------------------
+    def assign(self, partitions: Iterable[int], raw_partitions: int) -> None:
+        """Raw partitions this stage now reads (of ``raw_partitions`` in the topic)."""
+        now = self._clock()
+        self.raw_partitions = raw_partitions
+        for p in partitions:
+            self.marks.setdefault(p, 0)
+            self._read_at.setdefault(p, now)
+            self._caught_up.setdefault(p, False)
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Another reader has these partitions now: their marks are its to send."""
+        for p in partitions:
+            self.marks.pop(p, None)
+            self._read_at.pop(p, None)
+            self._caught_up.pop(p, None)
+
+    def restore_mark(self, partition: int, mark: int) -> None:
+        """The mark committed with the partition's offset: the records before it were read."""
+        if mark > self.marks.get(partition, 0):
+            self.marks[partition] = mark
+
+    def caught_up(self, partition: int, caught_up: bool) -> None:
+        """Whether the reader had read ``partition`` to its end at its last poll."""
+        if partition in self.marks:
+            self._caught_up[partition] = caught_up
+
+    def idle(self) -> list[int]:
+        """Raw partitions read to their end and without a record for ``idle_s``."""
+        now = self._clock()
+        return sorted(
+            p
+            for p, caught_up in self._caught_up.items()
+            if caught_up and now - self._read_at.get(p, now) >= self.idle_s
+        )
+
+    @property
+    def marks_due(self) -> bool:
+        """The marks or idle partitions changed since the last drain sent them."""
+        return self._sent != (self.marks, self.idle())
+
+    def _trusted(self, ts: int | None, received: int, what: str, refused: list[str]) -> int | None:
+        """``ts`` if it may be used (converted from milliseconds when it was), else None with
+        the reason appended to ``refused`` (``None`` in, ``None`` out: no time of its own)."""
+        if ts is None:
+            return None
+        trusted, verdict = trust(ts, received, self.trust)
+        if verdict is not Verdict.OK:
+            self.stats.untrusted[verdict] += 1
+        if trusted is None:
+            refused.append(refusal(what, ts, received, verdict, self.trust))
+        return trusted
 
     def _to_messages(self, key: str) -> FactBatch:
         p = partition_for(key, self.message_partitions)
@@ -142,46 +220,69 @@ class IngestStage:
         if len(batch.recipients) >= MAX_BATCH_FACTS:
             self.full = True
 
-    def handle(self, topic: str, partition: int, offset: int, raw: bytes) -> None:
+    def handle(
+        self, topic: str, partition: int, offset: int, raw: bytes, received: int | None = None
+    ) -> None:
+        """One raw record; ``received`` is when Kafka received it (unix seconds; default: now)."""
         stats = self.stats
         stats.records += 1
+        now = self._clock()
+        self._read_at[partition] = now
         try:
             parsed = parse_webhook(raw)
         except ParseError as exc:
             stats.dead_letters += 1
             self._dead.append(DeadLetter(raw, str(exc), topic, partition, offset))
             return
+        if received is None:
+            received = int(now)
         source = source_id(RAW, partition)
-        now = self._clock()
+        mark = self.marks.get(partition, 0)
         body_ts = 0
+        refused: list[str] = []
         others: list[tuple[int, object]] = []
         by_status, lag_counts, lag_sums = stats.by_status, stats.lag_counts, stats.lag_sums
         for index, event in enumerate(parsed.events):
             if isinstance(event, StatusEvent):
-                ts = event.timestamp
+                ts = self._trusted(event.timestamp, received, "status", refused)
+                if ts is None:
+                    continue
+                if ts != event.timestamp:
+                    event = msgspec.structs.replace(event, timestamp=ts)
                 if ts > body_ts:
                     body_ts = ts
+                if ts > mark:
+                    mark = ts
                 status = event.status.value
                 by_status[status] += 1
                 lag = now - ts
                 lag_counts[(status, bisect_left(LAG_BUCKETS, lag))] += 1
                 lag_sums[status] += lag
-                fact = status_fact(event, (source, offset, index))
+                stats.statuses += 1
+                fact = status_fact(event, (source, offset, index), mark)
                 self._to_messages(event.wamid).statuses.append(fact)
             else:
+                given = getattr(event, "timestamp", None)
+                ts = self._trusted(given, received, type(event).__name__, refused)
+                if given is not None and ts is None:
+                    continue
+                if ts != given:
+                    event = msgspec.structs.replace(event, timestamp=ts)
                 others.append((index, event))
-                ts = getattr(event, "timestamp", None) or 0
-                if ts > body_ts:
+                if ts is not None and ts > body_ts:
                     body_ts = ts
-        stats.statuses += len(parsed.events) - len(others)
+                if ts is not None and ts > mark:
+                    mark = ts
+        self.marks[partition] = mark
         if body_ts > stats.last_event_ts:
             stats.last_event_ts = body_ts
         for index, other in others:
             stats.other_events += 1
             self._other(other, (source, offset, index), body_ts)
-        if parsed.defects:
+        defects = [str(d) for d in parsed.defects] + refused
+        if defects:
             stats.partial += 1
-            reason = "; ".join(str(d) for d in parsed.defects)
+            reason = "; ".join(defects)
             self._dead.append(DeadLetter(raw, reason, topic, partition, offset, partial=True))
 
     def _other(self, event: object, pos: tuple[int, int, int], body_ts: int) -> None:
@@ -232,7 +333,16 @@ class IngestStage:
         return batch
 
     def drain(self) -> tuple[dict[int, bytes], dict[int, bytes], list[DeadLetter]]:
-        """The encoded batches per destination partition and the dead letters; resets."""
+        """The encoded batches per destination partition and the dead letters; resets. Every
+        messages partition gets the raw partitions' marks (after the facts they cover)."""
+        if self.marks:
+            marks, idle = dict(self.marks), self.idle()
+            for p in range(self.message_partitions):
+                batch = self._messages.get(p)
+                if batch is None:
+                    batch = self._messages[p] = FactBatch()
+                batch.marks, batch.idle, batch.raw_partitions = marks, idle, self.raw_partitions
+            self._sent = (marks, idle)
         messages = {p: encode_batch(b) for p, b in self._messages.items()}
         recipients = {p: encode_batch(b) for p, b in self._recipients.items()}
         dead = self._dead

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
 
 from streams.core.aggregates import LIMIT_CLASSES, Bucket, BucketWriter
 from streams.core.attribution import DEFAULT_CONFIG, AttributionConfig, decode_callback_data
+from streams.core.eventtime import TimeTrust, Verdict, refusal, trust
 from streams.core.expiry import ExpiryIndex, SweepCursor
 from streams.core.facts import (
     MAX_BATCH_FACTS,
@@ -25,7 +28,13 @@ from streams.core.facts import (
 )
 from streams.core.immediate import ErrorCount
 from streams.core.messages import Effects, MessageLedger, MessageState
-from streams.core.signals import INCIDENT_CODES, BucketSignal, SignalBatch, TemplateSignal
+from streams.core.signals import (
+    INCIDENT_CODES,
+    BucketSignal,
+    PartitionReport,
+    SignalBatch,
+    TemplateSignal,
+)
 from streams.stages import MESSAGES, SEND_LOG, partition_for
 from streams.state import KeyValue, WriteBack, decode
 
@@ -43,6 +52,15 @@ class PartitionMeta(msgspec.Struct, array_like=True, gc=False):
     #: is judged against the status's own input partition, which is consumed in order, so a
     #: worker that runs ahead of another on a backlog does not make the other's statuses late
     origin_watermarks: dict[int, int] = msgspec.field(default_factory=dict)
+    #: stage 1's marks of the raw partitions (newest trusted event time read, as of the last
+    #: batch of facts this partition received), which are idle (read to their end and quiet),
+    #: and how many raw partitions there are: the alerting stage's clock
+    origin_marks: dict[int, int] = msgspec.field(default_factory=dict)
+    origin_idle: list[int] = msgspec.field(default_factory=list)
+    raw_partitions: int = 0
+    #: newest trusted event time of the send-log partition (``sent_at``, else the time Kafka
+    #: received the record)
+    log_mark: int = 0
 
 
 class TemplateState(msgspec.Struct, array_like=True, gc=False):
@@ -84,6 +102,8 @@ class MessageStats:
     attributed_late: int = 0
     expired_messages: int = 0
     expired_buckets: int = 0
+    # send-log timestamps not used as given (milliseconds converted, future/too old refused)
+    untrusted: dict[Verdict, int] = field(default_factory=lambda: defaultdict(int))
     # For metrics, pending until ``take_metric_counts`` (which resets them):
     # (dim, key, outcome) -> outcomes counted into buckets (positive deltas, moves included);
     counted: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
@@ -186,10 +206,14 @@ class MessageStage:
         recipient_partitions: int,
         retention: Retention = Retention(),
         attribution: AttributionConfig = DEFAULT_CONFIG,
+        time_trust: TimeTrust | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.state = WriteBack(kv)
         self.recipient_partitions = recipient_partitions
         self.retention = retention
+        self.time_trust = time_trust or TimeTrust()
+        self.clock = clock  # wall clock: the receive time of send-log records without one
         self.attribution = attribution
         self.ledger = MessageLedger(lateness=retention.lateness)
         self.stats = MessageStats()
@@ -200,11 +224,12 @@ class MessageStage:
         self.full = False
         self._buckets: dict[int, BucketWriter] = {}
         self.recent = RecentWindow()
-        #: (source, input offset if replayed else -1, dim, key, minute)
+        #: (source, input offset if replayed else -1, dim, key, minute, visible)
         #:   -> (deltas by outcome, [last input offset])
         self._signal_buckets: dict[
-            tuple[int, int, str, str, int], tuple[dict[str, int], list[int]]
+            tuple[int, int, str, str, int, int], tuple[dict[str, int], list[int]]
         ] = {}
+        self._reported: set[int] = set()  # partitions whose progress the next signal reports
         self._signals = SignalBatch()
         #: per input source, the first input offset of the current batch applied as new: an
         #: input at or after it that comes again in the same batch (Kafka delivered it twice)
@@ -270,7 +295,7 @@ class MessageStage:
         for d in fx.deltas:
             if d.delta > 0 and not replayed:
                 counted[(d.dim, d.key, d.outcome)] += d.delta
-            cell = (source, apart, d.dim, d.key, d.minute)
+            cell = (source, apart, d.dim, d.key, d.minute, d.visible)
             entry = signal.get(cell)
             if entry is None:
                 entry = signal[cell] = ({}, [offset])
@@ -295,8 +320,9 @@ class MessageStage:
         meta = self.meta(partition)
         message_index, _ = self._indexes(partition)
         state_store, ledger, stats, signals = self.state, self.ledger, self.stats, self._signals
-        origin_marks = meta.origin_watermarks
+        seen_marks = meta.origin_watermarks  # per origin, as seen in this partition's facts
         stats.statuses += len(batch.statuses)
+        self._reported.add(partition)
         for index, fact in enumerate(batch.statuses):
             position = (source, offset, index)
             skey = "m\x1f" + fact.wamid  # message_key(wamid), as str for the expiry index
@@ -304,7 +330,7 @@ class MessageStage:
             state = state_store.get(partition, key, MessageState)
             attribution = decode_callback_data(fact.opaque, self.attribution)
             ts, origin = fact.timestamp, fact.origin[0]
-            origin_mark = origin_marks.get(origin, 0)
+            origin_mark = seen_marks.get(origin, 0)
             state, fx = ledger.apply_status(
                 state,
                 fact,
@@ -317,7 +343,7 @@ class MessageStage:
             if ts > meta.watermark:
                 meta.watermark = ts
             if ts > origin_mark:
-                origin_marks[origin] = ts
+                seen_marks[origin] = ts
             state_store.put(partition, key, state)
             if not (fx.duplicate or fx.replayed):
                 stats.unique_statuses[(fact.status, fact.category or state.category)] += 1
@@ -334,18 +360,46 @@ class MessageStage:
         self._signals.watermarks[partition] = meta.watermark
         for template in batch.templates:
             self._template(partition, template)
+        if batch.marks:
+            marks, idle = meta.origin_marks, set(meta.origin_idle)
+            for origin, mark in batch.marks.items():
+                if mark > marks.get(origin, 0):
+                    marks[origin] = mark
+                if origin in batch.idle:
+                    idle.add(origin)
+                else:
+                    idle.discard(origin)
+            meta.origin_idle = sorted(idle)
+            meta.raw_partitions = max(meta.raw_partitions, batch.raw_partitions)
         self.state.put(partition, meta_key(partition), meta)
 
-    def handle_send_log(self, partition: int, offset: int, raw: bytes) -> None:
-        """A record of the sender's send log; raises SendLogError for a bad record."""
+    def handle_send_log(
+        self, partition: int, offset: int, raw: bytes, received: int | None = None
+    ) -> None:
+        """A record of the sender's send log; raises SendLogError for a bad record (a
+        ``sent_at`` that is not a number, or one not trusted: see
+        :mod:`streams.core.eventtime`). ``received``: when Kafka received it (default: now)."""
         record = decode_send_log(raw)
+        if received is None:
+            received = int(self.clock())
+        sent_at = record.sent_at_seconds()
+        if sent_at is not None:
+            trusted, verdict = trust(sent_at, received, self.time_trust)
+            if trusted is None:
+                self.stats.untrusted[verdict] += 1
+                raise SendLogError(refusal("sent_at", sent_at, received, verdict, self.time_trust))
+            if trusted != sent_at:
+                self.stats.untrusted[verdict] += 1
+                record = msgspec.structs.replace(record, sent_at=trusted)
         self.stats.send_log += 1
         position = (source_id(SEND_LOG, partition), offset, 0)
         key = message_key(record.wamid)
         meta = self.meta(partition)
+        meta.log_mark = max(meta.log_mark, record.sent_at_seconds() or received)
+        self._reported.add(partition)
         message_index, _ = self._indexes(partition)
         state = self.state.get(partition, key, MessageState)
-        state, fx = self.ledger.apply_send_log(state, record, position)
+        state, fx = self.ledger.apply_send_log(state, record, position, meta.log_mark)
         self.state.put(partition, key, state)
         # a record without sent_at whose statuses never come expires from the partition's time
         if ts := state.last_ts or meta.watermark:
@@ -427,10 +481,11 @@ class MessageStage:
         """What the alerting stage needs to know of the inputs since the last call."""
         batch = self._signals
         buckets = []
-        for (source, apart, dim, key, minute), (counts, upto) in self._signal_buckets.items():
+        for cell, (counts, upto) in self._signal_buckets.items():
+            source, apart, dim, key, minute, visible = cell
             if not any(counts.values()):
                 continue
-            buckets.append(BucketSignal(dim, key, minute, counts, source, upto[0]))
+            buckets.append(BucketSignal(dim, key, minute, counts, source, upto[0], visible))
             if apart >= 0 or dim == "c":  # replayed: in the window already
                 continue
             for outcome, n in counts.items():
@@ -438,11 +493,23 @@ class MessageStage:
                 if window is not None:
                     self.recent.add(source_partition(source), dim, key, minute, window, n)
         batch.buckets = buckets
+        for p in sorted(self._reported):
+            meta = self.meta(p)
+            batch.reports.append(
+                PartitionReport(
+                    p,
+                    dict(meta.origin_marks),
+                    list(meta.origin_idle),
+                    meta.raw_partitions,
+                    meta.log_mark,
+                )
+            )
+        self._reported = set()
         self._signal_buckets = {}
         self._fresh = {}
         self._signals = SignalBatch()
         # a flush of only duplicates still moves its partitions' event time for alerting
-        return None if batch.empty() and not batch.watermarks else batch
+        return None if batch.empty() and not batch.watermarks and not batch.reports else batch
 
     def revoke(self, partition: int) -> None:
         """Forget the partition's unflushed work: its new owner (or this worker, after the
@@ -454,6 +521,7 @@ class MessageStage:
             del self._signal_buckets[cell]
         for source in sources:
             self._fresh.pop(source, None)
+        self._reported.discard(partition)
         self._buckets.pop(partition, None)
         self._message_index.pop(partition, None)
         self._bucket_index.pop(partition, None)
