@@ -147,7 +147,7 @@ class Monitor:
         tables = (self.messages_table, self.recipients_table, self.alerting_table)
         if any([self.rocksdb.install(table) for table in tables]):
             self.metrics.watch_rocksdb(self.rocksdb.usage, self.rocksdb.limit)
-        self.alerting = AlertingStage(partitions=settings.topic_partitions)
+        self.alerting = self._alerting_stage()
         self.advice_policy = AdvicePolicy()
         self.advice_topic = _raw(app, settings.topic_advice)
         advice_name = settings.topic_advice
@@ -405,7 +405,7 @@ class Monitor:
                 if tp.topic == signals_name:
                     # another worker owns alerting now; it restores the book from the table
                     self.alerting_kv.events.pop(0, None)
-                    self.alerting = AlertingStage(partitions=settings.topic_partitions)
+                    self.alerting = self._alerting_stage()
                 elif tp.topic == messages_name:
                     self.messages.revoke(tp.partition)
                 elif tp.topic == recipients_name:
@@ -416,6 +416,12 @@ class Monitor:
         web_app: Any = app.web.web_app  # type: ignore[attr-defined]  # faust's aiohttp driver
         web_app.router.add_get("/metrics", make_aiohttp_handler(registry))
         api.register(self, web_app)
+
+    def _alerting_stage(self) -> AlertingStage:
+        s = self.settings
+        return AlertingStage(
+            partitions=s.topic_partitions, idle_s=s.alert_idle_s, max_wait_s=s.alert_max_wait_s
+        )
 
     async def _partitions(self, topic: str) -> int:
         """How many partitions ``topic`` has (keyed records go where Kafka's default

@@ -130,3 +130,90 @@ class PartitionView:
 
     def delete(self, key: str) -> None:
         self.state.delete(self.partition, key.encode())
+
+
+_HEAD = b"\x00snapshot-head"
+_SLOTS = (b"\x00#0", b"\x00#1")
+_LIVE, _GONE = b"\x00", b"\x01"
+
+
+class Snapshots:
+    """Saves of many keys over one partition of a :class:`KeyValue` that restore all or nothing.
+
+    A save can be cut short (a crash between its writes), and a restore must then see the
+    previous save whole, not half of each. Every key has two slots: a save writes a key's new
+    value (with the save's number) into the slot that does NOT hold its last saved value, then
+    writes the head (the number of the last complete save) last. Reading takes, per key, the slot
+    with the highest number not above the head. A deleted key is a marker until the head covers
+    it, then both slots go.
+    """
+
+    def __init__(self, kv: KeyValue, partition: int) -> None:
+        self.kv = kv
+        self.partition = partition
+        self.head = 0
+        self._slot: dict[bytes, int] = {}  # key -> the slot of its value as of the head
+        self._writes: dict[bytes, bytes | None] = {}
+
+    def restore(self) -> None:
+        """Read the head (call before any :meth:`get`)."""
+        raw = self.kv.get(self.partition, _HEAD)
+        self.head = int.from_bytes(raw, "big") if raw else 0
+        self._slot, self._writes = {}, {}
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key`` as of the last complete save (or as set since, unsaved)."""
+        if key in self._writes:
+            return self._writes[key]
+        best: tuple[int, int, bytes] | None = None
+        for slot, suffix in enumerate(_SLOTS):
+            raw = self.kv.get(self.partition, key + suffix)
+            if raw is None or len(raw) < 9:
+                continue
+            number = int.from_bytes(raw[:8], "big")
+            if number <= self.head and (best is None or number > best[0]):
+                best = (number, slot, raw)
+        if best is None:
+            self._slot.pop(key, None)
+            return None
+        self._slot[key] = best[1]
+        raw = best[2]
+        return raw[9:] if raw[8:9] == _LIVE else None
+
+    def set(self, key: bytes, value: bytes) -> None:
+        self._know(key)
+        self._writes[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self._know(key)
+        self._writes[key] = None
+
+    def _know(self, key: bytes) -> None:
+        if key not in self._slot and key not in self._writes:
+            self.get(key)  # which slot holds its saved value
+
+    def commit(self) -> int:
+        """Write the keys set or deleted since the last commit, then the head; returns the
+        number of writes."""
+        if not self._writes:
+            return 0
+        number = self.head + 1
+        header = number.to_bytes(8, "big")
+        kv, p = self.kv, self.partition
+        written: dict[bytes, int] = {}
+        for key, value in self._writes.items():
+            slot = 1 - self._slot.get(key, 1)  # the other slot (a new key: slot 0)
+            kv.set(p, key + _SLOTS[slot], header + (_GONE if value is None else _LIVE + value))
+            written[key] = slot
+        kv.set(p, _HEAD, header)
+        self.head = number
+        for key, slot in written.items():
+            if self._writes[key] is None:  # the head covers the marker: both slots may go
+                kv.delete(p, key + _SLOTS[0])
+                kv.delete(p, key + _SLOTS[1])
+                self._slot.pop(key, None)
+            else:
+                self._slot[key] = slot
+        count = len(self._writes) + 1
+        self._writes = {}
+        return count

@@ -50,6 +50,7 @@ class ScopeKind(enum.StrEnum):
 
     ACCOUNT = "account"
     COUNTRY = "country"
+    CAMPAIGN = "campaign"
     SENDER = "sender"
     TEMPLATE = "template"
 
@@ -57,9 +58,19 @@ class ScopeKind(enum.StrEnum):
 SPECIFICITY: dict[ScopeKind, int] = {
     ScopeKind.ACCOUNT: 0,
     ScopeKind.COUNTRY: 1,
-    ScopeKind.SENDER: 2,
-    ScopeKind.TEMPLATE: 3,
+    ScopeKind.CAMPAIGN: 2,
+    ScopeKind.SENDER: 3,
+    ScopeKind.TEMPLATE: 4,
 }
+
+
+class Family(enum.StrEnum):
+    """The kinds of alert, by what fires them (see the README's Alerts section)."""
+
+    SPIKE = "spike"  # statistics: a scope's error share rose above its own baseline
+    STANDING = "standing"  # a policy in force (the US marketing pause): not an anomaly
+    STORM = "storm"  # resend storms: marketing resent within 24 h of a 131049
+    IMMEDIATE = "immediate"  # one event is enough: template paused, account restricted, ...
 
 
 class Scope(msgspec.Struct, frozen=True):
@@ -89,6 +100,10 @@ class Scope(msgspec.Struct, frozen=True):
     def for_country(cls, country: str) -> Scope:
         return cls(ScopeKind.COUNTRY, country)
 
+    @classmethod
+    def for_campaign(cls, campaign: str) -> Scope:
+        return cls(ScopeKind.CAMPAIGN, campaign)
+
     @property
     def specificity(self) -> int:
         return SPECIFICITY[self.kind] * 2 + (1 if self.sender else 0)
@@ -115,6 +130,7 @@ class Verdict(enum.StrEnum):
 
     POSITIVE = "positive"  # the condition holds: counts toward firing
     HOLD = "hold"  # not positive, but not clear either: keeps a firing alert firing
+    CLEAR = "clear"  # clear, listed to say why (the evidence a resolve message shows)
 
 
 class Evidence(msgspec.Struct, frozen=True):
@@ -133,6 +149,9 @@ class Evidence(msgspec.Struct, frozen=True):
     p_value: float | None = None
     window_seconds: int = 0
     detail: str = ""
+    #: the largest parts by name, e.g. {"templates": [("promo", 12), ...]}: what a message
+    #: names (never a recipient)
+    breakdown: dict[str, list[tuple[str, int]]] = {}
 
 
 class Finding(msgspec.Struct, frozen=True):
@@ -149,6 +168,14 @@ class Finding(msgspec.Struct, frozen=True):
     for_evaluations: int = 1
     resolve_evaluations: int = 1
     notify_resolve: bool = True
+    family: Family = Family.IMMEDIATE
+    #: when the condition began, from the data itself (an event's time, the resend that made a
+    #: storm); None: the evaluation that found it (the spike detector's statistics)
+    since: int | None = None
+    #: seconds between reminders while it fires (0: the book's policy)
+    repeat_seconds: int = 0
+    #: a change of this value while firing is worth an UPDATED (a storm that grew)
+    update_key: str = ""
 
     @property
     def key(self) -> str:
@@ -194,6 +221,9 @@ class AlertSnapshot(msgspec.Struct, frozen=True):
     firing_since: int | None = None
     resolved_at: int | None = None
     notify_resolve: bool = True
+    family: Family = Family.SPIKE
+    #: the last clear evaluation's evidence (why it resolved), when the rule gave one
+    resolve_evidence: Evidence | None = None
 
 
 class Notification(msgspec.Struct, frozen=True):
@@ -209,6 +239,7 @@ class Notification(msgspec.Struct, frozen=True):
     severity: Severity
     headline: AlertSnapshot
     related: tuple[AlertSnapshot, ...] = ()
+    family: Family = Family.SPIKE
 
 
 _notification_encoder = msgspec.json.Encoder()
@@ -241,6 +272,7 @@ class AlertRecord(msgspec.Struct):
     positives: int = 0
     clears: int = 0
     firing_since: int | None = None
+    cleared: Evidence | None = None  # the last clear evaluation's evidence
 
     def snapshot(self, resolved_at: int | None = None) -> AlertSnapshot:
         f = self.finding
@@ -258,6 +290,8 @@ class AlertRecord(msgspec.Struct):
             firing_since=self.firing_since,
             resolved_at=resolved_at,
             notify_resolve=f.notify_resolve,
+            family=f.family,
+            resolve_evidence=self.cleared if resolved_at is not None else None,
         )
 
 
@@ -272,6 +306,7 @@ class IncidentRecord(msgspec.Struct):
     resolved_at: int | None = None
     waiting_since: int | None = None
     members: dict[str, AlertSnapshot] = {}
+    update_keys: dict[str, str] = {}  # member -> its update_key when last notified
 
 
 class BookState(msgspec.Struct):
@@ -281,6 +316,34 @@ class BookState(msgspec.Struct):
 
 def _headline_order(s: AlertSnapshot) -> tuple[int, int, str]:
     return (-s.scope.specificity, -s.evidence.count, s.key)
+
+
+def excess(evidence: Evidence) -> float:
+    """Errors above what the scope's own baseline expects in the window (all of them when the
+    rule has no baseline)."""
+    if evidence.baseline_ratio is None or not evidence.attempts:
+        return float(evidence.count)
+    return evidence.count - evidence.attempts * evidence.baseline_ratio
+
+
+#: A scope heads an incident when it carries at least this share of the largest excess of the
+#: incident's scopes: a template that explains its number's spike heads it, one template among
+#: eight equally hit does not (the number does).
+HEADLINE_SHARE = 0.5
+
+
+def headline_first(members: list[AlertSnapshot]) -> list[AlertSnapshot]:
+    """``members`` with the headline first: the most specific scope that explains most of the
+    incident (see :data:`HEADLINE_SHARE`); campaigns are context, never the headline unless
+    nothing else fires."""
+    ordered = sorted(members, key=_headline_order)
+    if len(ordered) < 2:
+        return ordered
+    top = max(excess(s.evidence) for s in ordered)
+    for s in ordered:
+        if s.scope.kind is not ScopeKind.CAMPAIGN and excess(s.evidence) >= HEADLINE_SHARE * top:
+            return [s, *(o for o in ordered if o is not s)]
+    return ordered
 
 
 class AlertBook:
@@ -306,10 +369,10 @@ class AlertBook:
         at = evaluation.at
         alerts = self.state.alerts
         listed: set[str] = set()
+        resolved: list[AlertSnapshot] = []
         for finding in evaluation.findings:
             listed.add(finding.key)
-            self._absorb(finding, at)
-        resolved: list[AlertSnapshot] = []
+            resolved.extend(self._absorb(finding, at))
         for key, record in list(alerts.items()):
             if key in listed or record.finding.rule not in evaluation.rules:
                 continue
@@ -322,31 +385,51 @@ class AlertBook:
                 resolved.append(record.snapshot(resolved_at=at))
         return self._notify(at, resolved)
 
-    def _absorb(self, finding: Finding, at: int) -> None:
+    def _absorb(self, finding: Finding, at: int) -> list[AlertSnapshot]:
+        """Apply one finding; returns the snapshot of an alert it resolved."""
         alerts = self.state.alerts
         record = alerts.get(finding.key)
+        if finding.verdict is Verdict.CLEAR:
+            if record is None:
+                return []
+            if record.state is AlertState.PENDING:
+                del alerts[finding.key]
+                return []
+            record.clears += 1
+            record.cleared = finding.evidence
+            if record.clears >= record.finding.resolve_evaluations:
+                del alerts[finding.key]
+                return [record.snapshot(resolved_at=at)]
+            return []
         if finding.verdict is Verdict.HOLD:
             if record is None:
-                return
+                return []
             if record.state is AlertState.PENDING:  # the streak of positives is broken
                 del alerts[finding.key]
-                return
+                return []
             record.finding, record.clears = finding, 0
-            return
+            return []
         if record is None:
-            record = alerts[finding.key] = AlertRecord(finding, AlertState.PENDING, started_at=at)
+            started = finding.since if finding.since is not None else at
+            record = alerts[finding.key] = AlertRecord(
+                finding, AlertState.PENDING, started_at=started
+            )
         record.finding, record.clears = finding, 0
         if record.state is AlertState.PENDING:
             record.positives += 1
             if record.positives >= finding.for_evaluations:
-                record.state, record.firing_since = AlertState.FIRING, at
+                since = finding.since if finding.since is not None else at
+                record.state, record.firing_since = AlertState.FIRING, since
+        return []
 
     def _notify(self, at: int, resolved: list[AlertSnapshot]) -> list[Notification]:
         incidents = self.state.incidents
         firing: dict[str, list[AlertSnapshot]] = defaultdict(list)
+        firing_records: dict[str, list[AlertRecord]] = defaultdict(list)
         for record in self.state.alerts.values():
             if record.state is AlertState.FIRING:
                 firing[record.finding.group].append(record.snapshot())
+                firing_records[record.finding.group].append(record)
         for snap in resolved:
             incident = incidents.get(snap.group)
             if incident is not None and snap.key in incident.members:
@@ -354,7 +437,7 @@ class AlertBook:
         out: list[Notification] = []
         cooldown = self.policy.cooldown_seconds
         for group in sorted(set(firing) | set(incidents)):
-            now_firing = sorted(firing.get(group, ()), key=_headline_order)
+            now_firing = headline_first(firing.get(group, []))
             incident = incidents.get(group)
             if incident is None:
                 incident = incidents[group] = IncidentRecord(members={})
@@ -369,19 +452,31 @@ class AlertBook:
                         continue  # collecting related alerts first
                 for snap in now_firing:
                     incident.members[snap.key] = snap
+                keys = self._update_keys(firing_records.get(group, []))
                 if not incident.notified:
                     incident.notified, incident.members = True, {s.key: s for s in now_firing}
                     incident.waiting_since = None
                     incident.since = min(s.firing_since or at for s in now_firing)
+                    incident.update_keys = keys
                     out.append(self._message(group, incident, NotificationKind.FIRING, at))
                     continue
                 previous = incident.members.get(incident.headline)
                 more_specific = previous is None or (
                     now_firing[0].scope.specificity > previous.scope.specificity
                 )
-                if more_specific:
+                grew = any(
+                    key and incident.update_keys.get(member) != key for member, key in keys.items()
+                )
+                incident.update_keys = keys
+                repeat = min(
+                    (r.finding.repeat_seconds for r in firing_records.get(group, [])),
+                    default=0,
+                )
+                if more_specific or grew:
                     out.append(self._message(group, incident, NotificationKind.UPDATED, at))
-                elif at - incident.last_notified_at >= self.policy.repeat_interval_seconds:
+                elif at - incident.last_notified_at >= (
+                    repeat or self.policy.repeat_interval_seconds
+                ):
                     out.append(self._message(group, incident, NotificationKind.REPEAT, at))
             elif incident.notified:
                 if any(s.notify_resolve for s in incident.members.values()):
@@ -393,6 +488,10 @@ class AlertBook:
                 incident.waiting_since = None
         return out
 
+    @staticmethod
+    def _update_keys(records: list[AlertRecord]) -> dict[str, str]:
+        return {r.finding.key: r.finding.update_key for r in records if r.finding.update_key}
+
     def _message(
         self, group: str, incident: IncidentRecord, kind: NotificationKind, at: int
     ) -> Notification:
@@ -401,7 +500,7 @@ class AlertBook:
             headline = incident.members.get(incident.headline) or members[0]
             related = tuple(s for s in members if s.key != headline.key)
         else:
-            current = [s for s in members if s.state is not AlertState.RESOLVED]
+            current = headline_first([s for s in members if s.state is not AlertState.RESOLVED])
             headline, related = current[0], tuple(current[1:])
             incident.headline = headline.key
         incident.seq += 1
@@ -417,6 +516,7 @@ class AlertBook:
             severity=max((s.severity for s in members), key=_severity_rank),
             headline=headline,
             related=related,
+            family=headline.family,
         )
 
 

@@ -94,11 +94,21 @@ after a restart are added once, however a crash split the previous save.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Container, Iterable, Mapping
 
 import msgspec
 
-from streams.core.alerts import Evaluation, Evidence, Finding, Scope, ScopeKind, Severity, Verdict
+from streams.core.alerts import (
+    Evaluation,
+    Evidence,
+    Family,
+    Finding,
+    Scope,
+    ScopeKind,
+    Severity,
+    Verdict,
+    alert_key,
+)
 from streams.core.catalog import ErrorClass
 
 RULE = "spike"
@@ -116,8 +126,10 @@ class SpikeThresholds(msgspec.Struct, frozen=True):
     prior_ratio: float = 0.01
     prior_attempts: float = 200.0
     for_evaluations: int = 2
-    resolve_evaluations: int = 5
-    resolve_ratio: float = 0.5
+    resolve_evaluations: int = 3
+    #: still elevated (HOLD, keeps a firing alert firing) while the window's share is at least
+    #: ``min_rise`` times the baseline and that is significant at this level; clear otherwise
+    hold_alpha: float = 0.01
     severity: Severity = Severity.WARNING
     #: fast path: the last complete minute alone (or the minute in progress, projected to a
     #: whole minute), judged with the same floors, at this alpha, fires at once (a spike this
@@ -127,7 +139,6 @@ class SpikeThresholds(msgspec.Struct, frozen=True):
 
 DEFAULT_THRESHOLDS: dict[ErrorClass, SpikeThresholds] = {
     _C.PER_USER_MARKETING_LIMIT: SpikeThresholds(),
-    _C.US_MARKETING_PAUSE: SpikeThresholds(),
     _C.OPT_OUT: SpikeThresholds(ratio_floor=0.02, prior_ratio=0.005),
     _C.PAIR_RATE_LIMIT: SpikeThresholds(prior_ratio=0.005),
     _C.THROUGHPUT: SpikeThresholds(min_count=20, prior_ratio=0.005),
@@ -152,6 +163,11 @@ CLASS_TITLES: dict[ErrorClass, str] = {
 }
 
 
+#: Classes counted per scope and minute but never judged as spikes: the US marketing pause is a
+#: policy in force, not an anomaly (streams.core.standing reports it).
+TALLIED_ONLY = frozenset({_C.US_MARKETING_PAUSE})
+
+
 class DetectorConfig(msgspec.Struct, frozen=True):
     """Windows (minutes) and the thresholds of every monitored class."""
 
@@ -162,6 +178,7 @@ class DetectorConfig(msgspec.Struct, frozen=True):
     thresholds: dict[ErrorClass, SpikeThresholds] = msgspec.field(
         default_factory=lambda: dict(DEFAULT_THRESHOLDS)
     )
+    tallied_only: frozenset[ErrorClass] = TALLIED_ONLY
 
 
 def spike_title(error_class: ErrorClass) -> str:
@@ -226,7 +243,10 @@ def judge(
     thresholds: SpikeThresholds,
     window_seconds: int = 0,
 ) -> tuple[Verdict | None, Evidence]:
-    """The verdict for one scope and class (``None`` = clear) and the evidence behind it."""
+    """The verdict for one scope and class (``None`` = clear) and the evidence behind it:
+    positive (see the module docstring), else HOLD while the window's share is still
+    distinguishable from the baseline (at least ``min_rise`` times it, ``P(X >= k) <=
+    hold_alpha``), else clear."""
     t = thresholds
     attempts = max(attempts, errors)  # a late send count must not give a ratio above 1
     ratio = errors / attempts if attempts else 0.0
@@ -235,12 +255,17 @@ def judge(
     )
     p_value: float | None = None
     verdict: Verdict | None = None
-    if errors >= t.min_count and ratio >= t.ratio_floor and ratio >= t.min_rise * p0:
+    risen = errors > 0 and ratio >= t.min_rise * p0
+    if risen and errors >= t.min_count and ratio >= t.ratio_floor:
         p_value = binomial_sf(errors, attempts, p0)
         if p_value <= t.alpha:
             verdict = Verdict.POSITIVE
-    if verdict is None and errors and ratio >= t.resolve_ratio * t.ratio_floor:
-        verdict = Verdict.HOLD
+    if verdict is None and risen:
+        # still distinguishable from the scope's own baseline: not clear yet
+        if p_value is None:
+            p_value = binomial_sf(errors, attempts, p0)
+        if p_value <= t.hold_alpha:
+            verdict = Verdict.HOLD
     evidence = Evidence(
         count=errors,
         attempts=attempts,
@@ -355,7 +380,12 @@ class _Series:
             self.applied[hour] = record.applied
 
 
-_DIMENSION_KINDS = {"t": ScopeKind.TEMPLATE, "s": ScopeKind.SENDER, "c": ScopeKind.COUNTRY}
+_DIMENSION_KINDS = {
+    "t": ScopeKind.TEMPLATE,
+    "s": ScopeKind.SENDER,
+    "c": ScopeKind.COUNTRY,
+    "g": ScopeKind.CAMPAIGN,
+}
 
 
 def scope_of_bucket(dim: str, key: str) -> Scope:
@@ -374,7 +404,9 @@ class SpikeDetector:
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        self._classes = {c.value: c for c in self.config.thresholds}
+        tracked = [*self.config.thresholds, *self.config.tallied_only]
+        #: error class values counted -> the class
+        self.classes = {c.value: c for c in tracked}
         self._fast = {
             c: msgspec.structs.replace(t, alpha=t.fast_alpha)
             for c, t in self.config.thresholds.items()
@@ -386,7 +418,7 @@ class SpikeDetector:
     def _monitored(self, errors: Mapping[str, int]) -> dict[ErrorClass, int]:
         out: dict[ErrorClass, int] = {}
         for name, n in errors.items():
-            cls = self._classes.get(str(name))
+            cls = self.classes.get(str(name))
             if cls is not None and n:
                 out[cls] = out.get(cls, 0) + n
         return out
@@ -445,8 +477,10 @@ class SpikeDetector:
         attempts, errors = errors_of_bucket(counts)
         self.observe(scope_of_bucket(dim, key), minute, attempts, errors)
 
-    def evaluate(self, now: int) -> Evaluation:
-        """Judge every scope and class on the complete minutes before ``now`` (event time)."""
+    def evaluate(self, now: int, watch: Container[str] = frozenset()) -> Evaluation:
+        """Judge every scope and class on the complete minutes before ``now`` (event time).
+        Alerts keyed in ``watch`` (the open ones) that are clear are listed as CLEAR with their
+        evidence (what a resolve message shows)."""
         cfg = self.config
         end = now // 60
         start = end - cfg.window_minutes
@@ -459,12 +493,33 @@ class SpikeDetector:
                 del self._series[scope]
                 continue
             window = series.total(start, end)
-            if not any(window.errors.values()):
+            watched = [c for c in cfg.thresholds if _key(c, scope) in watch]
+            if not watched and not any(window.errors.get(c) for c in cfg.thresholds):
                 continue
             baseline = series.total(oldest, start)
             last = series.total(end - 1, end)
-            findings.extend(self._judge_scope(scope, window, baseline, last))
+            findings.extend(self._judge_scope(scope, window, baseline, last, watched))
         return Evaluation(at=now, rules=frozenset({RULE}), findings=tuple(findings))
+
+    def scopes(self) -> list[Scope]:
+        """Every scope with minutes kept."""
+        return sorted(self._series, key=str)
+
+    def window(self, scope: Scope, lo: int, hi: int) -> MinuteTally:
+        """Sends and errors of ``scope`` over minutes ``[lo, hi)``."""
+        series = self._series.get(scope)
+        tally = series.total(lo, hi) if series is not None else _Tally()
+        return MinuteTally(tally.attempts, dict(tally.errors))
+
+    def first_minute(self, scope: Scope, error_class: ErrorClass, lo: int, hi: int) -> int | None:
+        """The first minute in ``[lo, hi)`` with an error of ``error_class`` in ``scope``."""
+        series = self._series.get(scope)
+        if series is None:
+            return None
+        minutes = [
+            m for m, t in series.minutes.items() if lo <= m < hi and t.errors.get(error_class)
+        ]
+        return min(minutes, default=None)
 
     def evaluate_partial(self, now: int, at: int | None = None) -> Evaluation:
         """Judge the minute in progress at ``now`` (event time; ``now % 60`` seconds of it have
@@ -534,12 +589,17 @@ class SpikeDetector:
         return MinuteTally(out.attempts, dict(out.errors))
 
     def _judge_scope(
-        self, scope: Scope, window: _Tally, baseline: _Tally, last: _Tally
+        self,
+        scope: Scope,
+        window: _Tally,
+        baseline: _Tally,
+        last: _Tally,
+        watched: Collection[ErrorClass] = (),
     ) -> Iterable[Finding]:
         seconds = self.config.window_minutes * 60
         for cls, t in self.config.thresholds.items():
             k = window.errors.get(cls, 0)
-            if not k:
+            if not k and cls not in watched:
                 continue
             b_errors, b_attempts = baseline.errors.get(cls, 0), baseline.attempts
             verdict, evidence = judge(k, window.attempts, b_errors, b_attempts, t, seconds)
@@ -555,6 +615,11 @@ class SpikeDetector:
                 if fast is Verdict.POSITIVE:
                     verdict, evidence, for_evaluations = fast, fast_evidence, 1
             if verdict is None:
+                if cls in watched:
+                    if evidence.p_value is None:  # how ordinary the window is, for the resolve
+                        p = binomial_sf(k, evidence.attempts, evidence.baseline_ratio or 0.0)
+                        evidence = msgspec.structs.replace(evidence, p_value=p)
+                    yield self._finding(scope, cls, t, Verdict.CLEAR, evidence, for_evaluations)
                 continue
             yield self._finding(scope, cls, t, verdict, evidence, for_evaluations)
 
@@ -597,7 +662,13 @@ class SpikeDetector:
             severity=t.severity,
             for_evaluations=for_evaluations,
             resolve_evaluations=t.resolve_evaluations,
+            family=Family.SPIKE,
         )
+
+
+def _key(cls: ErrorClass, scope: Scope) -> str:
+    """The alert key of the spike rule for ``cls`` on ``scope`` (what :class:`Finding` makes)."""
+    return alert_key(f"{RULE}:{cls.value}", scope)
 
 
 def _at_most(p_value: float | None, alpha: float) -> bool:

@@ -40,7 +40,7 @@ class TimeTrust(msgspec.Struct, frozen=True):
     max_future_skew: int = 3_600
 
 
-class Verdict(enum.StrEnum):
+class TimeVerdict(enum.StrEnum):
     """What :func:`trust` made of a timestamp."""
 
     OK = "ok"
@@ -52,18 +52,20 @@ class Verdict(enum.StrEnum):
 DEFAULT_TRUST = TimeTrust()
 
 
-def trust(ts: int, received: int, policy: TimeTrust = DEFAULT_TRUST) -> tuple[int | None, Verdict]:
+def trust(
+    ts: int, received: int, policy: TimeTrust = DEFAULT_TRUST
+) -> tuple[int | None, TimeVerdict]:
     """``(ts, verdict)`` when ``ts`` may be used (possibly converted from milliseconds), else
     ``(None, verdict)``. ``received`` is when Kafka received the record (unix seconds)."""
     latest = received + policy.max_future_skew
     if EARLIEST <= ts <= latest:
-        return ts, Verdict.OK
+        return ts, TimeVerdict.OK
     if ts > latest:
         seconds = ts // _MILLIS
         if EARLIEST <= seconds <= latest:
-            return seconds, Verdict.MILLISECONDS
-        return None, Verdict.FUTURE
-    return None, Verdict.TOO_OLD
+            return seconds, TimeVerdict.MILLISECONDS
+        return None, TimeVerdict.FUTURE
+    return None, TimeVerdict.TOO_OLD
 
 
 def received_at(record_timestamp_ms: int | None, now: float) -> int:
@@ -75,9 +77,9 @@ def received_at(record_timestamp_ms: int | None, now: float) -> int:
     return min(record_timestamp_ms // _MILLIS, wall)
 
 
-def refusal(what: str, ts: int, received: int, verdict: Verdict, policy: TimeTrust) -> str:
+def refusal(what: str, ts: int, received: int, verdict: TimeVerdict, policy: TimeTrust) -> str:
     """A dead letter's reason for a refused timestamp."""
-    if verdict is Verdict.FUTURE:
+    if verdict is TimeVerdict.FUTURE:
         return (
             f"{what} timestamp {ts} is {ts - received} s after Kafka received the record "
             f"(at most {policy.max_future_skew} s are trusted)"

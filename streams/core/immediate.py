@@ -17,11 +17,17 @@ Immediate rules, fed by the WABA-level webhooks and by failure counts per error 
 Resend storms: a marketing template re-sent to a recipient less than 24 h after that recipient's
 131049 (Meta: resending within 24 h can block the user for another 24 h). The recipients stage
 decides with :func:`is_premature_resend` and reports each case to
-:meth:`ResendStormRule.record`; the rule counts distinct recipients per template and sending
-number in the window and alerts at ``threshold`` recipients, naming the template and the count.
+:meth:`ResendStormRule.record`; the rule counts distinct recipients per sending number in the
+window (whatever the template: a storm is a sender's resend policy, not one template's) and
+alerts at ``threshold`` recipients: one incident per sending number, naming how many recipients
+(never who), the top templates and campaigns, updated as it grows.
 
-Event-driven rules keep the latest event per template / number / account (event time; an older
-event arriving late does not undo a newer one). Both classes return an
+Judged on event time, not on arrival: an evaluation at ``now`` uses only events before ``now``
+(an event read early, ahead of the evaluations, waits for its time; a later event of the same
+template / number / account read early does not hide an earlier one), and every finding says
+when its condition began from the data itself (``since``: the event's time, the minute a burst
+reached its threshold, the resend that made a storm), so the same events give the same
+incidents at the same times however they arrive. Both classes return an
 :class:`~streams.core.alerts.Evaluation` for the :class:`~streams.core.alerts.AlertBook`.
 """
 
@@ -29,11 +35,20 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import TypeVar
 
 import msgspec
 
-from streams.core.alerts import Evaluation, Evidence, Finding, Scope, Severity, Verdict
+from streams.core.alerts import (
+    Evaluation,
+    Evidence,
+    Family,
+    Finding,
+    Scope,
+    Severity,
+    Verdict,
+)
 from streams.core.catalog import ErrorClass
 
 DAY = 86_400
@@ -145,14 +160,14 @@ class ImmediateConfig(msgspec.Struct, frozen=True):
 
 
 class _Active(msgspec.Struct):
-    """The latest event of one event-driven alert: firing (with its finding) or cleared."""
+    """One event of one event-driven alert: firing (with its finding) or cleared."""
 
     ts: int
     finding: Finding | None
 
 
 def _finding(
-    rule: str, scope: Scope, evidence: Evidence, *, notify_resolve: bool = True
+    rule: str, scope: Scope, evidence: Evidence, *, notify_resolve: bool = True, since: int
 ) -> Finding:
     return Finding(
         rule=rule,
@@ -164,7 +179,18 @@ def _finding(
         error_class=_CLASSES[rule],
         severity=Severity.CRITICAL,
         notify_resolve=notify_resolve,
+        family=Family.IMMEDIATE,
+        since=since,
     )
+
+
+class Resend(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One premature resend: when, to whom (a number from the recipient's digest), what."""
+
+    ts: int
+    recipient: int
+    template: str
+    campaign: str
 
 
 class ImmediateState(msgspec.Struct, array_like=True, gc=False):
@@ -173,7 +199,8 @@ class ImmediateState(msgspec.Struct, array_like=True, gc=False):
 
     events: list[tuple[str, Scope, int, Finding | None]] = []
     errors: list[tuple[str, Scope, dict[int, int]]] = []
-    resends: list[tuple[Scope, list[tuple[int, int]]]] = []
+    resends: list[tuple[Scope, list[tuple[int, int]]]] = []  # storms before they were per sender
+    storms: list[tuple[str, list[Resend]]] = []
 
 
 V = TypeVar("V")
@@ -193,15 +220,22 @@ class ImmediateRules:
 
     def __init__(self, config: ImmediateConfig | None = None) -> None:
         self.config = config or ImmediateConfig()
-        self._events: dict[tuple[str, Scope], _Active] = {}
+        #: per alert, its events in time order (the latest before an evaluation decides)
+        self._events: dict[tuple[str, Scope], list[_Active]] = {}
         self._errors: dict[tuple[str, Scope], dict[int, int]] = defaultdict(dict)
 
     def export(self, into: ImmediateState) -> None:
-        into.events = [(r, sc, a.ts, a.finding) for (r, sc), a in _by_key(self._events)]
+        into.events = [
+            (r, sc, a.ts, a.finding) for (r, sc), events in _by_key(self._events) for a in events
+        ]
         into.errors = [(r, sc, dict(m)) for (r, sc), m in _by_key(self._errors) if m]
 
     def load(self, state: ImmediateState) -> None:
-        self._events = {(r, sc): _Active(ts, f) for r, sc, ts, f in state.events}
+        self._events = {}
+        for r, sc, ts, f in state.events:
+            self._events.setdefault((r, sc), []).append(_Active(ts, f))
+        for events in self._events.values():
+            events.sort(key=lambda a: a.ts)
         self._errors = defaultdict(dict, {(r, sc): dict(m) for r, sc, m in state.errors})
 
     def observe(self, event: ImmediateInput) -> None:
@@ -261,13 +295,14 @@ class ImmediateRules:
         *,
         notify_resolve: bool = True,
     ) -> None:
-        current = self._events.get((rule, scope))
-        if current is not None and ts < current.ts:
-            return  # a late, older event does not undo a newer one
         finding = None
         if evidence is not None:
-            finding = _finding(rule, scope, evidence, notify_resolve=notify_resolve)
-        self._events[(rule, scope)] = _Active(ts, finding)
+            finding = _finding(rule, scope, evidence, notify_resolve=notify_resolve, since=ts)
+        events = self._events.setdefault((rule, scope), [])
+        # in time order; an event at the same time as a kept one replaces it (a replay)
+        events[:] = [a for a in events if a.ts != ts]
+        events.append(_Active(ts, finding))
+        events.sort(key=lambda a: a.ts)
 
     def _count(self, event: ErrorCount) -> None:
         if event.code in BILLING_CODES:
@@ -281,13 +316,20 @@ class ImmediateRules:
         minutes[minute] = minutes.get(minute, 0) + event.count
 
     def evaluate(self, now: int) -> Evaluation:
+        """The alerts in force at event time ``now``: per alert, the latest of its events
+        before ``now`` (unless older than ``event_ttl_seconds``); per error burst, the errors of
+        the complete minutes of the window before ``now``."""
         cfg = self.config
         findings: list[Finding] = []
-        for key, active in list(self._events.items()):
-            if now - active.ts >= cfg.event_ttl_seconds:
+        for key, events in list(self._events.items()):
+            past = [a for a in events if a.ts < now]
+            if past:  # only the latest past event still matters, and those to come
+                events[:] = events[len(past) - 1 :]
+            if not events or (events[-1].ts < now and now - events[-1].ts >= cfg.event_ttl_seconds):
                 del self._events[key]
-            elif active.finding is not None:
-                findings.append(active.finding)
+                continue
+            if past and past[-1].finding is not None and now - past[-1].ts < cfg.event_ttl_seconds:
+                findings.append(past[-1].finding)
         lo, hi = (now - cfg.window_seconds) // 60, now // 60
         for (rule, scope), minutes in list(self._errors.items()):
             for minute in [m for m in minutes if m < lo]:
@@ -298,10 +340,21 @@ class ImmediateRules:
             count = sum(n for m, n in minutes.items() if m < hi)
             threshold = cfg.billing_threshold if rule == BILLING_ERROR else cfg.spam_burst_threshold
             if count >= threshold:
+                since = _burst_start(minutes, hi, threshold, cfg.window_seconds // 60)
                 evidence = Evidence(count, window_seconds=cfg.window_seconds)
-                findings.append(_finding(rule, scope, evidence))
+                findings.append(_finding(rule, scope, evidence, since=since))
         findings.sort(key=lambda f: f.key)
         return Evaluation(at=now, rules=IMMEDIATE_RULES, findings=tuple(findings))
+
+
+def _burst_start(minutes: dict[int, int], hi: int, threshold: int, width: int) -> int:
+    """When the burst ending before minute ``hi`` reached ``threshold`` errors within ``width``
+    minutes (the end of that minute; event time)."""
+    first = min(minutes)
+    for m in range(first, hi):
+        if sum(minutes.get(x, 0) for x in range(m - width + 1, m + 1)) >= threshold:
+            return (m + 1) * 60
+    return hi * 60
 
 
 def is_premature_resend(
@@ -315,60 +368,124 @@ def is_premature_resend(
 
 class ResendStormConfig(msgspec.Struct, frozen=True):
     window_seconds: int = 3600
-    threshold: int = 10  # distinct recipients per template and sender in the window
+    threshold: int = 10  # distinct recipients per sending number in the window
     resolve_evaluations: int = 5
+    top: int = 3  # templates and campaigns named
+
+
+#: Recipient counts at which a firing storm is worth an UPDATED (it grew).
+STORM_STEPS = (10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)
 
 
 class ResendStormRule:
-    """Counts premature resends per template and sending number (see the module docstring).
+    """Counts premature resends per sending number (see the module docstring).
 
     Recipients are kept only as 64-bit numbers of their digests, to count them.
     """
 
     def __init__(self, config: ResendStormConfig | None = None) -> None:
         self.config = config or ResendStormConfig()
-        self._resends: dict[Scope, list[tuple[int, int]]] = defaultdict(list)
+        self._resends: dict[str, list[Resend]] = defaultdict(list)
 
-    def record(self, template: str, sender: str, ts: int, recipient: str) -> None:
+    def record(
+        self, template: str, sender: str, ts: int, recipient: str, campaign: str = ""
+    ) -> None:
         """One premature resend of ``template`` from ``sender`` to ``recipient`` at ``ts``."""
         # a stable number (not hash(): it changes between processes, and the state is saved)
         number = int.from_bytes(hashlib.blake2b(recipient.encode(), digest_size=8).digest())
-        self._resends[Scope.for_template(template, sender)].append((ts, number))
+        resend = Resend(ts, number, template, campaign)
+        kept = self._resends[sender or "unknown"]
+        if resend not in kept:  # the same resend signalled again (a replay): counted once
+            kept.append(resend)
 
     def export(self, into: ImmediateState) -> None:
-        into.resends = [(sc, list(v)) for sc, v in sorted(self._resends.items(), key=_str_key) if v]
+        into.storms = [(sender, list(v)) for sender, v in sorted(self._resends.items()) if v]
 
     def load(self, state: ImmediateState) -> None:
-        self._resends = defaultdict(list, {sc: list(v) for sc, v in state.resends})
+        self._resends = defaultdict(list, {sender: list(v) for sender, v in state.storms})
 
     def evaluate(self, now: int) -> Evaluation:
+        """Storms at event time ``now``: resends in the window before ``now``."""
         cfg = self.config
         lo = now - cfg.window_seconds
         findings: list[Finding] = []
-        for scope in sorted(self._resends, key=str):
-            kept = [(ts, r) for ts, r in self._resends[scope] if ts >= lo]
+        for sender in sorted(self._resends):
+            # two windows are kept: when a storm began is found by sliding over them
+            kept = [r for r in self._resends[sender] if r.ts >= lo - cfg.window_seconds]
             if not kept:
-                del self._resends[scope]
+                del self._resends[sender]
                 continue
-            self._resends[scope] = kept
-            current = [r for ts, r in kept if ts < now]
-            recipients = len(set(current))
+            self._resends[sender] = kept
+            current = [r for r in kept if lo <= r.ts < now]
+            recipients = len({r.recipient for r in current})
             if recipients < cfg.threshold:
                 continue
-            detail = (
-                f"{len(current)} resends to {recipients} recipients less than 24 h after 131049"
-            )
-            evidence = Evidence(recipients, window_seconds=cfg.window_seconds, detail=detail)
-            findings.append(
-                Finding(
-                    rule=RESEND_STORM,
-                    scope=scope,
-                    group=RESEND_STORM,
-                    verdict=Verdict.POSITIVE,
-                    evidence=evidence,
-                    title=_TITLES[RESEND_STORM],
-                    error_class=ErrorClass.PER_USER_MARKETING_LIMIT,
-                    resolve_evaluations=cfg.resolve_evaluations,
-                )
-            )
+            findings.append(self._finding(sender, kept, current, recipients, now))
         return Evaluation(at=now, rules=frozenset({RESEND_STORM}), findings=tuple(findings))
+
+    def _finding(
+        self, sender: str, kept: list[Resend], current: list[Resend], recipients: int, now: int
+    ) -> Finding:
+        cfg = self.config
+        templates = _top((r.template for r in current), cfg.top)
+        campaigns = _top((r.campaign for r in current if r.campaign), cfg.top)
+        detail = (
+            f"{len(current)} marketing resends to {recipients} recipients less than 24 h after "
+            f"their 131049; templates: {_listed(templates)}"
+        )
+        if campaigns:
+            detail += f"; campaigns: {_listed(campaigns)}"
+        step = max((s for s in STORM_STEPS if s <= recipients), default=cfg.threshold)
+        evidence = Evidence(
+            recipients,
+            window_seconds=cfg.window_seconds,
+            detail=detail,
+            breakdown={"templates": templates, "campaigns": campaigns},
+        )
+        scope = Scope.for_sender(sender)
+        return Finding(
+            rule=RESEND_STORM,
+            scope=scope,
+            group=f"{RESEND_STORM}|{scope}",
+            verdict=Verdict.POSITIVE,
+            evidence=evidence,
+            title=_TITLES[RESEND_STORM],
+            error_class=ErrorClass.PER_USER_MARKETING_LIMIT,
+            resolve_evaluations=cfg.resolve_evaluations,
+            family=Family.STORM,
+            since=_storm_start(kept, now, cfg.window_seconds, cfg.threshold),
+            update_key=f"{step}+ recipients",
+        )
+
+
+def _storm_start(resends: list[Resend], now: int, window: int, threshold: int) -> int:
+    """The time of the resend that last took the window's distinct recipients to
+    ``threshold`` (the storm's start, from the data alone)."""
+    ordered = sorted((r for r in resends if r.ts < now), key=lambda r: (r.ts, r.recipient))
+    counts: dict[int, int] = {}
+    start, below, left = ordered[0].ts if ordered else now, True, 0
+    for r in ordered:
+        while ordered[left].ts < r.ts - window + 1:
+            gone = ordered[left].recipient
+            counts[gone] -= 1
+            if not counts[gone]:
+                del counts[gone]
+            left += 1
+        counts[r.recipient] = counts.get(r.recipient, 0) + 1
+        if len(counts) >= threshold:
+            if below:
+                start, below = r.ts, False
+        else:
+            below = True
+    return start
+
+
+def _top(values: Iterable[str], n: int) -> list[tuple[str, int]]:
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def _listed(items: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{name} ({n})" for name, n in items) or "-"

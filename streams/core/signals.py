@@ -49,6 +49,18 @@ class ResendSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):
     template: str
     ts: int
     recipient_digest: str
+    sender: str = ""
+    campaign: str = ""
+
+
+class USPaused(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A marketing message to a US number failed (the US marketing pause): its minute, the
+    first evaluation point that may use it, and a number of its recipient's digest (to count
+    distinct recipients; never a phone number)."""
+
+    minute: int
+    visible: int
+    recipient: int
 
 
 class PartitionReport(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -76,6 +88,7 @@ class SignalBatch(msgspec.Struct, array_like=True, gc=False):
     #: not delivered yet)
     watermarks: dict[int, int] = {}
     reports: list[PartitionReport] = []
+    us_paused: list[USPaused] = []
 
     def empty(self) -> bool:
         return not (
@@ -85,6 +98,7 @@ class SignalBatch(msgspec.Struct, array_like=True, gc=False):
             or self.resends
             or self.phone_quality
             or self.accounts
+            or self.us_paused
         )
 
 
@@ -103,3 +117,8 @@ def decode_signals(raw: bytes) -> SignalBatch:
 def recipient_digest(recipient: str) -> str:
     """A short one-way digest that tells recipients apart without naming them."""
     return hashlib.blake2b(recipient.encode(), digest_size=8).hexdigest()
+
+
+def recipient_number(recipient: str) -> int:
+    """:func:`recipient_digest` as a 64-bit number (compact, to count distinct recipients)."""
+    return int.from_bytes(hashlib.blake2b(recipient.encode(), digest_size=8).digest(), "big")

@@ -1,38 +1,38 @@
-"""Stage 4: spike detection and alert lifecycle over the signals of the counting stages.
+"""Stage 4: the alert rules over the signals of the counting stages, judged on event time.
 
 One partition, one owner: the worker that owns partition 0 of ``<app>-signals`` evaluates every
 rule and writes notifications to the alerts topic.
 
-Saved in the ``alerting`` table (partition 0) by :meth:`AlertingStage.save`, which writes each
-changed key once and is called once per batch, after the batch's notifications are in Kafka:
+**Judgments are a function of the data, not of its arrival.** The stage evaluates at fixed
+points of event time, every :data:`~streams.core.eventtime.GRID` seconds: at each whole minute
+every rule (spike detector on the complete minutes, standing conditions, resend storms,
+immediate rules), in between the spike detector's check of the minute in progress. Point ``g``
+is evaluated once every input partition has been read past ``g`` (the *clock*, below), and it
+uses exactly the counts whose inputs have marks before ``g`` (``BucketSignal.visible``, see
+:mod:`streams.core.eventtime`): counts that arrive ahead of their point wait for it in
+``pending``. A backlog read in an hour, a day read live, two workers, a restart: the same
+inputs give the same evaluations, so the same incidents at the same event-time minutes with the
+same evidence. Event-driven rules (immediate, storms, standing) take each event at its own
+time and say when their condition began from the data (``Finding.since``).
 
-- ``stage``: the alert book (which alerts fire, since when, what was notified) with the
-  evaluation clock (last minute evaluated, last boundary of the minute in progress checked,
-  newest event time, partition watermarks), in one record so they never disagree. Saved after
-  the notifications are written, so a crash in between sends them again after the restart (at
-  least once) rather than never.
-- the spike detector's minute counts (its 24 h baselines): one record per scope and hour
-  (``d``), an index of the scopes of each hour (``dh``) and the list of hours (``detector``).
-  Records stay small (at most 60 minutes each) and only changed hours are written. Every hour
-  record remembers the position (signal offset, index) of the last bucket delta it absorbed, so
-  signals replayed after a crash are counted once; the index is written before the records it
-  lists, so a crash between the two only leaves an indexed record missing (empty), which the
-  replay fills.
+**The clock** is the lowest mark of the inputs still being read: for every messages partition
+(from its reports, :class:`~streams.core.signals.PartitionReport`), the mark of every raw
+webhook partition as of the facts it received and the mark of its send-log partition. Not
+waited for: a raw partition stage 1 has read to its end and that has been quiet for
+``idle_s`` (it says so), a send-log partition quiet for ``idle_s``, and any input that has
+reported nothing new for ``max_wait_s`` (a stalled reader: alerts must not stop for good). When
+nothing is waited for, time is the newest event time advanced by the wall clock (so incidents
+still resolve when traffic stops). An input that was not waited for and then brings older data
+makes that data *late*: it is counted at once, in its minute, and seen by every evaluation from
+then on; points already evaluated are not evaluated again.
 
-The event-driven rules and resend storms are saved in the ``stage`` record too (small; signals
-replayed after a crash re-apply the same events, and counts of error bursts can count a
-replayed signal twice: at least once).
-
-Time is event time: the low watermark of the messages partitions (the slowest partition that is
-still receiving data decides, so no minute is judged before every partition delivered it; a
-partition quiet for ``idle_s`` of wall time stops holding time back), advanced by the wall clock
-while no newer event arrives (so an incident still resolves when traffic stops). Every rule is
-evaluated once per minute of that time, on the complete minutes; in between, the spike detector
-checks the minute in progress every ``partial_every`` seconds (at fixed boundaries of event time,
-``m * 60 + 15``, ``+ 30``, ``+ 45``: each once, the last one passed when time jumps over several),
-and a clear positive fires at once, at the boundary's time (see :mod:`streams.core.detector`).
-A restart checks no saved boundary again; a crash between sending and saving checks it again
-(at least once; an alert the saved book has firing is not notified again).
+**Saved** in the ``alerting`` table (partition 0) through :class:`~streams.state.Snapshots`, so
+a restart restores one whole save, never parts of two: the ``stage`` record (alert book, clock,
+rules, signal positions), the spike detector's minute counts (one record per scope and hour,
+an index per hour, the list of hours) and the pending counts (one record per evaluation point,
+and their list). Signals at or before the last one saved are skipped when read again; counts
+re-derived by the counting stages from inputs replayed after a crash are recognised by their
+input offsets (``BucketSignal.source``/``upto``) and absorbed once.
 """
 
 from __future__ import annotations
@@ -50,8 +50,17 @@ from streams.core.alerts import (
     BookState,
     Notification,
     Scope,
+    ScopeKind,
 )
-from streams.core.detector import DetectorConfig, HourRecord, SpikeDetector, scope_of_bucket
+from streams.core.detector import RULE as SPIKE_RULE
+from streams.core.detector import (
+    DetectorConfig,
+    HourRecord,
+    MinuteTally,
+    SpikeDetector,
+    scope_of_bucket,
+)
+from streams.core.eventtime import GRID
 from streams.core.immediate import (
     ImmediateRules,
     ImmediateState,
@@ -59,15 +68,20 @@ from streams.core.immediate import (
     TemplateQualityChange,
     TemplateStatusChange,
 )
-from streams.core.signals import SignalBatch
-from streams.state import KeyValue, decode, encode
+from streams.core.messages import UNKNOWN_TEMPLATE
+from streams.core.signals import PartitionReport, SignalBatch
+from streams.core.standing import StandingRule, StandingState
+from streams.state import KeyValue, Snapshots, decode, encode
 
 log = logging.getLogger(__name__)
 
 PARTITION = 0  # the alerting table has one partition
 STAGE_KEY = b"stage"
-LEGACY_BOOK_KEY = b"book"  # the alert book alone, as saved before the stage record
 HOURS_KEY = b"detector"
+PENDING_KEY = b"pending"
+
+#: (dim, key, minute) of a minute bucket -> its counts by outcome
+Cells = dict[tuple[str, str, int], dict[str, int]]
 
 
 def hour_index_key(hour: int) -> bytes:
@@ -78,21 +92,45 @@ def hour_key(scope: Scope, hour: int) -> bytes:
     return f"d\x1f{hour}\x1f{scope.kind}\x1f{scope.sender}\x1f{scope.key}".encode()
 
 
-class StageState(msgspec.Struct, gc=False):
-    """The alert book and the evaluation clock, saved together."""
+def pending_key(point: int) -> bytes:
+    return b"q\x1f%d" % point
+
+
+class Channel(msgspec.Struct, array_like=True, gc=False):
+    """One input as a messages partition reads it: its mark, whether it is idle, and (not
+    saved: wall clock) when it last changed."""
+
+    mark: int = 0
+    idle: bool = False
+
+
+class StageState(msgspec.Struct, array_like=True, gc=False):
+    """The alert book, the clock and the rules' state, saved together."""
 
     book: BookState
-    last_minute: int = -1
+    #: the next evaluation point (-1: none yet), the newest event time seen
+    next_point: int = -1
     event_time: int = 0
-    watermarks: dict[int, int] = {}
-    #: the event-driven rules (template paused, quality, phone, account, error bursts) and
-    #: resend storms: without them a restart would resolve what still fires
+    #: messages partition -> raw partition (-1: its send-log partition) -> channel
+    channels: dict[int, dict[int, Channel]] = {}
+    raw_partitions: int = 0
     rules: ImmediateState | None = None
+    standing: StandingState | None = None
     #: per input source of the bucket signals, the last input offset absorbed (a signal
     #: re-derived from a replayed input at or before it was counted already)
     absorbed: dict[int, int] = {}
-    #: the event time (a boundary) of the last check of the minute in progress
-    last_partial: int = -1
+    #: the offset of the last signal absorbed (read again after a restart: skipped)
+    signal_offset: int = -1
+
+
+class Pending(msgspec.Struct, array_like=True, gc=False):
+    """Counts that may be used from one evaluation point on."""
+
+    cells: list[tuple[str, str, int, dict[str, int]]] = []
+    us_paused: list[tuple[int, int]] = []  # (minute, recipient number)
+
+
+LOG = -1  # the channel of a messages partition's send-log partition
 
 
 class AlertingStage:
@@ -101,84 +139,134 @@ class AlertingStage:
         detector: DetectorConfig | None = None,
         policy: AlertPolicy | None = None,
         clock: Callable[[], float] = time.time,
-        idle_s: float = 10.0,
+        idle_s: float = 30.0,
+        max_wait_s: float = 120.0,
         partitions: int = 0,
     ) -> None:
         self.detector = SpikeDetector(detector)
-        #: messages partitions that report watermarks: one that has not reported yet holds
-        #: time back (at 0) until it has been quiet for ``idle_s``, so a partition whose first
-        #: batch comes late is not judged after its minutes were already evaluated
+        #: messages partitions: each must report before time moves (or ``max_wait_s`` pass)
         self.partitions = partitions
         self.immediate = ImmediateRules()
         self.storms = ResendStormRule()
+        self.standing = StandingRule()
         self.policy = policy
         self.book = AlertBook(policy)
         self.clock = clock
-        self.event_time = 0
-        self._event_time_at = 0.0  # wall clock when event_time last moved
-        self._last_minute = -1
-        self._last_partial = -1  # the boundary of the last check of the minute in progress
-        self._first_minute = -1  # earliest bucket minute seen before the first evaluation
-        self.signals = 0
         self.idle_s = idle_s
-        self._marks: dict[int, tuple[int, float]] = {}  # partition -> (watermark, wall seen)
-        self._absorbed: dict[int, int] = {}  # bucket signal source -> last input offset
-        self._saved_stage = b""
+        self.max_wait_s = max_wait_s
+        self.signals = 0
+        self.late = 0  # counts that arrived after their evaluation point
+        self.event_time = 0
+        self._event_time_at = clock()  # wall clock when event_time last moved
+        self._started = clock()
+        self._next = -1  # the next evaluation point (-1: not started)
+        self._channels: dict[int, dict[int, Channel]] = {}
+        self._changed: dict[tuple[int, int], float] = {}  # (partition, input) -> wall clock
+        self._raw_partitions = 0
+        self._pending: dict[int, Pending] = {}
+        self._pending_cells: dict[int, Cells] = {}
+        self._absorbed: dict[int, int] = {}
+        self._signal_offset = -1
+        self._snapshots: Snapshots | None = None
         self._saved_index: dict[int, set[Scope]] = {}  # hour -> scopes, as saved
         self._saved_hours: set[int] = set()
-        self._stale: set[int] = set()  # hours whose saved index lists records that are missing
+        self._saved_points: set[int] = set()
+        self._saved_stage = b""
+        self._dirty_points: set[int] = set()
 
     # -- saving and restoring ------------------------------------------------------------------
 
     def restore(self, kv: KeyValue) -> None:
-        """Load what :meth:`save` wrote (an empty table leaves a fresh stage); the next save
-        writes all of it again."""
-        raw = kv.get(PARTITION, STAGE_KEY)
+        """Load the last complete save (an empty table leaves a fresh stage); the next save
+        writes all of it again (the local store can be ahead of the changelog)."""
+        snapshots = self._snapshots = Snapshots(kv, PARTITION)
+        snapshots.restore()
+        raw = snapshots.get(STAGE_KEY)
+        wall = self.clock()
         if raw is not None:
             state = decode(raw, StageState)
             self.book = AlertBook(self.policy, state.book)
-            self._last_minute, self.event_time = state.last_minute, state.event_time
-            wall = self.clock()
+            self._next, self.event_time = state.next_point, state.event_time
             self._event_time_at = wall
-            self._marks = {p: (mark, wall) for p, mark in state.watermarks.items()}
+            self._channels = {p: dict(ch) for p, ch in state.channels.items()}
+            self._changed = {(p, i): wall for p, ch in self._channels.items() for i in ch}
+            self._raw_partitions = state.raw_partitions
             if state.rules is not None:
                 self.immediate.load(state.rules)
                 self.storms.load(state.rules)
+            if state.standing is not None:
+                self.standing.load(state.standing)
             self._absorbed = dict(state.absorbed)
-            self._last_partial = state.last_partial
-        else:
-            legacy = kv.get(PARTITION, LEGACY_BOOK_KEY)
-            if legacy:
-                self.book = AlertBook.from_encoded_state(legacy, self.policy)
-        hours = kv.get(PARTITION, HOURS_KEY)
+            self._signal_offset = state.signal_offset
+        hours = snapshots.get(HOURS_KEY)
         for hour in sorted(set(decode(hours, list[int])) if hours is not None else ()):
-            index = kv.get(PARTITION, hour_index_key(hour))
-            scopes = decode(index, list[Scope]) if index is not None else []
-            loaded = self._saved_index[hour] = set()
-            for scope in scopes:
-                record = kv.get(PARTITION, hour_key(scope, hour))
+            index = snapshots.get(hour_index_key(hour))
+            for scope in decode(index, list[Scope]) if index is not None else []:
+                record = snapshots.get(hour_key(scope, hour))
                 if record is not None:
                     self.detector.load(scope, hour, decode(record, HourRecord))
-                    loaded.add(scope)
-            self._stale.add(hour)  # its index is written again (see below)
-        # What was loaded is written again by the first save (stage record, hour list, indexes
-        # and hour records): the local store can be ahead of the changelog, since a worker
-        # killed after a save's local writes and before Faust's producer sent their changelog
-        # records leaves them out of the changelog for good otherwise (a partition restored
-        # elsewhere would lose its baselines). Saving once after a restart repairs that.
-        self._saved_stage, self._saved_hours = b"", set()
+                    self._saved_index.setdefault(hour, set()).add(scope)
+        points = snapshots.get(PENDING_KEY)
+        for point in decode(points, list[int]) if points is not None else []:
+            record = snapshots.get(pending_key(point))
+            if record is not None:
+                pending = decode(record, Pending)
+                self._pending[point] = pending
+                self._pending_cells[point] = {(d, k, m): c for d, k, m, c in pending.cells}
+                self._saved_points.add(point)
+        self._started = wall
+        # written again by the first save (see the docstring)
+        self._saved_hours, self._saved_points, self._saved_index = set(), set(), {}
+        self._saved_stage = b""
+        self._dirty_points = set(self._pending)
         self.detector.touch_all()
 
     def save(self, kv: KeyValue) -> int:
-        """Write what changed since the last save (each key once); returns the writes."""
-        writes = 0
+        """Write what changed since the last save as one snapshot; returns the writes."""
+        snapshots = self._snapshots
+        if snapshots is None or snapshots.kv is not kv:
+            snapshots = self._snapshots = Snapshots(kv, PARTITION)
+            snapshots.restore()
+        self._save_detector(snapshots)
+        for point in sorted(self._dirty_points):
+            if point in self._pending:
+                pending = self._pending[point]
+                pending.cells = [
+                    (d, k, m, c) for (d, k, m), c in self._pending_cells[point].items()
+                ]
+                snapshots.set(pending_key(point), encode(pending))
+            elif point in self._saved_points:
+                snapshots.delete(pending_key(point))
+        self._dirty_points = set()
+        if set(self._pending) != self._saved_points:
+            snapshots.set(PENDING_KEY, encode(sorted(self._pending)))
+            self._saved_points = set(self._pending)
+        rules = ImmediateState()
+        self.immediate.export(rules)
+        self.storms.export(rules)
+        stage = StageState(
+            self.book.state,
+            self._next,
+            self.event_time,
+            self._channels,
+            self._raw_partitions,
+            rules,
+            self.standing.export(),
+            self._absorbed,
+            self._signal_offset,
+        )
+        encoded = encode(stage)
+        if encoded != self._saved_stage:
+            snapshots.set(STAGE_KEY, encoded)
+            self._saved_stage = encoded
+        return snapshots.commit()
+
+    def _save_detector(self, snapshots: Snapshots) -> None:
         changed, dropped = self.detector.take_changes()
-        for scope, hour in dropped:
-            kv.delete(PARTITION, hour_key(scope, hour))
-            writes += 1
         index = self._saved_index
-        touched, self._stale = self._stale, set()
+        touched: set[int] = set()
         for scope, hour in dropped:
+            snapshots.delete(hour_key(scope, hour))
             if scope in index.get(hour, ()):
                 index[hour].discard(scope)
                 touched.add(hour)
@@ -186,59 +274,43 @@ class AlertingStage:
             if scope not in index.setdefault(hour, set()):
                 index[hour].add(scope)
                 touched.add(hour)
-        for hour in sorted(touched):  # the index before the records it lists
+        for hour in sorted(touched):
             if index.get(hour):
-                kv.set(PARTITION, hour_index_key(hour), encode(sorted(index[hour], key=str)))
+                snapshots.set(hour_index_key(hour), encode(sorted(index[hour], key=str)))
             else:
-                kv.delete(PARTITION, hour_index_key(hour))
+                snapshots.delete(hour_index_key(hour))
                 index.pop(hour, None)
-            writes += 1
         if set(index) != self._saved_hours:
-            kv.set(PARTITION, HOURS_KEY, encode(sorted(index)))
+            snapshots.set(HOURS_KEY, encode(sorted(index)))
             self._saved_hours = set(index)
-            writes += 1
         for (scope, hour), record in changed.items():
-            kv.set(PARTITION, hour_key(scope, hour), encode(record))
-            writes += 1
-        rules = ImmediateState()
-        self.immediate.export(rules)
-        self.storms.export(rules)
-        stage = encode(
-            StageState(
-                self.book.state,
-                self._last_minute,
-                self.event_time,
-                {p: mark for p, (mark, _) in self._marks.items()},
-                rules,
-                self._absorbed,
-                self._last_partial,
-            )
-        )
-        if stage != self._saved_stage:
-            kv.set(PARTITION, STAGE_KEY, stage)
-            self._saved_stage = stage
-            writes += 1
-        return writes
+            snapshots.set(hour_key(scope, hour), encode(record))
 
-    # -- processing ----------------------------------------------------------------------------
+    # -- input ---------------------------------------------------------------------------------
 
     def handle(self, batch: SignalBatch, offset: int | None = None) -> None:
-        """Absorb one signal batch; with its ``offset`` in the signals topic, a batch replayed
-        after a restart adds its bucket deltas once."""
+        """Absorb one signal batch; ``offset`` is its position in the signals topic (a batch
+        at or before the last one saved was absorbed already)."""
+        if offset is not None:
+            if offset <= self._signal_offset:
+                return
+            self._signal_offset = offset
         self.signals += 1
         absorbed = dict(self._absorbed)  # as before this batch
-        for i, b in enumerate(batch.buckets):
+        for b in batch.buckets:
             if b.source >= 0:
                 if b.upto <= absorbed.get(b.source, -1):
                     continue  # re-derived from a replayed input whose signal came through
                 if b.upto > self._absorbed.get(b.source, -1):
                     self._absorbed[b.source] = b.upto
-            if self._last_minute < 0 and (self._first_minute < 0 or b.minute < self._first_minute):
-                self._first_minute = b.minute
-            attempts = b.counts.get("attempted", 0)
-            errors = {k[7:]: v for k, v in b.counts.items() if k.startswith("failed.")}
-            position = None if offset is None else (offset, i)
-            self.detector.add(scope_of_bucket(b.dim, b.key), b.minute, attempts, errors, position)
+            if b.dim in ("t", "g") and b.key in (UNKNOWN_TEMPLATE, ""):
+                continue  # not attributed (yet): no template or campaign to judge
+            self._take(b.visible, (b.dim, b.key, b.minute), b.counts)
+        for u in batch.us_paused:
+            if self._next >= 0 and u.visible <= self._next - GRID:
+                self.standing.record(u.minute, u.recipient)
+            else:
+                self._pending_at(u.visible).us_paused.append((u.minute, u.recipient))
         for t in batch.templates:
             if t.field == "status":
                 self.immediate.observe(TemplateStatusChange(t.name, t.value, t.ts, t.reason))
@@ -251,68 +323,137 @@ class AlertingStage:
         for account in batch.accounts:
             self.immediate.observe(account)
         for r in batch.resends:
-            self.storms.record(r.template, "", r.ts, r.recipient_digest)
+            self.storms.record(r.template, r.sender, r.ts, r.recipient_digest, r.campaign)
         wall = self.clock()
-        if len(self._marks) < self.partitions:
-            for partition in range(self.partitions):
-                self._marks.setdefault(partition, (0, wall))
-        for partition, mark in batch.watermarks.items():
-            self._marks[partition] = (mark, wall)
-        if batch.max_ts > self.event_time:
-            self.event_time = batch.max_ts
+        for report in batch.reports:
+            self._report(report, wall)
+        marks = (c.mark for channels in self._channels.values() for c in channels.values())
+        newest = max(batch.max_ts, max(marks, default=0))
+        if newest > self.event_time:
+            self.event_time = newest
             self._event_time_at = wall
 
+    def _take(self, visible: int, cell: tuple[str, str, int], counts: dict[str, int]) -> None:
+        """Counts usable from point ``visible``: now if that point was evaluated (late), else
+        when it is."""
+        if self._next >= 0 and visible <= self._next - GRID:
+            self.late += 1
+            self._add(cell, counts)
+            return
+        self._pending_at(visible)
+        cells = self._pending_cells[visible]
+        into = cells.get(cell)
+        if into is None:
+            cells[cell] = dict(counts)
+        else:
+            for outcome, n in counts.items():
+                into[outcome] = into.get(outcome, 0) + n
+
+    def _pending_at(self, point: int) -> Pending:
+        pending = self._pending.get(point)
+        if pending is None:
+            pending = self._pending[point] = Pending()
+            self._pending_cells[point] = {}
+        self._dirty_points.add(point)
+        return pending
+
+    def _add(self, cell: tuple[str, str, int], counts: dict[str, int]) -> None:
+        dim, key, minute = cell
+        attempts = counts.get("attempted", 0)
+        errors = {k[7:]: v for k, v in counts.items() if k.startswith("failed.")}
+        self.detector.add(scope_of_bucket(dim, key), minute, attempts, errors)
+
+    def _report(self, report: PartitionReport, wall: float) -> None:
+        channels = self._channels.setdefault(report.partition, {})
+        self._raw_partitions = max(self._raw_partitions, report.raw_partitions)
+        idle = set(report.idle)
+        now = {**{r: Channel(m, r in idle) for r, m in report.marks.items()}}
+        now[LOG] = Channel(report.log_mark, False)
+        for source, channel in now.items():
+            if channels.get(source) != channel:
+                channels[source] = channel
+                self._changed[(report.partition, source)] = wall
+
+    # -- time ----------------------------------------------------------------------------------
+
     def now(self) -> int:
-        """The low watermark of the active partitions; when all are quiet, the newest event
-        time advanced by the wall clock since it arrived."""
+        """The event time every input has been read past (see the module docstring)."""
+        wall = self.clock()
+        waited: list[int] = []
+        for p in range(self.partitions):
+            channels = self._channels.get(p)
+            if channels is None:
+                if wall - self._started < self.max_wait_s:
+                    return 0  # a messages partition has not reported yet
+                continue
+            for source in [*range(self._raw_partitions), LOG]:
+                channel = channels.get(source)
+                changed = self._changed.get((p, source), self._started)
+                if wall - changed >= (self.idle_s if source == LOG else self.max_wait_s):
+                    continue  # a quiet send log, or a stalled reader
+                if channel is None:
+                    waited.append(0)  # not read yet
+                elif not channel.idle:
+                    waited.append(channel.mark)
+        if waited:
+            return min(waited)
         if not self.event_time:
             return 0
-        wall = self.clock()
-        active = [mark for mark, seen in self._marks.values() if wall - seen < self.idle_s]
-        if active:
-            return min(active)
-        return self.event_time + max(0, int(wall - self._event_time_at - self.idle_s))
+        quiet = max(self._event_time_at, max(self._changed.values(), default=self._started))
+        return self.event_time + max(0, int(wall - quiet - self.idle_s))
+
+    # -- evaluation ----------------------------------------------------------------------------
 
     def evaluate(self) -> list[Notification]:
-        """Notifications due at the current time: one evaluation per minute of event time that
-        passed since the last one (at most an hour's worth, when a replay jumps ahead). The
-        first evaluation starts at the earliest minute seen, so a backlog that arrives in one
-        batch is judged minute by minute as live traffic would be. Then the minute in progress
-        is checked at the last of its boundaries (every ``partial_every`` seconds) that time
-        passed, unless that boundary was checked already."""
+        """Notifications of every evaluation point the clock has passed, in order."""
         now = self.now()
-        if not now:
-            return []
-        minute = now // 60
+        if self._next < 0:
+            first = min(self._pending) // 60 * 60 if self._pending else 0
+            if not first or now < first:
+                return []
+            self._next = first  # the minute of the first counts (every earlier one is here)
         out: list[Notification] = []
-        if minute > self._last_minute:
-            start = self._last_minute + 1 if self._last_minute >= 0 else self._first_minute
-            first = max(start, minute - 60) if start >= 0 else minute
-            self._last_minute = minute
-            for m in range(first, minute + 1):
-                at = m * 60
-                for evaluation in (
-                    self.detector.evaluate(at),
-                    self.immediate.evaluate(at),
-                    self.storms.evaluate(at),
-                ):
-                    out.extend(self.book.apply(evaluation))
-        out.extend(self._evaluate_partial(now))
+        while self._next <= now:
+            point = self._next
+            self._release(point)
+            if point % 60 == 0:
+                out.extend(self._evaluate_minute(point))
+            else:
+                out.extend(self._evaluate_partial(point))
+            self._next = point + GRID
         return out
 
-    def _evaluate_partial(self, now: int) -> list[Notification]:
-        """The spike detector's check of the minute in progress at its last boundary before
-        ``now`` (event time ``m * 60 + j * partial_every``): positives of alerts not firing yet
-        fire at once, at the boundary's time; nothing else changes (no clears, no resolves)."""
+    def _release(self, point: int) -> None:
+        for p in sorted(p for p in self._pending if p <= point):
+            for cell, counts in self._pending_cells.pop(p).items():
+                self._add(cell, counts)
+            for minute, recipient in self._pending.pop(p).us_paused:
+                self.standing.record(minute, recipient)
+            self._dirty_points.add(p)
+
+    def _evaluate_minute(self, at: int) -> list[Notification]:
+        watch = {
+            key
+            for key, record in self.book.state.alerts.items()
+            if record.finding.rule == SPIKE_RULE and record.state is AlertState.FIRING
+        }
+        out: list[Notification] = []
+        for evaluation in (
+            self.detector.evaluate(at, watch),
+            self.standing.evaluate(at, self.detector),
+            self.immediate.evaluate(at),
+            self.storms.evaluate(at),
+        ):
+            out.extend(self.book.apply(evaluation))
+        return out
+
+    def _evaluate_partial(self, at: int) -> list[Notification]:
+        """The spike detector's check of the minute in progress at ``at``: positives of alerts
+        not firing yet fire at once; nothing else changes (no clears, no resolves)."""
         every = self.detector.config.partial_every
-        minute, elapsed = divmod(now, 60)
-        if every <= 0 or elapsed < every or minute != self._last_minute:
-            return []  # before the first boundary, or time went back to a minute judged whole
-        boundary = minute * 60 + elapsed // every * every
-        if boundary <= self._last_partial:
+        if every <= 0 or (at % 60) % every:
             return []
-        self._last_partial = boundary
-        evaluation = self.detector.evaluate_partial(now, at=boundary)
+        evaluation = self.detector.evaluate_partial(at)
         alerts = self.book.state.alerts
         findings = tuple(
             f
@@ -322,3 +463,36 @@ class AlertingStage:
         if not findings:
             return []
         return self.book.apply(msgspec.structs.replace(evaluation, findings=findings))
+
+    # -- views -----------------------------------------------------------------------------
+
+    def totals(self, scope: Scope) -> MinuteTally:
+        """Sends and errors of ``scope`` absorbed so far: judged already, or waiting for their
+        evaluation point (the account: its senders)."""
+        tally = self.detector.totals(scope)
+        errors = dict(tally.errors)
+        attempts = tally.attempts
+        for cells in self._pending_cells.values():
+            for (dim, key, _), counts in cells.items():
+                bucket_scope = scope_of_bucket(dim, key)
+                if bucket_scope == scope or (
+                    scope.kind is ScopeKind.ACCOUNT and bucket_scope.kind is ScopeKind.SENDER
+                ):
+                    attempts += counts.get("attempted", 0)
+                    for name, n in counts.items():
+                        if name.startswith("failed.") and name[7:] in self.detector.classes:
+                            cls = self.detector.classes[name[7:]]
+                            errors[cls] = errors.get(cls, 0) + n
+        return MinuteTally(attempts, errors)
+
+    def progress(self) -> dict[str, object]:
+        """The clock for operators (``/v1/health``)."""
+        return {
+            "next_evaluation": self._next if self._next >= 0 else None,
+            "event_time": self.event_time or None,
+            "pending_points": len(self._pending),
+            "late_counts": self.late,
+        }
+
+
+__all__ = ["AlertingStage", "ScopeKind"]

@@ -23,7 +23,7 @@ from streams.core import (
     UserPreferenceEvent,
     parse_webhook,
 )
-from streams.core.eventtime import TimeTrust, Verdict, refusal, trust
+from streams.core.eventtime import TimeTrust, TimeVerdict, refusal, trust
 from streams.core.facts import (
     MAX_BATCH_FACTS,
     FactBatch,
@@ -74,7 +74,7 @@ class IngestStats:
     by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     last_event_ts: int = 0  # newest event time (webhook timestamp) seen, unix seconds
     # timestamps not used as given, by verdict (milliseconds converted, future/too old refused)
-    untrusted: dict[Verdict, int] = field(default_factory=lambda: defaultdict(int))
+    untrusted: dict[TimeVerdict, int] = field(default_factory=lambda: defaultdict(int))
     # For metrics, pending until ``take_lag`` (which resets them): status events per
     # (status, index of the first LAG_BUCKETS bound >= lag) and the sum of lags per status.
     lag_counts: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
@@ -196,7 +196,7 @@ class IngestStage:
         if ts is None:
             return None
         trusted, verdict = trust(ts, received, self.trust)
-        if verdict is not Verdict.OK:
+        if verdict is not TimeVerdict.OK:
             self.stats.untrusted[verdict] += 1
         if trusted is None:
             refused.append(refusal(what, ts, received, verdict, self.trust))

@@ -11,7 +11,7 @@ import msgspec
 
 from streams.core.aggregates import LIMIT_CLASSES, Bucket, BucketWriter
 from streams.core.attribution import DEFAULT_CONFIG, AttributionConfig, decode_callback_data
-from streams.core.eventtime import TimeTrust, Verdict, refusal, trust
+from streams.core.eventtime import TimeTrust, TimeVerdict, refusal, trust
 from streams.core.expiry import ExpiryIndex, SweepCursor
 from streams.core.facts import (
     MAX_BATCH_FACTS,
@@ -19,6 +19,7 @@ from streams.core.facts import (
     Position,
     RecipientFact,
     SendLogError,
+    StatusFact,
     TemplateFact,
     decode_batch,
     decode_send_log,
@@ -34,9 +35,14 @@ from streams.core.signals import (
     PartitionReport,
     SignalBatch,
     TemplateSignal,
+    USPaused,
+    recipient_number,
 )
 from streams.stages import MESSAGES, SEND_LOG, partition_for
 from streams.state import KeyValue, WriteBack, decode
+
+US_PAUSED = "us_marketing_pause"
+US_PAUSED_OUTCOME = "failed." + US_PAUSED
 
 DAY = 86_400
 
@@ -103,7 +109,7 @@ class MessageStats:
     expired_messages: int = 0
     expired_buckets: int = 0
     # send-log timestamps not used as given (milliseconds converted, future/too old refused)
-    untrusted: dict[Verdict, int] = field(default_factory=lambda: defaultdict(int))
+    untrusted: dict[TimeVerdict, int] = field(default_factory=lambda: defaultdict(int))
     # For metrics, pending until ``take_metric_counts`` (which resets them):
     # (dim, key, outcome) -> outcomes counted into buckets (positive deltas, moves included);
     counted: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
@@ -303,6 +309,15 @@ class MessageStage:
             counts[d.outcome] = counts.get(d.outcome, 0) + d.delta
             entry[1][0] = offset
 
+    def _us_paused(self, fact: StatusFact, fx: Effects) -> None:
+        """Tell alerting about a US-pause failure counted in the buckets (again when replayed:
+        alerting counts distinct recipients, a repeat changes nothing)."""
+        for d in fx.deltas:
+            if d.dim == "s" and d.outcome == US_PAUSED_OUTCOME and d.delta > 0:
+                number = recipient_number(fact.recipient)
+                self._signals.us_paused.append(USPaused(d.minute, d.visible, number))
+                return
+
     def _send_recipient(self, fact: RecipientFact) -> None:
         p = partition_for(fact.recipient, self.recipient_partitions)
         batch = self._out.get(p)
@@ -355,6 +370,8 @@ class MessageStage:
                         )
             if ts > signals.max_ts:
                 signals.max_ts = ts
+            if fact.error_class == US_PAUSED and not fx.duplicate:
+                self._us_paused(fact, fx)
             message_index.touch(skey, state.last_ts, meta.messages)
             self._effects(partition, position, fx, meta)
         self._signals.watermarks[partition] = meta.watermark

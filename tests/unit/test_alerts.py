@@ -231,10 +231,12 @@ def test_group_wait_collects_the_related_scopes_into_the_first_message() -> None
 
 
 def test_a_more_specific_scope_joining_later_updates_the_headline() -> None:
+    """The template that explains the account's spike (most of its excess errors) takes the
+    headline when it starts firing."""
     book = AlertBook()
     account = Scope.for_account()
     f_account = finding(account, count=900, for_evaluations=1, resolve_evaluations=1)
-    f_sale = finding(SALE, for_evaluations=1, resolve_evaluations=1)
+    f_sale = finding(SALE, count=700, for_evaluations=1, resolve_evaluations=1)
     assert step(book, T0, f_account) == [NotificationKind.FIRING]
     assert step(book, T0 + 60, f_account, f_sale) == [NotificationKind.UPDATED]
     assert step(book, T0 + 120, f_account, f_sale) == []
@@ -243,6 +245,23 @@ def test_a_more_specific_scope_joining_later_updates_the_headline() -> None:
     assert resolved.kind is NotificationKind.RESOLVED
     assert resolved.headline.scope == SALE
     assert [s.scope for s in resolved.related] == [account]
+
+
+def test_a_template_with_a_small_share_of_a_wider_spike_does_not_take_the_headline() -> None:
+    """Eight templates of one number spike together: the number heads the incident, not
+    whichever template happened to fire; a template carrying most of it would."""
+    book = AlertBook()
+    sender = Scope.for_sender("PN1")
+    templates = [
+        finding(Scope.for_template(f"promo_{i}"), count=60, for_evaluations=1) for i in range(8)
+    ]
+    f_sender = finding(sender, count=480, for_evaluations=1)
+    (note,) = book.apply(Evaluation(T0, RULES, (f_sender, *templates)))
+    assert note.headline.scope == sender
+    assert len(note.related) == 8
+    lone = AlertBook()
+    (note,) = lone.apply(Evaluation(T0, RULES, (f_sender, finding(count=400, for_evaluations=1))))
+    assert note.headline.scope == SALE
 
 
 # --- Slack rendering ----------------------------------------------------------------------

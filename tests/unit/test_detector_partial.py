@@ -21,9 +21,10 @@ from streams.core.detector import (
     SpikeThresholds,
     judge,
 )
-from streams.core.signals import BucketSignal, SignalBatch
+from streams.core.eventtime import visible_at
+from streams.core.signals import BucketSignal, PartitionReport, SignalBatch
 from streams.stages.alerting import STAGE_KEY, AlertingStage, StageState
-from streams.state import DictKeyValue, decode
+from streams.state import DictKeyValue, Snapshots, decode
 
 LIMIT = "per_user_marketing_limit"
 SALE = Scope.for_template("spring_sale")
@@ -52,18 +53,23 @@ def spike_from(onset: int, until: int | None = None) -> Errors:
 
 
 def batch(first: int, stop: int, errors: Errors) -> SignalBatch:
-    """Seconds ``first..stop-1`` of traffic, as minute-bucket deltas."""
-    per_minute: dict[int, dict[str, int]] = {}
+    """Seconds ``first..stop-1`` of traffic, as minute-bucket deltas (each usable from the
+    evaluation point after its second), and the one partition's report of time read."""
+    cells: dict[tuple[int, int], dict[str, int]] = {}
     for t in range(first, stop):
-        counts = per_minute.setdefault(t // 60, {"attempted": 0, f"failed.{LIMIT}": 0})
+        counts = cells.setdefault((t // 60, visible_at(t)), {"attempted": 0, f"failed.{LIMIT}": 0})
         counts["attempted"] += RATE
         counts[f"failed.{LIMIT}"] += errors(t)
     buckets = [
-        BucketSignal(dim, key, minute, dict(counts))
-        for minute, counts in per_minute.items()
+        BucketSignal(dim, key, minute, dict(counts), visible=visible)
+        for (minute, visible), counts in cells.items()
         for dim, key in (("t", SALE.key), ("s", "15550001111"), ("c", "BR"))
     ]
-    return SignalBatch(buckets=buckets, max_ts=stop - 1, watermarks={0: stop - 1})
+    return SignalBatch(buckets=buckets, max_ts=stop - 1, reports=[report(0, stop - 1)])
+
+
+def report(partition: int, mark: int) -> PartitionReport:
+    return PartitionReport(partition, {0: mark}, [], 1, mark)
 
 
 def signals(errors: Errors, live_seconds: int, step: int) -> list[SignalBatch]:
@@ -91,7 +97,9 @@ def run(
 
 
 def new_stage(partial_every: int = 15) -> AlertingStage:
-    return AlertingStage(DetectorConfig(partial_every=partial_every), clock=lambda: 0.0)
+    return AlertingStage(
+        DetectorConfig(partial_every=partial_every), clock=lambda: 0.0, partitions=1
+    )
 
 
 def firings(notes: list[Notification]) -> list[Notification]:
@@ -125,7 +133,7 @@ def test_a_spike_late_in_a_minute_fires_on_the_next_minutes_first_boundary() -> 
     (firing,) = firings(run(new_stage(), batches))
     assert firing.at == (SPIKE_MINUTE + 1) * 60 + 15
     assert firing.headline.evidence.window_seconds == 15
-    assert firing.headline.evidence.attempts == 16 * RATE  # the 16 seconds 0..15 so far
+    assert firing.headline.evidence.attempts == 15 * RATE  # the 15 seconds 0..14 so far
     (whole_minutes,) = firings(run(new_stage(partial_every=0), batches))
     assert whole_minutes.at - onset == 65
 
@@ -230,11 +238,11 @@ def test_a_partition_that_holds_time_back_holds_the_partial_checks_too() -> None
     onset = SPIKE_MINUTE * 60 + 1
     stage = AlertingStage(clock=lambda: 0.0, partitions=2)
     for b in signals(spike_from(onset), SPIKE_MINUTE * 60 - LIVE + 40, 60):
-        b.watermarks = {0: b.max_ts, 1: min(b.max_ts, SPIKE_MINUTE * 60 + 5)}
+        b.reports.append(report(1, min(b.max_ts, SPIKE_MINUTE * 60 + 5)))
         stage.handle(b)
         assert stage.evaluate() == []
     assert stage.now() == SPIKE_MINUTE * 60 + 5
-    stage.handle(SignalBatch(max_ts=SPIKE_MINUTE * 60 + 20, watermarks={1: onset + 19}))
+    stage.handle(SignalBatch(max_ts=SPIKE_MINUTE * 60 + 20, reports=[report(1, onset + 19)]))
     (firing,) = stage.evaluate()
     assert firing.kind is NotificationKind.FIRING and firing.at == SPIKE_MINUTE * 60 + 15
 
@@ -256,8 +264,11 @@ def test_a_restart_after_a_partial_fire_neither_skips_nor_repeats_it() -> None:
             notes = run(stage, BATCHES[: crash_after + 1], kv=kv)
             restarted = new_stage()
             restarted.restore(kv)
-            assert restarted._last_partial == stage._last_partial
-            assert decode(kv.data[0][STAGE_KEY], StageState).last_partial == stage._last_partial
+            assert restarted._next == stage._next
+            snapshots = Snapshots(kv, 0)
+            snapshots.restore()
+            saved = decode(snapshots.get(STAGE_KEY) or b"", StageState)
+            assert saved.next_point == stage._next
             assert restarted.evaluate() == []
             notes += run(restarted, BATCHES, crash_after + 1 - replayed, kv)
             assert [(n.id, n.kind) for n in notes] == [(n.id, n.kind) for n in reference]

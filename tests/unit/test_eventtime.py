@@ -11,7 +11,7 @@ from streams.core.eventtime import (
     EARLIEST,
     GRID,
     TimeTrust,
-    Verdict,
+    TimeVerdict,
     iso,
     received_at,
     trust,
@@ -28,22 +28,22 @@ RECEIVED = 1_767_225_600  # 2026-01-01T00:00:00Z
 @pytest.mark.parametrize(
     ("ts", "expected", "verdict"),
     [
-        (RECEIVED, RECEIVED, Verdict.OK),  # on time
-        (RECEIVED - 400 * 86_400, RECEIVED - 400 * 86_400, Verdict.OK),  # old logs are fine
-        (RECEIVED + 3_600, RECEIVED + 3_600, Verdict.OK),  # at the skew limit
-        (RECEIVED + 3_601, None, Verdict.FUTURE),  # one second beyond it
-        (4_102_444_800, None, Verdict.FUTURE),  # 2100
-        (RECEIVED * 1000 + 123, RECEIVED, Verdict.MILLISECONDS),  # milliseconds
-        ((RECEIVED + 7_200) * 1000, None, Verdict.FUTURE),  # milliseconds, still too far
-        (10**18, None, Verdict.FUTURE),  # huge
-        (0, None, Verdict.TOO_OLD),  # a missing value, not 1970
-        (-5, None, Verdict.TOO_OLD),
-        (EARLIEST - 1, None, Verdict.TOO_OLD),
-        (EARLIEST, EARLIEST, Verdict.OK),
+        (RECEIVED, RECEIVED, TimeVerdict.OK),  # on time
+        (RECEIVED - 400 * 86_400, RECEIVED - 400 * 86_400, TimeVerdict.OK),  # old logs are fine
+        (RECEIVED + 3_600, RECEIVED + 3_600, TimeVerdict.OK),  # at the skew limit
+        (RECEIVED + 3_601, None, TimeVerdict.FUTURE),  # one second beyond it
+        (4_102_444_800, None, TimeVerdict.FUTURE),  # 2100
+        (RECEIVED * 1000 + 123, RECEIVED, TimeVerdict.MILLISECONDS),  # milliseconds
+        ((RECEIVED + 7_200) * 1000, None, TimeVerdict.FUTURE),  # milliseconds, still too far
+        (10**18, None, TimeVerdict.FUTURE),  # huge
+        (0, None, TimeVerdict.TOO_OLD),  # a missing value, not 1970
+        (-5, None, TimeVerdict.TOO_OLD),
+        (EARLIEST - 1, None, TimeVerdict.TOO_OLD),
+        (EARLIEST, EARLIEST, TimeVerdict.OK),
     ],
 )
 def test_trust_accepts_only_times_kafka_could_have_seen(
-    ts: int, expected: int | None, verdict: Verdict
+    ts: int, expected: int | None, verdict: TimeVerdict
 ) -> None:
     assert trust(ts, RECEIVED, TimeTrust(3_600)) == (expected, verdict)
 
@@ -88,9 +88,7 @@ def test_a_future_status_is_dead_lettered_and_moves_no_mark() -> None:
     stage = IngestStage(1, 1, clock=lambda: RECEIVED + 5)
     stage.assign([0], 1)
     stage.handle("raw", 0, 0, status_body(("w1", RECEIVED - 60)), RECEIVED)
-    stage.handle(
-        "raw", 0, 1, status_body(("w2", 4_102_444_800), ("w3", RECEIVED - 30)), RECEIVED
-    )
+    stage.handle("raw", 0, 1, status_body(("w2", 4_102_444_800), ("w3", RECEIVED - 30)), RECEIVED)
     messages, _, dead = stage.drain()
     facts = decode_batch(messages[0])
     assert [(f.wamid, f.timestamp, f.mark) for f in facts.statuses] == [
@@ -100,7 +98,7 @@ def test_a_future_status_is_dead_lettered_and_moves_no_mark() -> None:
     assert facts.marks == {0: RECEIVED - 30}
     assert len(dead) == 1 and dead[0].partial and dead[0].offset == 1
     assert "after Kafka received the record" in dead[0].reason
-    assert stage.stats.untrusted[Verdict.FUTURE] == 1
+    assert stage.stats.untrusted[TimeVerdict.FUTURE] == 1
 
 
 def test_a_webhook_in_milliseconds_is_rejected_with_its_reason() -> None:
@@ -153,9 +151,7 @@ def test_marks_reach_every_messages_partition_and_resume_after_a_restart() -> No
     restarted.assign([1], 2)
     restarted.restore_mark(1, RECEIVED - 5)  # committed with the offset
     restarted.handle("raw", 1, 1, status_body(("older", RECEIVED - 100)), RECEIVED)
-    fact = next(
-        f for raw in restarted.drain()[0].values() for f in decode_batch(raw).statuses
-    )
+    fact = next(f for raw in restarted.drain()[0].values() for f in decode_batch(raw).statuses)
     assert fact.mark == RECEIVED - 5
 
 

@@ -37,7 +37,7 @@ def flush_to(stage: MessageStage, alerting: AlertingStage, offset: int) -> None:
 
 def assert_attempts(alerting: AlertingStage, attempted: dict[str, int]) -> None:
     for name, n in attempted.items():
-        assert alerting.detector.totals(Scope.for_template(name)).attempts == n, name
+        assert alerting.totals(Scope.for_template(name)).attempts == n, name
 
 
 @pytest.mark.parametrize("signal_lost", [True, False])
