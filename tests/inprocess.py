@@ -305,7 +305,7 @@ def feed_backlog(
     for i, (ts, body) in enumerate(traffic.bodies):
         pipeline.post(body, ts, keyless(i, pipeline.n))
     if not send_log_first:
-        for ts, wamid, value in traffic.send_log:
+        for _, wamid, value in traffic.send_log:
             pipeline.log(wamid, value, end)
     pipeline.clock.now = end + 600
     pipeline.drain(random.Random(seed), chunk=60)
@@ -321,7 +321,7 @@ def feed_send_log_late(traffic: Traffic, pipeline: Pipeline, seed: int) -> None:
     for _ in range(40):  # the worker reads webhooks for a few seconds
         pipeline.step_all(rng, 60)
         pipeline.clock.now += 0.1
-    for ts, wamid, value in traffic.send_log:
+    for _, wamid, value in traffic.send_log:
         pipeline.log(wamid, value, int(pipeline.clock.now))
     pipeline.drain(rng, chunk=60)
 

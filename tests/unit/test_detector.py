@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 import random
 
 import pytest
@@ -33,7 +32,6 @@ from streams.core.detector import (
 )
 from streams.core.immediate import (
     BILLING_ERROR,
-    RESEND_STORM,
     SPAM_BURST,
     TEMPLATE_DISABLED,
     TEMPLATE_PAUSED,
