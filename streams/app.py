@@ -28,7 +28,7 @@ from streams import api
 from streams.api import is_us_recipient
 from streams.core.advice import AdvicePolicy, advise
 from streams.core.alerts import Notification, decode_notification, encode_notification
-from streams.core.eventtime import TimeTrust, received_at
+from streams.core.eventtime import TimeTrust, iso, received_at
 from streams.core.signals import SignalBatch, decode_signals, encode_signals
 from streams.faust_state import (
     BatchedTableKV,
@@ -240,7 +240,9 @@ class Monitor:
                 if msg.topic == settings.topic_send_log:
                     m.records_consumed.labels(topic=settings.topic_send_log).inc()
                     try:
-                        received = received_at(msg.timestamp, time.time())
+                        # Faust gives the record's timestamp in seconds
+                        stamp = int(msg.timestamp * 1000) if msg.timestamp else None
+                        received = received_at(stamp, time.time())
                         self.messages.handle_send_log(
                             msg.partition, msg.offset, event.value, received
                         )
@@ -471,12 +473,13 @@ class Monitor:
             else (str(n.headline.scope.kind))
         )
         log.warning(
-            "ALERT %s %s: %s [%s] since %d%s",
+            "ALERT %s %s %s: %s [%s] since %s%s",
             n.kind.upper(),
+            n.family.value,
             n.id,
             n.title,
             scope,
-            n.since,
+            iso(n.since),
             f" (+{len(n.related)} related)" if n.related else "",
         )
 

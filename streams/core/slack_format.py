@@ -17,7 +17,15 @@ import datetime as dt
 from typing import Any
 from urllib.parse import urlencode
 
-from streams.core.alerts import AlertSnapshot, AlertState, Notification, NotificationKind, ScopeKind
+from streams.core.alerts import (
+    AlertSnapshot,
+    AlertState,
+    Family,
+    Notification,
+    NotificationKind,
+    ScopeKind,
+    excess,
+)
 from streams.core.catalog import recommended_action
 
 DEFAULT_DASHBOARD_PATH = "/d/whatsapp-delivery/whatsapp-delivery-monitor"
@@ -29,6 +37,40 @@ _KIND_LABELS = {
     NotificationKind.REPEAT: (":repeat:", "STILL FIRING"),
     NotificationKind.RESOLVED: (":white_check_mark:", "RESOLVED"),
 }
+#: A standing condition is a policy in force, not an emergency: it says so.
+_STANDING_LABELS = {
+    NotificationKind.FIRING: (":no_entry:", "STANDING CONDITION"),
+    NotificationKind.UPDATED: (":no_entry:", "STANDING CONDITION"),
+    NotificationKind.REPEAT: (":calendar:", "DAILY REMINDER"),
+    NotificationKind.RESOLVED: (":white_check_mark:", "ENDED"),
+}
+
+_NOUNS = {
+    "template": "template",
+    "sender": "sending number",
+    "country": "country",
+    "campaign": "campaign",
+}
+
+_STORM_ACTION = (
+    "Stop resending marketing to recipients less than 24 h after their 131049: each resend can "
+    "block them for another 24 h. Make the sender's retry logic wait (the advice topic and "
+    "GET /v1/recipients/{id}/advice give every recipient's earliest time)."
+)
+_STANDING_ACTION = (
+    "Remove US numbers (+1 with a US area code) from marketing audiences and never retry them: "
+    "WhatsApp delivers no marketing templates to US numbers. The advice topic lists each of "
+    "them as us_marketing_pause."
+)
+
+
+def incident_action(head: AlertSnapshot) -> str:
+    """What to do about an incident, by its kind, else by its error class."""
+    if head.family is Family.STORM:
+        return _STORM_ACTION
+    if head.family is Family.STANDING:
+        return _STANDING_ACTION
+    return recommended_action(head.error_class) if head.error_class is not None else ""
 
 
 def escape(text: str) -> str:
@@ -65,8 +107,7 @@ def scope_label(snap: AlertSnapshot) -> str:
     scope = snap.scope
     if scope.kind is ScopeKind.ACCOUNT:
         return "the whole account"
-    noun = {"template": "template", "sender": "sending number", "country": "country"}
-    label = f"{noun[scope.kind.value]} {scope.key}"
+    label = f"{_NOUNS[scope.kind.value]} {scope.key}"
     return f"{label} on sending number {scope.sender}" if scope.sender else label
 
 
@@ -74,8 +115,7 @@ def _scope_md(snap: AlertSnapshot) -> str:
     scope = snap.scope
     if scope.kind is ScopeKind.ACCOUNT:
         return "the whole account"
-    noun = {"template": "template", "sender": "sending number", "country": "country"}
-    text = f"{noun[scope.kind.value]} {_code(scope.key)}"
+    text = f"{_NOUNS[scope.kind.value]} {_code(scope.key)}"
     return f"{text} on sending number {_code(scope.sender)}" if scope.sender else text
 
 
@@ -83,6 +123,8 @@ def evidence_summary(snap: AlertSnapshot) -> str:
     """Counts in words: ``300 of 1,000 sends (30.0%) in 5 min vs 2.0% baseline``."""
     e = snap.evidence
     window = f" in {_duration(e.window_seconds)}" if e.window_seconds else ""
+    if snap.family in (Family.STANDING, Family.STORM) and e.detail:
+        return e.detail
     if e.attempts:
         text = f"{e.count:,} of {e.attempts:,} sends ({e.ratio:.1%}){window}"
         if e.baseline_ratio is not None:
@@ -112,10 +154,48 @@ def dashboard_url(grafana_url: str, dashboard_path: str, notification: Notificat
     return f"{grafana_url.rstrip('/')}{dashboard_path}?{urlencode(params)}"
 
 
+def resolve_summary(snap: AlertSnapshot) -> str:
+    """Why it resolved: the last clear evaluation against the scope's own baseline."""
+    e = snap.resolve_evidence
+    if e is None or not e.attempts:
+        return f"Last seen: {evidence_summary(snap)}."
+    text = f"Back to {e.count:,} of {e.attempts:,} sends ({e.ratio:.1%})"
+    if e.window_seconds:
+        text += f" in {_duration(e.window_seconds)}"
+    if e.baseline_ratio is not None:
+        text += f", in line with its usual {e.baseline_ratio:.1%}"
+    if e.p_value is not None:
+        text += f" (p = {e.p_value:.2g})"
+    return text + "."
+
+
+def carrying_campaign(n: Notification) -> tuple[str, float] | None:
+    """The campaign that carries most of a spike (its share of the headline's excess errors),
+    when one does."""
+    head_excess = excess(n.headline.evidence)
+    if head_excess <= 0:
+        return None
+    best = max(
+        (s for s in n.related if s.scope.kind is ScopeKind.CAMPAIGN),
+        key=lambda s: excess(s.evidence),
+        default=None,
+    )
+    if best is None:
+        return None
+    share = min(1.0, excess(best.evidence) / head_excess)
+    return (best.scope.key, share) if share >= 0.5 else None
+
+
 def _affected(snaps: list[AlertSnapshot]) -> list[str]:
-    groups: dict[str, dict[str, int]] = {"Templates": {}, "Sending numbers": {}, "Countries": {}}
+    groups: dict[str, dict[str, int]] = {
+        "Templates": {},
+        "Campaigns": {},
+        "Sending numbers": {},
+        "Countries": {},
+    }
     names = {
         ScopeKind.TEMPLATE: "Templates",
+        ScopeKind.CAMPAIGN: "Campaigns",
         ScopeKind.SENDER: "Sending numbers",
         ScopeKind.COUNTRY: "Countries",
     }
@@ -151,7 +231,8 @@ def render_slack_message(
 ) -> dict[str, Any]:
     """The webhook payload (``text`` + ``blocks``) for one notification."""
     n, head = notification, notification.headline
-    emoji, label = _KIND_LABELS[n.kind]
+    labels = _STANDING_LABELS if head.family is Family.STANDING else _KIND_LABELS
+    emoji, label = labels[n.kind]
     url = dashboard_url(grafana_url, dashboard_path, n)
     header = _truncate(f"{emoji} {label}: {n.title}: {scope_label(head)}", 150)
     link = f"<{escape(url)}|Open the Grafana dashboard>"
@@ -165,7 +246,7 @@ def render_slack_message(
             _section(
                 f"*{escape(n.title)}* on {_scope_md(head)} resolved {_when(resolved_at)} after "
                 f"{_duration(resolved_at - n.since)} (firing since {_when(n.since)}). "
-                f"Last seen: {evidence_summary(head)}."
+                f"{resolve_summary(head)}"
             )
         )
         if n.related:
@@ -205,20 +286,23 @@ def render_slack_message(
 
 def _firing_blocks(n: Notification, head: AlertSnapshot) -> list[dict[str, Any]]:
     e = head.evidence
-    what = f"*{escape(n.title)}* on {_scope_md(head)}: {evidence_summary(head)}."
-    if e.detail and e.attempts:
+    what = f"*{escape(n.title)}* on {_scope_md(head)}: {escape(evidence_summary(head))}."
+    if e.detail and e.attempts and head.family is Family.SPIKE:
         what += f" {escape(e.detail)}."
+    campaign = carrying_campaign(n)
+    if campaign is not None:
+        what += f" Mostly campaign {_code(campaign[0])} ({campaign[1]:.0%} of the excess errors)."
     started = head.firing_since or n.since
     what += f" Firing since {_when(started)}"
     if head.started_at < started:
         what += f" (first seen {_when(head.started_at)})"
-    fields = [f"*Scope*\n{_scope_md(head)}"]
+    fields = [f"*Scope*\n{_scope_md(head)}", f"*Kind*\n{head.family.value}"]
     if n.error_class is not None:
         fields.append(f"*Error class*\n{_code(n.error_class.value)}")
-    if e.attempts or e.window_seconds:  # a counted rule (an event-driven one counts 1)
+    if head.family is Family.SPIKE and (e.attempts or e.window_seconds):
         of = f" of {e.attempts:,} sends" if e.attempts else ""
         fields.append(f"*Count*\n{e.count:,}{of}")
-    if e.attempts:
+    if e.attempts and head.family is Family.SPIKE:
         base = f" vs {e.baseline_ratio:.2%} baseline" if e.baseline_ratio is not None else ""
         fields.append(f"*Ratio*\n{e.ratio:.1%}{base}")
     if e.p_value is not None:
@@ -236,8 +320,7 @@ def _firing_blocks(n: Notification, head: AlertSnapshot) -> list[dict[str, Any]]
     affected = _affected(current)
     if affected:
         blocks.append(_section("*Top affected*\n" + "\n".join(affected)))
-    if n.error_class is not None:
-        blocks.append(
-            _section(f"*Recommended action*\n{escape(recommended_action(n.error_class))}")
-        )
+    action = incident_action(head)
+    if action:
+        blocks.append(_section(f"*Recommended action*\n{escape(action)}"))
     return blocks

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
 from support import committed_offsets_async, produce_async
@@ -32,14 +33,36 @@ class Clock:
 
 
 class Recorder:
-    """What the consumer handed over: the records, and how many had been handled at each flush."""
+    """What the consumer handed over: the records, how many had been handled at each flush,
+    and the marks it was told to restore (its own mark: the newest offset handled)."""
+
+    full = False
+    marks_due = False
 
     def __init__(self) -> None:
         self.handled: list[tuple[int, int]] = []  # (partition, offset)
         self.flushes: list[int] = []
+        self.marks: dict[int, int] = {}
+        self.restored: dict[int, int] = {}
+        self.assigned: set[int] = set()
+        self.received: list[int] = []
 
-    def handle(self, topic: str, partition: int, offset: int, value: bytes) -> None:
+    def handle(self, topic: str, partition: int, offset: int, value: bytes, received: int) -> None:
         self.handled.append((partition, offset))
+        self.marks[partition] = max(self.marks.get(partition, 0), 1_000 + offset)
+        self.received.append(received)
+
+    def assign(self, partitions: Iterable[int], raw_partitions: int) -> None:
+        self.assigned |= set(partitions)
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        self.assigned -= set(partitions)
+
+    def restore_mark(self, partition: int, mark: int) -> None:
+        self.restored[partition] = mark
+
+    def caught_up(self, partition: int, caught_up: bool) -> None:
+        pass
 
     async def flush(self) -> None:
         self.flushes.append(len(self.handled))
@@ -73,7 +96,7 @@ async def run_consumer(
             bootstrap,
             topic,
             group,
-            recorder.handle,
+            recorder,
             recorder.flush,
             max_records=50,
             policy=policy,
@@ -143,3 +166,39 @@ async def test_a_batch_ends_at_its_size_and_commits_only_what_was_flushed(
         assert recorder.flushes[-1] == RECORDS
     finally:
         await stop(task)
+
+
+async def test_marks_are_committed_with_the_offsets_and_restored_after_a_restart(
+    kafka_bootstrap: str,
+) -> None:
+    """A restarted reader resumes each raw partition's mark from the commit, so the records it
+    reads again get the marks they would have had without the restart."""
+    recorder, clock, committed, task, topic = await run_consumer(
+        kafka_bootstrap, BatchPolicy(max_events=10_000, max_delay_s=5.0)
+    )
+    try:
+        await eventually(recorder.all_handled, "every record handled")
+        clock.now += 5.0
+
+        async def all_committed() -> bool:
+            return await committed() == RECORDS
+
+        await eventually(all_committed, "the batch committed")
+        assert recorder.assigned == {0, 1}
+        assert all(abs(r - time.time()) < 120 for r in recorder.received)  # broker time
+    finally:
+        await stop(task)
+    marks = dict(recorder.marks)
+    again = Recorder()
+    group = f"g-{topic.removeprefix('t-').removesuffix('.raw')}"
+    restarted = asyncio.ensure_future(
+        consume_raw(kafka_bootstrap, topic, group, again, again.flush, policy=BatchPolicy())
+    )
+    try:
+
+        async def restored() -> bool:
+            return again.restored == marks
+
+        await eventually(restored, "the committed marks restored")
+    finally:
+        await stop(restarted)
