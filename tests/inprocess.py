@@ -326,6 +326,24 @@ def feed_send_log_late(traffic: Traffic, pipeline: Pipeline, seed: int) -> None:
     pipeline.drain(rng, chunk=60)
 
 
+def feed_live_send_log_at_end(traffic: Traffic, pipeline: Pipeline, step: int = 5) -> None:
+    """Webhooks live; the sender's send log only after the campaign (longer than the time
+    alerting waits for a quiet input): its attributions arrive late."""
+    t = traffic.bodies[0][0]
+    i = 0
+    while i < len(traffic.bodies):
+        t += step
+        while i < len(traffic.bodies) and traffic.bodies[i][0] < t:
+            ts, body = traffic.bodies[i]
+            pipeline.post(body, ts, keyless(i, pipeline.n))
+            i += 1
+        pipeline.clock.now = t
+        pipeline.drain()
+    for _, wamid, value in traffic.send_log:
+        pipeline.log(wamid, value, int(pipeline.clock.now))
+    pipeline.drain()
+
+
 def summary(notes: list[Notification]) -> list[tuple[str, str, str, int, int]]:
     """What a comparison of runs looks at: kind, incident, headline scope, at, since."""
     return [(n.kind.value, n.incident, str(n.headline.scope), n.at, n.since) for n in notes]

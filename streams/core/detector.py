@@ -501,6 +501,40 @@ class SpikeDetector:
             findings.extend(self._judge_scope(scope, window, baseline, last, watched))
         return Evaluation(at=now, rules=frozenset({RULE}), findings=tuple(findings))
 
+    def judge_again(self, scope: Scope, first: int, last: int) -> list[Finding]:
+        """The findings ``scope`` would have had at the complete-minute evaluations of minutes
+        ``first..last`` (inclusive) with the counts kept now: for counts that arrived after
+        their minutes were judged. Returns the first finding of each class that would have
+        made an alert fire there (a fast positive, or the rule's consecutive positives), its
+        ``since`` the time it would have fired."""
+        series = self._series.get(scope)
+        if series is None:
+            return []
+        cfg = self.config
+        streak: dict[ErrorClass, int] = {}
+        fired: dict[ErrorClass, Finding] = {}
+        for minute in range(first, last + 1):
+            start = minute - cfg.window_minutes
+            oldest = start - cfg.baseline_minutes
+            window = series.total(start, minute)
+            if not any(window.errors.get(c) for c in cfg.thresholds):
+                streak.clear()
+                continue
+            baseline = series.total(oldest, start)
+            last_minute = series.total(minute - 1, minute)
+            positive = set()
+            for f in self._judge_scope(scope, window, baseline, last_minute):
+                cls = f.error_class
+                if f.verdict is not Verdict.POSITIVE or cls is None or cls in fired:
+                    continue
+                positive.add(cls)
+                streak[cls] = streak.get(cls, 0) + 1
+                if streak[cls] >= f.for_evaluations:
+                    fired[cls] = msgspec.structs.replace(f, since=minute * 60, for_evaluations=1)
+            for cls in [c for c in streak if c not in positive]:
+                del streak[cls]
+        return sorted(fired.values(), key=lambda f: f.key)
+
     def scopes(self) -> list[Scope]:
         """Every scope with minutes kept."""
         return sorted(self._series, key=str)

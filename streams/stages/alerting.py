@@ -48,6 +48,8 @@ from streams.core.alerts import (
     AlertPolicy,
     AlertState,
     BookState,
+    Evaluation,
+    Finding,
     Notification,
     Scope,
     ScopeKind,
@@ -173,6 +175,7 @@ class AlertingStage:
         self._saved_points: set[int] = set()
         self._saved_stage = b""
         self._dirty_points: set[int] = set()
+        self._late: dict[Scope, int] = {}  # scope -> first minute with late counts
 
     # -- saving and restoring ------------------------------------------------------------------
 
@@ -339,6 +342,9 @@ class AlertingStage:
         if self._next >= 0 and visible <= self._next - GRID:
             self.late += 1
             self._add(cell, counts)
+            scope, minute = scope_of_bucket(cell[0], cell[1]), cell[2]
+            if minute < self._late.get(scope, minute + 1):
+                self._late[scope] = minute
             return
         self._pending_at(visible)
         cells = self._pending_cells[visible]
@@ -432,12 +438,12 @@ class AlertingStage:
             self._dirty_points.add(p)
 
     def _evaluate_minute(self, at: int) -> list[Notification]:
+        out = self._judge_late(at)
         watch = {
             key
             for key, record in self.book.state.alerts.items()
             if record.finding.rule == SPIKE_RULE and record.state is AlertState.FIRING
         }
-        out: list[Notification] = []
         for evaluation in (
             self.detector.evaluate(at, watch),
             self.standing.evaluate(at, self.detector),
@@ -446,6 +452,25 @@ class AlertingStage:
         ):
             out.extend(self.book.apply(evaluation))
         return out
+
+    def _judge_late(self, at: int) -> list[Notification]:
+        """Counts that arrived after their minutes were judged (an input the clock stopped
+        waiting for, a send log later than ``idle_s``): the minutes they changed are judged
+        again for their scopes, and a spike they reveal fires now, with the time it would have
+        fired (``since``); nothing already sent is taken back."""
+        late, self._late = self._late, {}
+        alerts = self.book.state.alerts
+        findings: list[Finding] = []
+        for scope, minute in sorted(late.items(), key=lambda item: str(item[0])):
+            for finding in self.detector.judge_again(scope, minute + 1, at // 60 - 1):
+                record = alerts.get(finding.key)
+                if record is None or record.state is not AlertState.FIRING:
+                    detail = "found late: its counts arrived after their minutes were judged"
+                    evidence = msgspec.structs.replace(finding.evidence, detail=detail)
+                    findings.append(msgspec.structs.replace(finding, evidence=evidence))
+        if not findings:
+            return []
+        return self.book.apply(Evaluation(at=at, rules=frozenset(), findings=tuple(findings)))
 
     def _evaluate_partial(self, at: int) -> list[Notification]:
         """The spike detector's check of the minute in progress at ``at``: positives of alerts

@@ -8,8 +8,8 @@ more; the batch clock is injected, so "old enough" happens when the test says.
 from __future__ import annotations
 
 import asyncio
-import uuid
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
