@@ -316,6 +316,7 @@ class Monitor:
                     await sent
                 if stage is self.alerting and 0 in self.alerting_kv.events:  # not revoked
                     stage.save(self.alerting_kv)
+                    m.observe_alerting(stage.evaluated, stage.take_late())
 
         @app.agent(self.signals_topic, name="alerting", concurrency=1)
         async def alerting(stream: Any) -> None:

@@ -286,6 +286,29 @@ class MonitorMetrics:
             "Send-log records that moved already counted statuses off template 'unknown'",
             registry=r,
         )
+        self.untrusted = Counter(
+            f"{PREFIX}_untrusted_timestamps",
+            "Timestamps not used as given: later than the allowed skew after Kafka received the "
+            "record or before 2009 (refused: the item is dead-lettered), or in milliseconds "
+            "(converted; send log only)",
+            ["stage", "verdict"],
+            registry=r,
+        )
+        for stage in ("ingest", "send_log"):
+            for verdict in ("future", "too_old", "milliseconds"):
+                self.untrusted.labels(stage, verdict)
+        self.alert_clock = Gauge(
+            f"{PREFIX}_alert_evaluated_timestamp_seconds",
+            "Event time up to which the alerting stage has judged (every input read past it; "
+            "0 on workers that do not own alerting)",
+            registry=r,
+        )
+        self.alert_late = Counter(
+            f"{PREFIX}_alert_late_counts",
+            "Minute-bucket counts that reached alerting after their minute was judged (from an "
+            "input it had stopped waiting for): judged again, not lost",
+            registry=r,
+        )
         self.expired = Counter(
             f"{PREFIX}_expired_state_keys",
             "State removed by retention (messages after 7 d, buckets after 48 h, idle recipients)",
@@ -427,6 +450,7 @@ class MonitorMetrics:
             self.status_events.labels(status=label).inc(self._delta("status", status, total))
         if stats.last_event_ts:
             self.last_event.set(stats.last_event_ts)
+        self._untrusted("ingest", stats.untrusted)
         counts, sums = stats.take_lag()
         for (status, index), n in counts.items():
             self.event_lag.add(status_label(status), index, n)
@@ -440,6 +464,7 @@ class MonitorMetrics:
         self.late_attributions.inc(self._delta("attr", "", stats.attributed_late))
         self.expired.labels(kind="message").inc(self._delta("exp", "m", stats.expired_messages))
         self.expired.labels(kind="bucket").inc(self._delta("exp", "b", stats.expired_buckets))
+        self._untrusted("send_log", stats.untrusted)
         counted, unique, failures = stats.take_metric_counts()
         for (dim, key, outcome), n in counted.items():
             d = self._dims.get(dim)
@@ -449,6 +474,17 @@ class MonitorMetrics:
             self.statuses.labels(status_label(status), category_label(category)).inc(n)
         for (error_class, code), n in failures.items():
             self.failures.labels(class_label(error_class), error_code_label(code)).inc(n)
+
+    def _untrusted(self, stage: str, counts: Mapping[Any, int]) -> None:
+        for verdict, total in counts.items():
+            label = str(verdict)
+            self.untrusted.labels(stage, label).inc(self._delta(f"untrusted-{stage}", label, total))
+
+    def observe_alerting(self, evaluated: int, late: int) -> None:
+        """The alerting stage's clock (event time judged) and its late counts since the last
+        call."""
+        self.alert_clock.set(evaluated)
+        self.alert_late.inc(late)
 
     def observe_recipients(self, stats: RecipientStats) -> None:
         self.replays.labels(stage="recipients").inc(self._delta("replay", "r", stats.replays))

@@ -158,6 +158,7 @@ class AlertingStage:
         self.max_wait_s = max_wait_s
         self.signals = 0
         self.late = 0  # counts that arrived after their evaluation point
+        self._late_taken = 0
         self.event_time = 0
         self._event_time_at = clock()  # wall clock when event_time last moved
         self._started = clock()
@@ -490,6 +491,16 @@ class AlertingStage:
         return self.book.apply(msgspec.structs.replace(evaluation, findings=findings))
 
     # -- views -----------------------------------------------------------------------------
+
+    @property
+    def evaluated(self) -> int:
+        """The last evaluation point judged (0: none yet)."""
+        return self._next - GRID if self._next >= 0 else 0
+
+    def take_late(self) -> int:
+        """Late counts since the last call (for a metric)."""
+        late, self._late_taken = self.late - self._late_taken, self.late
+        return late
 
     def totals(self, scope: Scope) -> MinuteTally:
         """Sends and errors of ``scope`` absorbed so far: judged already, or waiting for their

@@ -470,5 +470,6 @@ def test_exposition_names_follow_prometheus_conventions() -> None:
         "template",
         "sender",
         "country",
+        "verdict",
         "le",
     }
