@@ -117,7 +117,8 @@ def test_live_traffic_is_valid_webhooks_whose_only_incident_is_the_spike() -> No
     # minutes after the start: the spike begins after 1 minute and, this clear, fires on its
     # first complete minute (the detector's fast path)
     assert 1 < fired_after <= 4
-    assert 10 <= resolved_after <= 20  # the spike ends after 5 minutes
+    # the spike ends 6 minutes in: resolved once the rate is back to normal, within 10 minutes
+    assert 6 < resolved_after <= 16
 
 
 @pytest.mark.kafka
