@@ -121,6 +121,7 @@ class Api:
             "quality": s.quality,
             "category": s.category,
             "paused": s.status in ("PAUSED", "DISABLED"),
+            "disabled_at": s.disabled_at,
         }
 
     async def local(self, request: web.Request) -> web.Response:

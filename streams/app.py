@@ -27,6 +27,7 @@ from streams import api
 from streams.api import is_us_recipient
 from streams.core.advice import AdvicePolicy, advise
 from streams.core.alerts import Notification, decode_notification, encode_notification
+from streams.core.attribution import AttributionConfig
 from streams.core.signals import SignalBatch, decode_signals, encode_signals
 from streams.faust_state import (
     BatchedTableKV,
@@ -157,7 +158,12 @@ class Monitor:
         self._producer = faust_producer(app)
         self._partition_counts: dict[str, int] = {}
         self.ingest = IngestStage(n, n)
-        self.messages = MessageStage(self.messages_kv, n, Retention())
+        self.messages = MessageStage(
+            self.messages_kv,
+            n,
+            Retention(),
+            AttributionConfig(raw_pattern=settings.callback_template_pattern),
+        )
         self.recipients = RecipientStage(self.recipients_kv)
         self.metrics.watch(self)  # scrape-time gauges from the stages' state
         policy = BatchPolicy()

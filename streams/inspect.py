@@ -34,6 +34,7 @@ from streams.core import (
     decode_callback_data,
     parse_webhook,
 )
+from streams.core.attribution import PatternError, compile_pattern
 from streams.core.parse import MAX_PAYLOAD_BYTES
 
 if TYPE_CHECKING:
@@ -140,7 +141,10 @@ class Summary:
                 if event.error_class is not None:
                     self.error_class[event.error_class.value] += 1
                 found = decode_callback_data(event.biz_opaque_callback_data, self.attribution)
-                self.template[found.template or "(none)"] += 1
+                if found.template is None and found.unattributed is not None:
+                    self.template[f"(unattributed: {found.unattributed})"] += 1
+                else:
+                    self.template[found.template or "(none)"] += 1
                 self.country[event.country] += 1
             else:
                 self.other[str(event.__struct_config__.tag)] += 1
@@ -254,8 +258,23 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="do not read a bare biz_opaque_callback_data string as a template name",
     )
+    parser.add_argument(
+        "--template-pattern",
+        metavar="REGEX",
+        help="the sender's own callback-data format: a regular expression with a named group "
+        "'template' (as DELIVERY_MONITOR_CALLBACK_TEMPLATE_PATTERN)",
+    )
     args = parser.parse_args(argv)
-    summary = Summary(AttributionConfig(raw_is_template=not args.no_raw_template))
+    if args.template_pattern:
+        try:
+            compile_pattern(args.template_pattern)
+        except PatternError as exc:
+            parser.error(f"--template-pattern: {exc}")
+    summary = Summary(
+        AttributionConfig(
+            raw_is_template=not args.no_raw_template, raw_pattern=args.template_pattern or None
+        )
+    )
     out: BinaryIO | None = None if args.summary_only else sys.stdout.buffer
     failed = 0
     try:

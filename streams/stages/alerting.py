@@ -241,7 +241,9 @@ class AlertingStage:
             self.detector.add(scope_of_bucket(b.dim, b.key), b.minute, attempts, errors, position)
         for t in batch.templates:
             if t.field == "status":
-                self.immediate.observe(TemplateStatusChange(t.name, t.value, t.ts, t.reason))
+                self.immediate.observe(
+                    TemplateStatusChange(t.name, t.value, t.ts, t.reason, t.disabled_at)
+                )
             elif t.field == "quality":
                 self.immediate.observe(TemplateQualityChange(t.name, t.value, t.ts))
         for error in batch.errors:

@@ -5,16 +5,23 @@ are unattributed, with a reason."""
 from __future__ import annotations
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from streams.core import Attribution, AttributionConfig, decode_callback_data
+from streams.core.aggregates import Bucket, BucketId, sum_counts
 from streams.core.attribution import (
     NO_ATTRIBUTION,
     UNATTRIBUTED_REASONS,
     PatternError,
     compile_pattern,
 )
+from streams.core.facts import FactBatch, StatusFact, encode_batch
+from streams.metrics import MonitorMetrics
+from streams.stages.messages import MessageStage
+from streams.state import DictKeyValue, decode
 
 NONE = Attribution()
+T0 = 1_767_225_600
 
 
 def unattributed(reason: str) -> Attribution:
@@ -135,9 +142,7 @@ def test_custom_keys_and_separators() -> None:
 def test_raw_strings_can_be_disabled() -> None:
     """Senders who put opaque tracking ids in the field do not want them read as templates."""
     config = AttributionConfig(raw_is_template=False)
-    assert decode_callback_data("order_confirmation", config) == unattributed(
-        "not_a_template_name"
-    )
+    assert decode_callback_data("order_confirmation", config) == unattributed("not_a_template_name")
     assert decode_callback_data("template=x", config).template == "x"
 
 
@@ -176,3 +181,67 @@ def test_deeply_nested_json_is_ignored_not_raised() -> None:
     data = '{"t":' + "[" * 1000 + "]" * 1000 + "}"
     assert decode_callback_data(data).template is None
     assert decode_callback_data(data) != NO_ATTRIBUTION
+
+
+# --- in the messages stage: unattributed messages stay under template "unknown" -----------
+
+
+def _status(wamid: str, status: str, opaque: str | None, offset: int) -> StatusFact:
+    return StatusFact(
+        wamid=wamid,
+        status=status,
+        timestamp=T0,
+        sender="106540352242922",
+        phone="5511987650001",
+        user_id=None,
+        country="BR",
+        is_us=False,
+        opaque=opaque,
+        category="marketing",
+        error_code=None,
+        error_class=None,
+        origin=(0, offset, 0),
+    )
+
+
+def test_tracking_ids_count_under_unknown_and_as_unattributed_once_per_message() -> None:
+    kv = DictKeyValue()
+    stage = MessageStage(kv, 1)
+    statuses = [
+        _status("wamid.A", "sent", "3f2b1c9e-4d5a-4b6c-8d7e-9f0a1b2c3d4e", 0),
+        _status("wamid.A", "delivered", "3f2b1c9e-4d5a-4b6c-8d7e-9f0a1b2c3d4e", 1),
+        _status("wamid.B", "sent", "order:12345", 2),
+        _status("wamid.C", "sent", "template=spring_sale&campaign=c-42", 3),
+        _status("wamid.D", "sent", None, 4),
+    ]
+    stage.handle_batch(0, 0, encode_batch(FactBatch(statuses=statuses)))
+    stage.flush(0)
+    assert dict(stage.stats.unattributed) == {"not_a_template_name": 2}
+    minute = T0 // 60
+
+    def template_counts(name: str) -> dict[str, int]:
+        raw = kv.get(0, BucketId("t", name, 0, minute).encode().encode())
+        return sum_counts([decode(raw, Bucket) if raw is not None else None])
+
+    assert template_counts("unknown") == {"attempted": 3, "sent": 3, "delivered": 1}
+    assert template_counts("spring_sale") == {"attempted": 1, "sent": 1}
+    for name in (
+        "3f2b1c9e-4d5a-4b6c-8d7e-9f0a1b2c3d4e",
+        "order:12345",
+        "spring_sale&campaign=c-42",
+    ):
+        assert template_counts(name) == {}
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry)
+    metrics.observe_messages(stage.stats)
+    got = registry.get_sample_value(
+        "whatsapp_monitor_unattributed_callback_data_total", {"reason": "not_a_template_name"}
+    )
+    assert got == 2
+    assert (
+        registry.get_sample_value(
+            "whatsapp_monitor_template_messages_total",
+            {"template": "order:12345", "outcome": "sent"},
+        )
+        is None
+    )

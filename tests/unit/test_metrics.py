@@ -471,4 +471,5 @@ def test_exposition_names_follow_prometheus_conventions() -> None:
         "sender",
         "country",
         "le",
+        "reason",  # unattributed callback data: a closed set, never the value
     }
