@@ -4,7 +4,6 @@ and the alerts topic."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,57 +13,34 @@ from support import (
     WorkerProcess,
     consume_all,
     get_json,
+    memory_worker,
     produce,
-    unique_env,
     wait_drained,
     wait_until,
 )
 
 from streams.app import internal_topic_names
-from streams.asyncutil import run_sync
 from streams.core.alerts import NotificationKind, decode_notification
-from streams.settings import Settings
-from streams.simulate import Message, envelope, status_item
-from streams.topics import ensure_topics, source_topics
+from streams.simulate import Message, envelope, errors_envelope, status_item
 
 pytestmark = [pytest.mark.kafka]
 
 SPAMMY, THROTTLED = "106540352242922", "106540352242923"
 
 
-def errors_body(sender: str, codes: list[int], time_s: int) -> bytes:
-    value = {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550783881", "phone_number_id": sender},
-        "errors": [
-            {"code": code, "title": "x", "message": "x", "error_data": {"details": "x"}}
-            for code in codes
-        ],
-    }
-    entry = {
-        "id": "102290129340398",
-        "time": time_s,
-        "changes": [{"field": "messages", "value": value}],
-    }
-    return json.dumps({"object": "whatsapp_business_account", "entry": [entry]}).encode()
-
-
 def test_value_errors_are_counted_once_and_alert_per_sending_number(
     kafka_bootstrap: str, tmp_path: Path, start_worker: Callable[..., WorkerProcess]
 ) -> None:
-    env = unique_env(kafka_bootstrap, tmp_path / "state", DELIVERY_MONITOR_STORE="memory://")
-    settings = Settings.from_env(env)
-    run_sync(ensure_topics(kafka_bootstrap, source_topics(settings), 1))
-    worker = start_worker(env)
+    worker, settings = memory_worker(kafka_bootstrap, tmp_path, start_worker)
     t0 = (int(time.time()) - 900) // 60 * 60
     delivered = Message(
         "wamid.ACCT-1", SPAMMY, "15550783881", "5511987650001", "BR", "spring_sale",
         "marketing", t0 + 120, [], True,
     )  # fmt: skip
     bodies = [
-        errors_body(SPAMMY, [131048] * 25, t0 + 5),
-        errors_body(THROTTLED, [130429] * 12 + [131064] * 8, t0 + 10),
-        errors_body(THROTTLED, [131000], t0 + 11),  # transient: counted, no alert
+        errors_envelope(SPAMMY, [131048] * 25, t0 + 5),
+        errors_envelope(THROTTLED, [130429] * 12 + [131064] * 8, t0 + 10),
+        errors_envelope(THROTTLED, [131000], t0 + 11),  # transient: counted, no alert
         # a status a little later moves event time past the errors' minute
         envelope(SPAMMY, "15550783881", [status_item(delivered, "delivered", t0 + 120, None)]),
     ]

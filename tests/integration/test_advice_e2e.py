@@ -10,13 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import WorkerProcess, consume_all, get_json, produce, unique_env, wait_drained
+from support import WorkerProcess, consume_all, get_json, memory_worker, produce, wait_drained
 
 from streams.app import internal_topic_names
-from streams.asyncutil import run_sync
-from streams.settings import Settings
 from streams.simulate import Message, envelope, status_item
-from streams.topics import ensure_topics, source_topics
 
 pytestmark = [pytest.mark.kafka]
 DAY = 86_400
@@ -40,10 +37,7 @@ def message(wamid: str, recipient: str, ts: int) -> Message:
 def test_131049_gives_not_before_failure_plus_cooldown_in_api_topic_and_batch(
     kafka_bootstrap: str, tmp_path: Path, start_worker: Callable[..., WorkerProcess]
 ) -> None:
-    env = unique_env(kafka_bootstrap, tmp_path / "state", DELIVERY_MONITOR_STORE="memory://")
-    settings = Settings.from_env(env)
-    run_sync(ensure_topics(kafka_bootstrap, source_topics(settings), 1))
-    worker = start_worker(env)
+    worker, settings = memory_worker(kafka_bootstrap, tmp_path, start_worker)
     failed_at = int(time.time()) - 3_600
     limited, fine, us = "5511987650001", "5511987650002", "12125550123"
     bodies = []

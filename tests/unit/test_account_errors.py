@@ -5,8 +5,6 @@ the raw webhook or the stage's own input is replayed."""
 
 from __future__ import annotations
 
-import json
-
 from prometheus_client import CollectorRegistry
 
 from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
@@ -20,6 +18,7 @@ from streams.core.immediate import (
     ImmediateRules,
 )
 from streams.metrics import MonitorMetrics
+from streams.simulate import errors_envelope
 from streams.stages.ingest import IngestStage
 from streams.stages.messages import MessageStage
 from streams.state import DictKeyValue, decode
@@ -30,21 +29,7 @@ SENDER = "106540352242922"
 
 
 def errors_body(codes: list[int], *, sender: str | None = SENDER, time: int | None = T0) -> bytes:
-    value: dict[str, object] = {
-        "messaging_product": "whatsapp",
-        "errors": [
-            {"code": c, "title": "x", "error_data": {"details": "from Meta"}} for c in codes
-        ],
-    }
-    if sender is not None:
-        value["metadata"] = {"display_phone_number": "15550783881", "phone_number_id": sender}
-    entry: dict[str, object] = {
-        "id": "102290129340398",
-        "changes": [{"field": "messages", "value": value}],
-    }
-    if time is not None:
-        entry["time"] = time
-    return json.dumps({"object": "whatsapp_business_account", "entry": [entry]}).encode()
+    return errors_envelope(sender, codes, time)
 
 
 class Pipeline:
