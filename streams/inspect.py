@@ -3,7 +3,9 @@
 Each FILE is one webhook POST body (JSON), or JSON lines (one body per line), optionally gzipped
 (detected from the content, not the name). ``-`` or no FILE reads stdin. Events go to stdout as
 JSON lines (the ``kind`` key tells the event type); a short summary goes to stderr: counts by
-status, error code, error class, template (from ``biz_opaque_callback_data``) and country.
+status, error code, error class, template (from ``biz_opaque_callback_data``; data that names
+no template is shown as unattributed with its reason), country, other events and the error
+codes inbound messages carry (``inbound err``, e.g. 131051).
 
 Exit status: 1 if any file or line could not be parsed (one ``path[:line]: reason`` line each on
 stderr), else 0. Defects of partly bad bodies are reported on stderr but are not failures.
@@ -27,6 +29,7 @@ import msgspec
 from streams.core import (
     AccountErrorEvent,
     AttributionConfig,
+    InboundMessageEvent,
     ParsedWebhook,
     ParseError,
     Status,
@@ -127,6 +130,7 @@ class Summary:
         self.country: Counter[str] = Counter()
         self.other: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
+        self.inbound_errors: Counter[int] = Counter()
 
     def add(self, parsed: ParsedWebhook) -> None:
         self.bodies += 1
@@ -151,6 +155,8 @@ class Summary:
                 if isinstance(event, AccountErrorEvent):
                     self.error_code[event.code] += 1
                     self.error_class[event.error_class.value] += 1
+                elif isinstance(event, InboundMessageEvent):
+                    self.inbound_errors.update(error.code for error in event.errors)
 
     def render(self) -> str:
         def line(title: str, counts: Counter[str] | Counter[int]) -> str:
@@ -170,6 +176,7 @@ class Summary:
             line("template", self.template),
             line("country", self.country),
             line("other", self.other),
+            line("inbound err", self.inbound_errors),
             line("ignored", self.ignored),
         ]
         return "\n".join([head, *rows])

@@ -228,3 +228,12 @@ def test_tracking_ids_are_unattributed_unless_the_operator_format_names_a_templa
     with pytest.raises(SystemExit):
         main(["--template-pattern", "order:(\\d+)", str(path)])
     assert "needs a named group 'template'" in capsys.readouterr().err
+
+
+def test_inbound_message_errors_are_listed_in_the_summary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert (
+        main(["--summary-only", str(FIXTURES / "SYNTHETIC_inbound_unsupported_131051.json")]) == 0
+    )
+    assert "inbound err  131051 1" in capsys.readouterr().err
