@@ -6,7 +6,9 @@
   partition-local, so the answer sums this worker's partitions and asks the other workers for
   theirs (``/v1/_local/...``).
 - ``GET /v1/recipients/{id}``: one recipient's state, answered by the worker that owns the key
-  (requests are forwarded to it).
+  (requests are forwarded to it). Ids are read by :func:`streams.core.phones.normalize_recipient`
+  (wa_id digits, ``+``/``00`` prefixes, BSUIDs; a national format only with a default region);
+  an id it cannot read is a 400 (in ``POST /v1/advice``: an ``error`` in that item's place).
 - ``GET /v1/health``: liveness plus the partitions, watermarks and stage counters of this worker.
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from aiohttp import web
 from streams.core.advice import advise
 from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
 from streams.core.geography import locate_recipient
+from streams.core.phones import RecipientFormatError, normalize_recipient
 from streams.core.recipients import RecipientState, recipient_view
 from streams.stages import partition_for
 from streams.stages.messages import PartitionMeta, TemplateState, meta_key, template_key
@@ -39,15 +41,6 @@ log = logging.getLogger(__name__)
 
 WINDOWS = {"5m": 5, "1h": 60, "24h": 1440}
 DIMS = {"templates": "t", "senders": "s", "countries": "c"}
-_PHONE = re.compile(r"^\+?[\d\s().-]{6,}$")
-
-
-def normalize_recipient(raw: str) -> str:
-    """A phone in any common format becomes its digits; a BSUID is kept as given."""
-    raw = raw.strip()
-    if _PHONE.match(raw):
-        return re.sub(r"\D", "", raw)
-    return raw
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -58,6 +51,7 @@ class Api:
     def __init__(self, monitor: Monitor) -> None:
         self.m = monitor
         self.n = monitor.settings.topic_partitions
+        self.region = monitor.settings.default_phone_region
         self.messages_topic, self.recipients_topic = (
             monitor.messages_topic.get_topic_name(),
             monitor.recipients_topic.get_topic_name(),
@@ -127,6 +121,7 @@ class Api:
             "quality": s.quality,
             "category": s.category,
             "paused": s.status in ("PAUSED", "DISABLED"),
+            "disabled_at": s.disabled_at,
         }
 
     async def local(self, request: web.Request) -> web.Response:
@@ -186,9 +181,15 @@ class Api:
             return None
 
     # -- recipients -----------------------------------------------------------------------------
+    def _rid(self, given: str) -> str:
+        return normalize_recipient(given, self.region)
+
     async def recipient(self, request: web.Request) -> web.Response:
         given = request.match_info["id"]
-        rid = normalize_recipient(given)
+        try:
+            rid = self._rid(given)
+        except RecipientFormatError as exc:
+            return _json({"recipient": given, "error": str(exc)}, 400)
         partition = partition_for(rid, self.n)
         if partition not in self.local_partitions(self.recipients_topic):
             return await self._forward(rid, request)
@@ -221,8 +222,12 @@ class Api:
         return now
 
     def local_advice(self, given: str, now: Callable[[int], int], at: int | None = None) -> Any:
-        """Advice for ``given`` as of ``at`` (default ``now(partition)``), as JSON builtins."""
-        rid = normalize_recipient(given)
+        """Advice for ``given`` as of ``at`` (default ``now(partition)``), as JSON builtins;
+        an id that cannot be read gets its error in place of the advice."""
+        try:
+            rid = self._rid(given)
+        except RecipientFormatError as exc:
+            return {"recipient": given, "error": str(exc)}
         partition = partition_for(rid, self.n)
         raw = self.m.recipients_kv.read(recipient_key(rid), partition)
         when = now(partition) if at is None else at
@@ -232,7 +237,10 @@ class Api:
 
     async def advice(self, request: web.Request) -> web.Response:
         given = request.match_info["id"]
-        rid = normalize_recipient(given)
+        try:
+            rid = self._rid(given)
+        except RecipientFormatError as exc:
+            return _json({"recipient": given, "error": str(exc)}, 400)
         if partition_for(rid, self.n) not in self.local_partitions(self.recipients_topic):
             return await self._forward(rid, request)
         at = int(request.query["at"]) if request.query.get("at", "").isdigit() else None
@@ -254,7 +262,11 @@ class Api:
         answers: dict[int, Any] = {}
         remote: dict[str, list[int]] = {}
         for i, given in enumerate(recipients):
-            rid = normalize_recipient(given)
+            try:
+                rid = self._rid(given)
+            except RecipientFormatError as exc:
+                answers[i] = {"recipient": given, "error": str(exc)}
+                continue
             if partition_for(rid, self.n) in local:
                 answers[i] = self.local_advice(given, now)
             else:

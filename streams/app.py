@@ -28,6 +28,7 @@ from streams import api
 from streams.api import is_us_recipient
 from streams.core.advice import AdvicePolicy, advise
 from streams.core.alerts import Notification, decode_notification, encode_notification
+from streams.core.attribution import AttributionConfig
 from streams.core.eventtime import TimeTrust, iso, received_at
 from streams.core.signals import SignalBatch, decode_signals, encode_signals
 from streams.faust_state import (
@@ -162,7 +163,11 @@ class Monitor:
             n, n, time_trust=TimeTrust(settings.max_future_skew_s), idle_s=settings.alert_idle_s
         )
         self.messages = MessageStage(
-            self.messages_kv, n, Retention(), time_trust=TimeTrust(settings.max_future_skew_s)
+            self.messages_kv,
+            n,
+            Retention(),
+            AttributionConfig(raw_pattern=settings.callback_template_pattern),
+            time_trust=TimeTrust(settings.max_future_skew_s),
         )
         self.recipients = RecipientStage(self.recipients_kv)
         self.metrics.watch(self)  # scrape-time gauges from the stages' state

@@ -33,6 +33,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFam
 
 from streams import __version__
 from streams.core.alerts import NotificationKind
+from streams.core.attribution import UNATTRIBUTED_REASONS
 from streams.core.catalog import CATALOG, ErrorClass
 from streams.core.detector import RULE as SPIKE_RULE
 from streams.core.immediate import IMMEDIATE_RULES, RESEND_STORM
@@ -70,6 +71,15 @@ ERROR_CLASSES = frozenset(c.value for c in ErrorClass)
 #: Failure classes created at 0 for every template, sender and country on first sight (the ones
 #: the alert rules divide), so ``increase()`` sees their first error.
 PRECREATED_CLASSES = ("per_user_marketing_limit", "us_marketing_pause", "opt_out")
+#: Classes of the codes Meta reports as account-level errors: created at 0 per catalog code.
+ACCOUNT_ERROR_CLASSES = frozenset(
+    {
+        ErrorClass.THROUGHPUT,
+        ErrorClass.SPAM_QUALITY,
+        ErrorClass.ACCOUNT_ENFORCEMENT,
+        ErrorClass.TRANSIENT,
+    }
+)
 ALERT_RULES = (SPIKE_RULE, *sorted(IMMEDIATE_RULES), RESEND_STORM)
 #: Values of streams.slack.SlackOutcome (not imported: this module must not pull slack_sdk).
 SLACK_OUTCOMES = ("sent", "retried", "rate_limited", "failed_permanent", "gave_up", "dropped")
@@ -378,6 +388,30 @@ class MonitorMetrics:
             ["error_class", "error_code"],
             registry=r,
         )
+        self.account_errors = Counter(
+            f"{PREFIX}_account_errors",
+            "Account-level errors (value.errors: not tied to a message, e.g. 130429 throughput) "
+            "by error class and error code (catalog codes; others are 'other'), counted once "
+            "per webhook item",
+            ["error_class", "error_code"],
+            registry=r,
+        )
+        self.inbound_errors = Counter(
+            f"{PREFIX}_inbound_message_errors",
+            "Errors on inbound messages (messages[].errors, e.g. 131051 unsupported message "
+            "type) by error class and error code; counted at ingest (a replayed webhook counts "
+            "again)",
+            ["error_class", "error_code"],
+            registry=r,
+        )
+        self.unattributed = Counter(
+            f"{PREFIX}_unattributed_callback_data",
+            "Messages whose biz_opaque_callback_data named no template (counted once per "
+            "message, under template 'unknown' until the send log names it), by reason: "
+            "not_a_template_name, no_template_key, malformed, too_long",
+            ["reason"],
+            registry=r,
+        )
         self.template_overflow = Counter(
             f"{PREFIX}_template_label_overflow",
             f"Distinct template names counted under template='{OTHER}' (beyond the label cap)",
@@ -395,6 +429,13 @@ class MonitorMetrics:
             "sender", "sending number (phone_number_id)", r, sender_label_cap, self.sender_overflow
         )
         self.countries = _Dimension("country", "recipient country", r)
+        self.sender_account_errors = Counter(
+            f"{PREFIX}_sender_account_errors",
+            "Account-level errors per sending number (phone_number_id; capped like the sender "
+            "label) by error class",
+            ["sender", "error_class"],
+            registry=r,
+        )
         self._dims = {"t": self.templates, "s": self.senders, "c": self.countries}
         self._precreate()
 
@@ -423,6 +464,13 @@ class MonitorMetrics:
         for cls in (ErrorClass.TEMPLATE, ErrorClass.PERMANENT, ErrorClass.UNKNOWN):
             self.failures.labels(cls.value, "other")
         self.failures.labels(ErrorClass.UNKNOWN.value, "none")
+        for reason in UNATTRIBUTED_REASONS:
+            self.unattributed.labels(reason=reason)
+        for info in CATALOG.values():
+            if info.error_class in ACCOUNT_ERROR_CLASSES:
+                self.account_errors.labels(info.error_class.value, str(info.code))
+        self.account_errors.labels(ErrorClass.UNKNOWN.value, "other")
+        self.inbound_errors.labels(ErrorClass.PERMANENT.value, "131051")
 
     def precreate(self, topics: list[str]) -> None:
         """Create label sets at 0 so ``increase()`` sees the first record."""
@@ -451,6 +499,8 @@ class MonitorMetrics:
         if stats.last_event_ts:
             self.last_event.set(stats.last_event_ts)
         self._untrusted("ingest", stats.untrusted)
+        for (error_class, code), n in stats.take_inbound_errors().items():
+            self.inbound_errors.labels(class_label(error_class), error_code_label(code)).inc(n)
         counts, sums = stats.take_lag()
         for (status, index), n in counts.items():
             self.event_lag.add(status_label(status), index, n)
@@ -474,6 +524,12 @@ class MonitorMetrics:
             self.statuses.labels(status_label(status), category_label(category)).inc(n)
         for (error_class, code), n in failures.items():
             self.failures.labels(class_label(error_class), error_code_label(code)).inc(n)
+        for reason, n in stats.take_unattributed().items():
+            self.unattributed.labels(reason=reason).inc(n)
+        for (sender, error_class, code), n in stats.take_account_errors().items():
+            cls = class_label(error_class)
+            self.account_errors.labels(cls, error_code_label(code)).inc(n)
+            self.sender_account_errors.labels(self.senders.label(sender), cls).inc(n)
 
     def _untrusted(self, stage: str, counts: Mapping[Any, int]) -> None:
         for verdict, total in counts.items():

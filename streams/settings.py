@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.core.attribution import PatternError, compile_pattern
+from streams.core.phones import check_region
+
 ENV_PREFIX = "DELIVERY_MONITOR_"
 DEFAULT_KAFKA_VERSION = "3.9.1"
 KAFKA4_VERSION = "4.1.1"
@@ -49,6 +52,25 @@ def _guarantee(value: str) -> str:
             f"{ENV_PREFIX}PROCESSING_GUARANTEE={value!r}: use at_least_once or exactly_once"
         )
     return value
+
+
+def _template_pattern(value: str) -> str | None:
+    if not value.strip():
+        return None
+    try:
+        compile_pattern(value)
+    except PatternError as exc:
+        raise SettingsError(f"{ENV_PREFIX}CALLBACK_TEMPLATE_PATTERN: {exc}") from None
+    return value
+
+
+def _phone_region(value: str) -> str | None:
+    if not value.strip():
+        return None
+    try:
+        return check_region(value)
+    except ValueError as exc:
+        raise SettingsError(f"{ENV_PREFIX}DEFAULT_PHONE_REGION: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +128,12 @@ class Settings:
     #: new for ``alert_max_wait_s`` (a stalled reader)
     alert_idle_s: float = 30.0
     alert_max_wait_s: float = 120.0
+    #: a regular expression with a named group ``template`` (optional ``campaign``,
+    #: ``category``) for bare ``biz_opaque_callback_data`` strings in the sender's own format
+    callback_template_pattern: str | None = None
+    #: ISO region in which the API reads phone numbers typed in a national format (unset: such
+    #: numbers are refused with 400)
+    default_phone_region: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -181,6 +209,8 @@ class Settings:
             alert_max_wait_s=float(
                 get_int("ALERT_MAX_WAIT_SECONDS", int(d.alert_max_wait_s), minimum=1)
             ),
+            callback_template_pattern=_template_pattern(get("CALLBACK_TEMPLATE_PATTERN", "")),
+            default_phone_region=_phone_region(get("DEFAULT_PHONE_REGION", "")),
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from streams.core.catalog import lookup
+
 # Valid mobile numbers per country (prefix + random digits to the national length).
 COUNTRY_PREFIXES: dict[str, tuple[str, int]] = {
     "US": ("1212555", 11),
@@ -255,6 +257,27 @@ def envelope(sender: str, display: str, items: list[dict[str, object]]) -> bytes
             ],
         }
     )
+
+
+def errors_envelope(sender: str | None, codes: list[int], time: int | None) -> bytes:
+    """A ``messages`` change with account-level errors (``value.errors``) of ``sender`` (no
+    ``metadata`` when None) in an entry of ``time`` (no ``time`` when None)."""
+    value: dict[str, object] = {
+        "messaging_product": "whatsapp",
+        "errors": [
+            {"code": code, "title": lookup(code).title, "error_data": {"details": "-"}}
+            for code in codes
+        ],
+    }
+    if sender is not None:
+        value["metadata"] = {"display_phone_number": "15550783881", "phone_number_id": sender}
+    entry: dict[str, object] = {
+        "id": "102290129340398",
+        "changes": [{"field": "messages", "value": value}],
+    }
+    if time is not None:
+        entry["time"] = time
+    return orjson.dumps({"object": "whatsapp_business_account", "entry": [entry]})
 
 
 def _bodies(messages: list[Message], spec: CampaignSpec, rng: random.Random) -> list[bytes]:

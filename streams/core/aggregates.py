@@ -116,6 +116,10 @@ class OutcomeSummary(NamedTuple):
     limit_errors: int
     failure_ratio: float
     limit_error_ratio: float
+    #: account-level errors (``value.errors``: no message, so not in the funnel or the ratios),
+    #: counted for sending numbers only
+    account_errors: int
+    account_errors_by_class: dict[str, int]
 
 
 LIMIT_CLASSES = frozenset({"per_user_marketing_limit", "us_marketing_pause"})
@@ -127,6 +131,9 @@ def summarize(counts: Mapping[str, int]) -> OutcomeSummary:
     failed = sum(by_class.values())
     limit = sum(v for k, v in by_class.items() if k in LIMIT_CLASSES)
     attempted = counts.get("attempted", 0)
+    account = {
+        k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("account_error.") and v
+    }
     return OutcomeSummary(
         attempted=attempted,
         sent=counts.get("sent", 0),
@@ -137,4 +144,6 @@ def summarize(counts: Mapping[str, int]) -> OutcomeSummary:
         limit_errors=limit,
         failure_ratio=failed / attempted if attempted else 0.0,
         limit_error_ratio=limit / attempted if attempted else 0.0,
+        account_errors=sum(account.values()),
+        account_errors_by_class=dict(sorted(account.items())),
     )

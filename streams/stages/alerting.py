@@ -317,7 +317,9 @@ class AlertingStage:
                 self._pending_at(u.visible).us_paused.append((u.minute, u.recipient))
         for t in batch.templates:
             if t.field == "status":
-                self.immediate.observe(TemplateStatusChange(t.name, t.value, t.ts, t.reason))
+                self.immediate.observe(
+                    TemplateStatusChange(t.name, t.value, t.ts, t.reason, t.disabled_at)
+                )
             elif t.field == "quality":
                 self.immediate.observe(TemplateQualityChange(t.name, t.value, t.ts))
         for error in batch.errors:

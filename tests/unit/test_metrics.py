@@ -472,4 +472,5 @@ def test_exposition_names_follow_prometheus_conventions() -> None:
         "country",
         "verdict",
         "le",
+        "reason",  # unattributed callback data: a closed set, never the value
     }

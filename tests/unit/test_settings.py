@@ -57,3 +57,40 @@ def test_secret_never_appears_in_reprs() -> None:
     assert "XXXXSECRET" not in str(s.slack_webhook_url)
     assert bool(s.slack_webhook_url)
     assert not Secret("")
+
+
+def test_callback_template_pattern_and_phone_region_are_validated_at_start() -> None:
+    s = Settings.from_env(
+        {
+            "DELIVERY_MONITOR_CALLBACK_TEMPLATE_PATTERN": r"^c\d+/(?P<template>\w+)$",
+            "DELIVERY_MONITOR_DEFAULT_PHONE_REGION": "us",
+        }
+    )
+    assert s.callback_template_pattern == r"^c\d+/(?P<template>\w+)$"
+    assert s.default_phone_region == "US"
+    unset = Settings.from_env({})
+    assert (unset.callback_template_pattern, unset.default_phone_region) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        (
+            {"DELIVERY_MONITOR_CALLBACK_TEMPLATE_PATTERN": "(unclosed"},
+            "CALLBACK_TEMPLATE_PATTERN: not a valid regular expression",
+        ),
+        (
+            {"DELIVERY_MONITOR_CALLBACK_TEMPLATE_PATTERN": r"tpl-(\w+)"},
+            "CALLBACK_TEMPLATE_PATTERN: needs a named group 'template'",
+        ),
+        (
+            {"DELIVERY_MONITOR_DEFAULT_PHONE_REGION": "USA"},
+            "DEFAULT_PHONE_REGION: 'USA' is not a region code",
+        ),
+    ],
+)
+def test_bad_attribution_and_phone_settings_name_the_variable(
+    env: dict[str, str], fragment: str
+) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        Settings.from_env(env)
