@@ -80,7 +80,11 @@ class Monitor:
     def __init__(self, settings: Settings, bootstrap: str, registry: CollectorRegistry) -> None:
         self.settings = settings
         n = settings.topic_partitions
-        self.metrics = MonitorMetrics(registry, template_label_cap=settings.template_label_cap)
+        self.metrics = MonitorMetrics(
+            registry,
+            template_label_cap=settings.template_label_cap,
+            campaign_label_cap=settings.campaign_label_cap,
+        )
         self.metrics.precreate([settings.topic_raw, settings.topic_send_log])
         datadir = settings.data_dir / "worker" / settings.app_id
         datadir.mkdir(parents=True, exist_ok=True)

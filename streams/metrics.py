@@ -1,10 +1,10 @@
 """The monitor's Prometheus metrics, all in one place, on a registry the caller owns.
 
-Label values are bounded: never a recipient; templates and sending numbers are capped (the first
-``template_label_cap`` / ``sender_label_cap`` values keep their name, later ones are counted
-under ``__other__`` and in an overflow counter); error codes outside the catalog are ``other``;
-statuses, categories and error classes are closed sets. Tests build a fresh
-``CollectorRegistry`` each and read ``get_sample_value``.
+Label values are bounded: never a recipient; templates, sending numbers and campaigns are capped
+(the first ``template_label_cap`` / ``sender_label_cap`` / ``campaign_label_cap`` values keep
+their name, later ones are counted under ``__other__`` and in an overflow counter); error codes
+outside the catalog are ``other``; statuses, categories and error classes are closed sets. Tests
+build a fresh ``CollectorRegistry`` each and read ``get_sample_value``.
 
 How values get here, keeping the per-event cost to plain dict increments:
 
@@ -230,6 +230,7 @@ class MonitorMetrics:
         registry: CollectorRegistry,
         template_label_cap: int = DEFAULT_LABEL_CAP,
         sender_label_cap: int = DEFAULT_LABEL_CAP,
+        campaign_label_cap: int = DEFAULT_LABEL_CAP,
     ) -> None:
         self.registry = registry
         self._last: dict[tuple[str, str], int] = {}
@@ -371,8 +372,26 @@ class MonitorMetrics:
         self.senders = _Dimension(
             "sender", "sending number (phone_number_id)", r, sender_label_cap, self.sender_overflow
         )
+        self.campaign_overflow = Counter(
+            f"{PREFIX}_campaign_label_overflow",
+            f"Distinct campaign ids counted under campaign='{OTHER}' (beyond the label cap)",
+            registry=r,
+        )
         self.countries = _Dimension("country", "recipient country", r)
-        self._dims = {"t": self.templates, "s": self.senders, "c": self.countries}
+        self.campaigns = _Dimension(
+            "campaign",
+            "campaign (from biz_opaque_callback_data or the send log; messages without one are "
+            "not counted here)",
+            r,
+            campaign_label_cap,
+            self.campaign_overflow,
+        )
+        self._dims = {
+            "t": self.templates,
+            "s": self.senders,
+            "c": self.countries,
+            "g": self.campaigns,
+        }
         self._precreate()
 
     def _precreate(self) -> None:

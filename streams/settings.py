@@ -99,6 +99,7 @@ class Settings:
     ingress_idle_timeout_s: float = 75.0
     ingress_recent_bodies: int = 100_000
     template_label_cap: int = 100
+    campaign_label_cap: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -169,6 +170,7 @@ class Settings:
             ),
             ingress_recent_bodies=get_int("INGRESS_RECENT_BODIES", d.ingress_recent_bodies),
             template_label_cap=get_int("TEMPLATE_LABEL_CAP", d.template_label_cap, minimum=1),
+            campaign_label_cap=get_int("CAMPAIGN_LABEL_CAP", d.campaign_label_cap, minimum=1),
         )
 
     def replace(self, **changes: object) -> Settings:

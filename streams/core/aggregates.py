@@ -1,4 +1,4 @@
-"""Event-time minute buckets: per template, per sending number, per recipient country.
+"""Event-time minute buckets: per template, sending number, recipient country and campaign.
 
 Buckets are partition-local: stage 2 owns the messages of its partitions, and each partition
 keeps its own buckets (``BucketId.partition``), so a bucket is only ever written by the one
@@ -17,7 +17,7 @@ import msgspec
 from streams.core.facts import Applied, Position
 from streams.core.messages import BucketDelta
 
-DIMENSIONS = {"t": "template", "s": "sender", "c": "country"}
+DIMENSIONS = {"t": "template", "s": "sender", "c": "country", "g": "campaign"}
 
 
 class BucketId(NamedTuple):

@@ -18,7 +18,7 @@ An alert is keyed by rule and scope (:func:`alert_key`, e.g.
 Alerts are grouped Alertmanager-style into *incidents* by the finding's ``group`` (the spike
 detector groups by error class), so a template's spike that also moves its sending number, its
 country and the whole account is ONE message. The headline is the most specific firing scope
-(template, then sending number, then country, then account; ties by count); the other firing
+(template, then sending number, campaign, country, account; ties by count); the other firing
 scopes are listed as related. Scopes that are not firing are never named.
 
 Per incident: ``FIRING`` when its first alert fires; ``UPDATED`` when a more specific scope starts
@@ -50,6 +50,7 @@ class ScopeKind(enum.StrEnum):
 
     ACCOUNT = "account"
     COUNTRY = "country"
+    CAMPAIGN = "campaign"
     SENDER = "sender"
     TEMPLATE = "template"
 
@@ -57,8 +58,9 @@ class ScopeKind(enum.StrEnum):
 SPECIFICITY: dict[ScopeKind, int] = {
     ScopeKind.ACCOUNT: 0,
     ScopeKind.COUNTRY: 1,
-    ScopeKind.SENDER: 2,
-    ScopeKind.TEMPLATE: 3,
+    ScopeKind.CAMPAIGN: 2,
+    ScopeKind.SENDER: 3,
+    ScopeKind.TEMPLATE: 4,
 }
 
 

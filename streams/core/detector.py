@@ -355,11 +355,17 @@ class _Series:
             self.applied[hour] = record.applied
 
 
-_DIMENSION_KINDS = {"t": ScopeKind.TEMPLATE, "s": ScopeKind.SENDER, "c": ScopeKind.COUNTRY}
+_DIMENSION_KINDS = {
+    "t": ScopeKind.TEMPLATE,
+    "s": ScopeKind.SENDER,
+    "c": ScopeKind.COUNTRY,
+    "g": ScopeKind.CAMPAIGN,
+}
 
 
 def scope_of_bucket(dim: str, key: str) -> Scope:
-    """The scope of a minute bucket's dimension (``t`` template, ``s`` sender, ``c`` country)."""
+    """The scope of a minute bucket's dimension (``t`` template, ``s`` sender, ``c`` country,
+    ``g`` campaign)."""
     return Scope(_DIMENSION_KINDS[dim], key)
 
 

@@ -10,6 +10,13 @@ sender's send log. A status counted before its send-log record arrives is counte
 ``unknown`` and moved to the real template when the record arrives (an exact, retroactive
 correction of the same minute buckets). The first attribution wins.
 
+Campaigns (bucket dimension ``g``) are attributed the same way, on their own (the first input
+that names a campaign wins, whichever gave the template), but a message without a campaign is
+not counted under any: there is no campaign ``unknown``, since most utility and authentication
+sends never have one. When a message's campaign becomes known after some of its outcomes were
+counted (a late send-log record, or a later status whose callback data names it), those outcomes
+are added to the campaign's buckets in the minutes they were counted, exactly once.
+
 Exactly-once under at-least-once delivery: every state remembers the last input position it
 absorbed from each source (``applied``); an input at or before it is a replay, and the ledger
 re-derives the same effects from what it stored so downstream records (which keep their own
@@ -83,13 +90,16 @@ def failed_outcome(error_class: str | None) -> str:
 
 class Counted(msgspec.Struct, array_like=True, gc=False):
     """One outcome counted for a message: in which minute, under which template, from where;
-    ``moved_at`` is the send-log input that moved it off template ``unknown``."""
+    ``moved_at`` is the send-log input that moved it off template ``unknown``;
+    ``campaigned_at`` the input that added it to the message's campaign (it was counted before
+    the campaign was known)."""
 
     minute: int
     outcome: str
     position: Position
     template: str
     moved_at: Position | None = None
+    campaigned_at: Position | None = None
 
 
 class Seen(msgspec.Struct, array_like=True, gc=False):
@@ -121,7 +131,7 @@ class MessageState(msgspec.Struct, array_like=True, gc=False):
 
 class BucketDelta(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """+/- n of one outcome in one minute for one dimension value (t=template, s=sender,
-    c=country)."""
+    c=country, g=campaign)."""
 
     dim: str
     key: str
@@ -145,8 +155,13 @@ def minute_of(ts: int) -> int:
     return ts // 60
 
 
-def _dims(state: MessageState, template: str) -> tuple[tuple[str, str], ...]:
-    return (("t", template), ("s", state.sender or "unknown"), ("c", state.country or "ZZ"))
+def _dims(state: MessageState, template: str, campaign: bool = True) -> tuple[tuple[str, str], ...]:
+    """The bucket dimensions an outcome of this message counts under (``campaign=False``: not
+    its campaign, the outcome was counted before the campaign was known)."""
+    dims = (("t", template), ("s", state.sender or "unknown"), ("c", state.country or "ZZ"))
+    if campaign and state.campaign:
+        return (*dims, ("g", state.campaign))
+    return dims
 
 
 def _is_marketing(category: str | None) -> bool:
@@ -196,7 +211,8 @@ class MessageLedger:
         state.recipient = state.recipient or fact.recipient
         if state.template is None and template_from_opaque:
             state.template = template_from_opaque
-            state.campaign = state.campaign or campaign_from_opaque
+        if state.campaign is None and campaign_from_opaque:
+            self._attribute_campaign(state, campaign_from_opaque, position, fx)
         state.category = state.category or fact.category or category_from_opaque
 
         implied = _IMPLIES.get(fact.status, ATTEMPTED | OTHER)
@@ -248,9 +264,10 @@ class MessageLedger:
         if sent_at is not None:
             state.last_ts = max(state.last_ts, sent_at)
             state.first_ts = state.first_ts or sent_at
+        if state.campaign is None and record.campaign:
+            self._attribute_campaign(state, record.campaign, position, fx)
         if state.template is None:
             state.template = record.template
-            state.campaign = state.campaign or record.campaign
             moved = [c for c in state.counted if c.template == UNKNOWN_TEMPLATE]
             for c in moved:
                 c.template = record.template
@@ -259,6 +276,17 @@ class MessageLedger:
             fx.attributed_late = bool(moved)
         self._marketing_facts(state, fx, position)
         return state, fx
+
+    @staticmethod
+    def _attribute_campaign(
+        state: MessageState, campaign: str, position: Position, fx: Effects
+    ) -> None:
+        """The message's campaign is ``campaign`` (first known now, at ``position``): what was
+        counted before is added to the campaign's buckets."""
+        state.campaign = campaign
+        for c in state.counted:
+            c.campaigned_at = position
+            fx.deltas.append(BucketDelta("g", campaign, c.minute, c.outcome, 1))
 
     @staticmethod
     def _move(moved: list[Counted], template: str) -> list[BucketDelta]:
@@ -313,11 +341,17 @@ class MessageLedger:
             if c.position == position:
                 # counted under "unknown" if a send-log record moved it later
                 template = UNKNOWN_TEMPLATE if c.moved_at is not None else c.template
-                for dim, key in _dims(state, template):
+                for dim, key in _dims(state, template, c.campaigned_at is None):
                     fx.deltas.append(BucketDelta(dim, key, c.minute, c.outcome, 1))
         moved = [c for c in state.counted if c.moved_at == position]
         if moved:
             fx.deltas.extend(self._move(moved, moved[0].template))
+        if state.campaign:
+            fx.deltas.extend(
+                BucketDelta("g", state.campaign, c.minute, c.outcome, 1)
+                for c in state.counted
+                if c.campaigned_at == position
+            )
         fx.facts.extend(
             f
             for f in state.emitted

@@ -118,6 +118,8 @@ class Retention:
     sweep_budget: int = 5_000
 
 
+#: Bucket dimensions the recent window keeps (the ratio gauges): templates, sending numbers.
+_WINDOW_DIMS = frozenset({"t", "s"})
 #: Bucket outcomes the recent window keeps: index 0 attempted sends, 1 limit errors.
 _WINDOW_OUTCOMES = {"attempted": 0} | {f"failed.{c}": 1 for c in sorted(LIMIT_CLASSES)}
 
@@ -431,7 +433,7 @@ class MessageStage:
             if not any(counts.values()):
                 continue
             buckets.append(BucketSignal(dim, key, minute, counts, source, upto[0]))
-            if apart >= 0 or dim == "c":  # replayed: in the window already
+            if apart >= 0 or dim not in _WINDOW_DIMS:  # replayed: in the window already
                 continue
             for outcome, n in counts.items():
                 window = _WINDOW_OUTCOMES.get(outcome)

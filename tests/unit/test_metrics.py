@@ -102,7 +102,8 @@ def run(campaign: Campaign, clock_s: float) -> Pipeline:
 
 @pytest.fixture(scope="module")
 def campaign() -> Campaign:
-    return generate(CampaignSpec(messages=1_500, failure_ratio=0.3), seed=5)
+    spec = CampaignSpec(messages=1_500, failure_ratio=0.3, campaigns=("spring", "fall", ""))
+    return generate(spec, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +115,16 @@ def pipeline(campaign: Campaign) -> Pipeline:
 def test_dimension_counters_equal_the_campaign_truth(
     campaign: Campaign, pipeline: Pipeline
 ) -> None:
-    """Per sending number, template and country: every funnel outcome and every failure class
-    is counted once per message (duplicates dropped), exactly as the generator's truth says."""
+    """Per sending number, template, country and campaign: every funnel outcome and every
+    failure class is counted once per message (duplicates dropped), exactly as the generator's
+    truth says."""
     truth = campaign.truth
+    assert set(truth.campaigns) == {"spring", "fall"}
     for dim, expected in (
         ("sender", truth.senders),
         ("template", truth.templates),
         ("country", truth.countries),
+        ("campaign", truth.campaigns),
     ):
         for key, counts in expected.items():
             failed = {k[7:]: v for k, v in counts.items() if k.startswith("failed.")}
@@ -288,6 +292,28 @@ def test_template_label_cap_folds_the_rest_into_other() -> None:
     assert ratio == pytest.approx(0.25)
     feed()  # the same names again: already folded, not counted again
     assert registry.get_sample_value(P + "template_label_overflow_total") == len(names) - K
+
+
+def test_campaign_label_cap_folds_the_rest_into_other() -> None:
+    """Campaign ids are capped like templates: K names, the rest under __other__, counted
+    once each in the campaign overflow counter."""
+    K = 3
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry, campaign_label_cap=K)
+    stats = MessageStats()
+    for i in range(10):
+        stats.counted["g", f"c-{i}", "attempted"] += 1
+    metrics.observe_messages(stats)
+    samples = {f.name: f for f in registry.collect()}[P + "campaign_messages"].samples
+    assert {s.labels["campaign"] for s in samples} == {"c-0", "c-1", "c-2", OTHER}
+    assert (
+        registry.get_sample_value(
+            P + "campaign_messages_total", {"campaign": OTHER, "outcome": "attempted"}
+        )
+        == 7
+    )
+    assert registry.get_sample_value(P + "campaign_label_overflow_total") == 7
+    assert registry.get_sample_value(P + "template_label_overflow_total") == 0
 
 
 def test_known_label_sets_exist_at_zero_before_any_event() -> None:
@@ -470,5 +496,6 @@ def test_exposition_names_follow_prometheus_conventions() -> None:
         "template",
         "sender",
         "country",
+        "campaign",
         "le",
     }
