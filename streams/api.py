@@ -1,10 +1,13 @@
 """The read API on the worker's web server (JSON).
 
-- ``GET /v1/templates/{name}``, ``/v1/senders/{phone_number_id}``, ``/v1/countries/{cc}``:
-  funnel counts and failure ratios over the last 5 minutes, 1 hour and 24 hours of event time
-  (ending at ``?at=<unix seconds>``, default: the newest event time seen). Minute buckets are
-  partition-local, so the answer sums this worker's partitions and asks the other workers for
-  theirs (``/v1/_local/...``).
+- ``GET /v1/templates/{name}``, ``/v1/senders/{phone_number_id}``, ``/v1/countries/{cc}``,
+  ``/v1/campaigns/{id}``: funnel counts and failure ratios over the last 5 minutes, 1 hour and
+  24 hours of event time (ending at ``?at=<unix seconds>``, default: the newest event time
+  seen). Minute buckets are partition-local, so the answer sums this worker's partitions and
+  asks the other workers for theirs (``/v1/_local/...``).
+- ``GET /v1/templates``, ``/v1/senders``, ``/v1/countries``, ``/v1/campaigns``: rankings
+  (``?window=5m|1h|24h&at=...&sort=...&limit=N``, see :mod:`streams.rankings`), summed across
+  workers the same way.
 - ``GET /v1/recipients/{id}``: one recipient's state, answered by the worker that owns the key
   (requests are forwarded to it).
 - ``GET /v1/health``: liveness plus the partitions, watermarks and stage counters of this worker.
@@ -18,6 +21,7 @@ import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -27,6 +31,18 @@ from streams.core.advice import advise
 from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
 from streams.core.geography import locate_recipient
 from streams.core.recipients import RecipientState, recipient_view
+from streams.rankings import (
+    DIM_NAMES,
+    DIMS,
+    WINDOWS,
+    BadQuery,
+    HourCache,
+    local_counts,
+    merge,
+    parse_query,
+    rank,
+    window_minutes,
+)
 from streams.stages import partition_for
 from streams.stages.messages import PartitionMeta, TemplateState, meta_key, template_key
 from streams.stages.recipients import RecipientMeta, recipient_key, recipient_meta_key
@@ -37,8 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WINDOWS = {"5m": 5, "1h": 60, "24h": 1440}
-DIMS = {"templates": "t", "senders": "s", "countries": "c"}
 _PHONE = re.compile(r"^\+?[\d\s().-]{6,}$")
 
 
@@ -54,6 +68,16 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
 
 
+def template_state_view(s: TemplateState) -> dict[str, Any]:
+    return {
+        "status": s.status,
+        "status_reason": s.reason,
+        "quality": s.quality,
+        "category": s.category,
+        "paused": s.status in ("PAUSED", "DISABLED"),
+    }
+
+
 class Api:
     def __init__(self, monitor: Monitor) -> None:
         self.m = monitor
@@ -62,6 +86,8 @@ class Api:
             monitor.messages_topic.get_topic_name(),
             monitor.recipients_topic.get_topic_name(),
         )
+        self.hours = HourCache()
+        monitor.messages.on_buckets_changed = self.hours.changed
 
     # -- partitions and owners ----------------------------------------------------------------
     def local_partitions(self, topic: str) -> list[int]:
@@ -118,16 +144,16 @@ class Api:
 
     def local_template_state(self, name: str) -> dict[str, Any] | None:
         raw = self.m.messages_kv.read(template_key(name))
-        if raw is None:
-            return None
-        s = decode(raw, TemplateState)
-        return {
-            "status": s.status,
-            "status_reason": s.reason,
-            "quality": s.quality,
-            "category": s.category,
-            "paused": s.status in ("PAUSED", "DISABLED"),
-        }
+        return None if raw is None else template_state_view(decode(raw, TemplateState))
+
+    def local_template_states(self) -> dict[str, dict[str, Any]]:
+        """Every template Meta said something about, on the local partitions (few)."""
+        lo, hi = template_key(""), template_key("")[:-1] + b"\x20"
+        out = {}
+        for p in self.local_partitions(self.messages_topic):
+            for key, raw in self.m.messages_kv.scan(p, lo, hi):
+                out[key[len(lo) :].decode()] = template_state_view(decode(raw, TemplateState))
+        return out
 
     async def local(self, request: web.Request) -> web.Response:
         dim = DIMS[request.match_info["dim"]]
@@ -148,30 +174,82 @@ class Api:
         counts = self.local_counts(dim, key, at)
         state = self.local_template_state(key) if dim == "t" else None
         partial = False
-        peers = self._peers()
-        if peers:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-                results = await asyncio.gather(
-                    *(self._fetch(session, f"{u}/v1/_local/{kind}/{key}?at={at}") for u in peers)
-                )
-            for result in results:
-                if result is None:
-                    partial = True
-                    continue
-                for label, more in result["counts"].items():
-                    merged = dict(counts.get(label, {}))
-                    for outcome, n in more.items():
-                        merged[outcome] = merged.get(outcome, 0) + n
-                    counts[label] = merged
-                state = state or result.get("state")
+        results = await self._ask_peers(f"/v1/_local/{kind}/{quote(key, safe='')}?at={at}")
+        for result in results:
+            if result is None:
+                partial = True
+                continue
+            for label, more in result["counts"].items():
+                merged = dict(counts.get(label, {}))
+                for outcome, n in more.items():
+                    merged[outcome] = merged.get(outcome, 0) + n
+                counts[label] = merged
+            state = state or result.get("state")
         windows = {}
         for label, c in counts.items():
             summary = summarize(c)
             windows[label] = {**summary._asdict(), "counts": c}
-        body = {DIMS_NAMES[dim]: key, "as_of": at, "windows": windows, "partial": partial}
+        body = {DIM_NAMES[dim]: key, "as_of": at, "windows": windows, "partial": partial}
         if dim == "t":
             body["state"] = state
         return _json(body)
+
+    # -- rankings -------------------------------------------------------------------------------
+    def local_ranking(self, dim: str, window: str, at: int) -> dict[str, Any]:
+        first, end = window_minutes(window, at)
+        partitions = self.local_partitions(self.messages_topic)
+        counts = local_counts(self.m.messages_kv.scan, partitions, dim, first, end, self.hours)
+        body: dict[str, Any] = {"counts": counts}
+        if dim == "t":
+            body["states"] = self.local_template_states()
+        return body
+
+    async def local_rankings(self, request: web.Request) -> web.Response:
+        dim = DIMS[request.match_info["dim"]]
+        return _json(self.local_ranking(dim, request.query["window"], int(request.query["at"])))
+
+    async def ranking(self, request: web.Request) -> web.Response:
+        """``GET /v1/<dimension>``: every name with traffic in the window, sorted, summed
+        across workers (``partial`` when one did not answer)."""
+        kind = request.match_info["dim"]
+        dim = DIMS[kind]
+        try:
+            query = parse_query(request.query)
+        except BadQuery as exc:
+            return _json({"error": str(exc)}, 400)
+        at = query.at if query.at is not None else self.watermark()
+        local = self.local_ranking(dim, query.window, at)
+        counts, states = local["counts"], local.get("states", {})
+        results = await self._ask_peers(f"/v1/_local/rankings/{kind}?window={query.window}&at={at}")
+        partial = None in results
+        for result in results:
+            if result is not None:
+                merge(counts, result["counts"])
+                states = {**result.get("states", {}), **states}
+        total, entries = rank(dim, counts, query)
+        if dim == "t":
+            for entry in entries:
+                entry["state"] = states.get(entry["template"])
+        return _json(
+            {
+                "dimension": kind,
+                "window": query.window,
+                "as_of": at,
+                "sort": query.sort,
+                "limit": query.limit,
+                "total": total,
+                "partial": partial,
+                "entries": entries,
+            }
+        )
+
+    async def _ask_peers(self, path: str) -> list[dict[str, Any] | None]:
+        """``path`` of every other worker's API (``None`` for one that did not answer)."""
+        peers = self._peers()
+        if not peers:
+            return []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            return list(await asyncio.gather(*(self._fetch(session, u + path) for u in peers)))
 
     @staticmethod
     async def _fetch(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
@@ -340,7 +418,6 @@ class Api:
         )
 
 
-DIMS_NAMES = {"t": "template", "s": "sender", "c": "country"}
 MAX_BATCH = 10_000
 
 
@@ -358,6 +435,9 @@ def register(monitor: Monitor, web_app: web.Application) -> Api:
     web_app.router.add_get("/v1/recipients/{id}/advice", api.advice)
     web_app.router.add_post("/v1/advice", api.advice_batch)
     web_app.router.add_post("/v1/_local/advice", api.local_advice_batch)
-    web_app.router.add_get("/v1/_local/{dim:templates|senders|countries}/{key}", api.local)
-    web_app.router.add_get("/v1/{dim:templates|senders|countries}/{key}", api.aggregate)
+    dims = "|".join(DIMS)
+    web_app.router.add_get(f"/v1/_local/rankings/{{dim:{dims}}}", api.local_rankings)
+    web_app.router.add_get(f"/v1/_local/{{dim:{dims}}}/{{key}}", api.local)
+    web_app.router.add_get(f"/v1/{{dim:{dims}}}", api.ranking)
+    web_app.router.add_get(f"/v1/{{dim:{dims}}}/{{key}}", api.aggregate)
     return api

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -212,6 +213,11 @@ class MessageStage:
         #: input at or after it that comes again in the same batch (Kafka delivered it twice)
         #: is in the batch's signal already
         self._fresh: dict[int, int] = {}
+        #: told after each flush which (dim, hour) of a partition's buckets it changed, and
+        #: ``None`` when the partition is revoked (readers that cache hours: streams.rankings)
+        self.on_buckets_changed: Callable[[int, set[tuple[str, int]] | None], None] = (
+            lambda partition, hours: None
+        )
 
     # -- helpers ------------------------------------------------------------------------------
     def meta(self, partition: int) -> PartitionMeta:
@@ -374,8 +380,7 @@ class MessageStage:
     def flush(self, partition: int) -> int:
         """Sweep expired state, write the partition's changed keys once; returns writes."""
         writer = self._buckets.get(partition)
-        if writer is not None:
-            writer.reset()
+        changed = writer.reset() if writer is not None else set()
         if partition in self._message_index:
             meta = self.meta(partition)
             message_index, bucket_index = self._indexes(partition)
@@ -393,6 +398,8 @@ class MessageStage:
 
             def expire_bucket(key: str) -> bool:
                 view.delete(key)
+                _, dim, _, minute, _ = key.split("\x1f", 4)
+                changed.add((dim, int(minute) // 60))
                 return True
 
             self.stats.expired_messages += message_index.sweep(
@@ -417,7 +424,9 @@ class MessageStage:
             bucket_index.flush(view.get, view.put)
             self.recent.advance(partition, meta.watermark)
             self.state.put(partition, meta_key(partition), meta)
-        return self.state.flush(partition)
+        writes = self.state.flush(partition)
+        self.on_buckets_changed(partition, changed)
+        return writes
 
     def drain_outbox(self) -> dict[int, bytes]:
         out = {p: encode_batch(b) for p, b in self._out.items()}
@@ -460,6 +469,7 @@ class MessageStage:
         self._message_index.pop(partition, None)
         self._bucket_index.pop(partition, None)
         self.recent.drop(partition)
+        self.on_buckets_changed(partition, None)
 
     def paused_templates(self, partitions: list[int]) -> int:
         """Templates now PAUSED or DISABLED on ``partitions``, from each partition's flushed
