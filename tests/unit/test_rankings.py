@@ -101,7 +101,9 @@ def stages(campaign: Campaign) -> Stages:
 
 
 def clean(counts: dict) -> dict:
-    return {name: {k: v for k, v in c.items() if v} for name, c in counts.items() if any(c.values())}
+    return {
+        name: {k: v for k, v in c.items() if v} for name, c in counts.items() if any(c.values())
+    }
 
 
 @pytest.mark.parametrize(
