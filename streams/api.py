@@ -10,6 +10,9 @@
   workers the same way.
 - ``GET /v1/recipients/{id}``: one recipient's state, answered by the worker that owns the key
   (requests are forwarded to it).
+- ``GET /v1/alerts``: open incidents and those resolved in the last 24 h (see
+  :mod:`streams.views`), answered by the worker that runs the alerting stage (requests are
+  forwarded to it).
 - ``GET /v1/health``: liveness plus the partitions, watermarks and stage counters of this worker.
 """
 
@@ -44,9 +47,11 @@ from streams.rankings import (
     window_minutes,
 )
 from streams.stages import partition_for
+from streams.stages.alerting import STAGE_KEY, StageState
 from streams.stages.messages import PartitionMeta, TemplateState, meta_key, template_key
 from streams.stages.recipients import RecipientMeta, recipient_key, recipient_meta_key
 from streams.state import decode
+from streams.views import alerts_view
 
 if TYPE_CHECKING:
     from streams.app import Monitor
@@ -86,6 +91,7 @@ class Api:
             monitor.messages_topic.get_topic_name(),
             monitor.recipients_topic.get_topic_name(),
         )
+        self.signals_topic = monitor.signals_topic.get_topic_name()
         self.hours = HourCache()
         monitor.messages.on_buckets_changed = self.hours.changed
 
@@ -367,21 +373,61 @@ class Api:
         owner = self._owner(rid)
         if owner is None:
             return _json({"error": "the owner of this recipient is not known yet"}, 503)
+        return await self._forward_to(owner, request)
+
+    @staticmethod
+    async def _forward_to(owner: str, request: web.Request) -> web.Response:
         timeout = aiohttp.ClientTimeout(total=10)
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(f"{owner}{request.rel_url}") as resp,
+            session.get(f"{owner}{request.rel_url}", headers={FORWARDED: "1"}) as resp,
         ):
             return web.Response(
                 status=resp.status, body=await resp.read(), content_type="application/json"
             )
 
-    def _owner(self, rid: str) -> str | None:
+    def _owner(self, key: str, table: Any = None) -> str | None:
+        """Web URL of the worker that owns ``key`` of ``table`` (default: recipients)."""
+        name = (table if table is not None else self.m.recipients_table).name
         try:
-            url = self.m.app.router.key_store(self.m.recipients_table.name, rid.encode())
+            url = self.m.app.router.key_store(name, key.encode())
         except Exception:
             return None
         return str(url).rstrip("/")
+
+    # -- alerts ---------------------------------------------------------------------------------
+    def local_alerts(self) -> dict[str, Any]:
+        """What is firing, from the alerting stage when it runs here (else as last saved)."""
+        stage = self.m.alerting
+        if 0 in self.m.alerting_kv.events:  # restored and running on this worker
+            return alerts_view(stage.book.state, stage.now())
+        raw = self.m.alerting_kv.get(0, STAGE_KEY)
+        if raw is None:
+            return alerts_view(stage.book.state, 0)
+        saved = decode(raw, StageState)
+        return alerts_view(saved.book, saved.event_time)
+
+    def alerting_owner(self) -> str | None:
+        """``None`` when the alerting stage runs here (or nobody else is known to run it)."""
+        if 0 in self.local_partitions(self.signals_topic):
+            return None
+        owner = self._owner("stage", self.m.alerting_table)
+        me = str(self.m.app.conf.canonical_url).rstrip("/")
+        return None if owner == me else owner
+
+    async def alerts(self, request: web.Request) -> web.Response:
+        owner = self.alerting_owner()
+        if owner is not None and FORWARDED not in request.headers:
+            return await self._forward_to(owner, request)
+        return _json(self.local_alerts())
+
+    async def alerts_data(self) -> dict[str, Any] | None:
+        """``GET /v1/alerts``'s body for the page (``None``: the owner did not answer)."""
+        owner = self.alerting_owner()
+        if owner is None:
+            return self.local_alerts()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            return await self._fetch(session, f"{owner}/v1/alerts")
 
     async def health(self, request: web.Request) -> web.Response:
         s = self.m.messages.stats
@@ -419,6 +465,8 @@ class Api:
 
 
 MAX_BATCH = 10_000
+#: header of a request one worker forwards to another (never forwarded again)
+FORWARDED = "X-Delivery-Monitor-Forwarded"
 
 
 def is_us_recipient(rid: str) -> bool:
@@ -431,6 +479,7 @@ def is_us_recipient(rid: str) -> bool:
 def register(monitor: Monitor, web_app: web.Application) -> Api:
     api = Api(monitor)
     web_app.router.add_get("/v1/health", api.health)
+    web_app.router.add_get("/v1/alerts", api.alerts)
     web_app.router.add_get("/v1/recipients/{id}", api.recipient)
     web_app.router.add_get("/v1/recipients/{id}/advice", api.advice)
     web_app.router.add_post("/v1/advice", api.advice_batch)

@@ -276,9 +276,18 @@ class IncidentRecord(msgspec.Struct):
     members: dict[str, AlertSnapshot] = {}
 
 
+#: Resolved incidents the book remembers (``BookState.resolved``): 24 h of event time, at most
+#: this many (for ``GET /v1/alerts`` and the overview page).
+RESOLVED_KEEP_SECONDS = 24 * 3600
+RESOLVED_MAX = 200
+
+
 class BookState(msgspec.Struct):
     alerts: dict[str, AlertRecord] = {}
     incidents: dict[str, IncidentRecord] = {}
+    #: the last message of each incident resolved in the last 24 h (also those whose resolve is
+    #: not notified), oldest first
+    resolved: list[Notification] = []
 
 
 def _headline_order(s: AlertSnapshot) -> tuple[int, int, str]:
@@ -386,14 +395,22 @@ class AlertBook:
                 elif at - incident.last_notified_at >= self.policy.repeat_interval_seconds:
                     out.append(self._message(group, incident, NotificationKind.REPEAT, at))
             elif incident.notified:
+                message = self._message(group, incident, NotificationKind.RESOLVED, at)
                 if any(s.notify_resolve for s in incident.members.values()):
-                    out.append(self._message(group, incident, NotificationKind.RESOLVED, at))
+                    out.append(message)
+                self._remember_resolved(message)
                 incident.notified, incident.resolved_at, incident.members = False, at, {}
             elif incident.resolved_at is None or at - incident.resolved_at >= cooldown:
                 del incidents[group]
             else:
                 incident.waiting_since = None
         return out
+
+    def _remember_resolved(self, message: Notification) -> None:
+        kept = self.state.resolved
+        kept.append(message)
+        oldest = message.at - RESOLVED_KEEP_SECONDS
+        self.state.resolved = [n for n in kept if n.at >= oldest][-RESOLVED_MAX:]
 
     def _message(
         self, group: str, incident: IncidentRecord, kind: NotificationKind, at: int
