@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -34,6 +35,7 @@ from streams.core.advice import advise
 from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
 from streams.core.geography import locate_recipient
 from streams.core.recipients import RecipientState, recipient_view
+from streams.core.times import iso_utc
 from streams.rankings import (
     DIM_NAMES,
     DIMS,
@@ -460,8 +462,21 @@ class Api:
                     "facts": self.m.recipients.stats.facts,
                     "applied": self.m.recipients.stats.applied,
                 },
+                "consumer_lag": self.consumer_lag(),
             }
         )
+
+    def consumer_lag(self) -> dict[str, Any] | None:
+        """The last consumer-lag measurement (``None`` before the first)."""
+        report = self.m.lag.latest
+        if report is None:
+            return None
+        return {
+            "as_of": report.at,
+            "as_of_iso": iso_utc(report.at),
+            "topics": report.by_topic(),
+            "partitions": [dataclasses.asdict(p) for p in report.partitions],
+        }
 
 
 MAX_BATCH = 10_000

@@ -44,6 +44,7 @@ from streams.faust_state import (
     faust_seeker,
     run_batched,
 )
+from streams.lag import ConsumerLag
 from streams.metrics import MonitorMetrics
 from streams.raw_consumer import consume_raw, ingest_group, retry_kafka
 from streams.settings import Settings
@@ -150,6 +151,14 @@ class Monitor:
         if any([self.rocksdb.install(table) for table in tables]):
             self.metrics.watch_rocksdb(self.rocksdb.usage, self.rocksdb.limit)
         self.alerting = AlertingStage(partitions=settings.topic_partitions)
+        faust_topics = [messages_name, settings.topic_send_log, recipients_name]
+        faust_topics += [self.signals_topic.get_topic_name(), self.alerts_topic.get_topic_name()]
+        self.lag = ConsumerLag(
+            bootstrap,
+            {ingest_group(settings.app_id): [settings.topic_raw], settings.app_id: faust_topics},
+            interval_s=settings.lag_interval_s,
+        )
+        self.metrics.watch_lag(lambda: self.lag.latest)
         self.advice_policy = AdvicePolicy()
         self.advice_topic = _raw(app, settings.topic_advice)
         advice_name = settings.topic_advice
@@ -229,6 +238,10 @@ class Monitor:
                 on_records=counter.inc,
                 full=lambda: self.ingest.full,
             )
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def consumer_lag() -> None:
+            await self.lag.run()
 
         @app.agent(stage2_input, name="messages", concurrency=1)
         async def messages(stream: Any) -> None:

@@ -42,6 +42,7 @@ from streams.stages.recipients import RecipientStats
 
 if TYPE_CHECKING:
     from streams.app import Monitor
+    from streams.lag import LagReport
 
 log = logging.getLogger(__name__)
 
@@ -488,6 +489,11 @@ class MonitorMetrics:
         self.rocksdb_memory.set_function(usage)
         self.rocksdb_memory_limit.set(limit)
 
+    def watch_lag(self, source: Callable[[], LagReport | None]) -> None:
+        """Serve the consumer-lag gauges from ``source()`` (the last measurement of
+        :class:`streams.lag.ConsumerLag`), read at scrape time."""
+        self.registry.register(_LagCollector(source))
+
     def alert_notified(self, notification: Any) -> None:
         """Feed for every notification the alert book emits (rule of its headline, kind)."""
         self.alerts.labels(rule=notification.headline.rule, kind=str(notification.kind)).inc()
@@ -532,6 +538,50 @@ class _LagHistogram:
 
 def _fmt(bound: float) -> str:
     return repr(float(bound))
+
+
+class _LagCollector:
+    """Consumer lag per group, topic and partition, as last measured (not per scrape)."""
+
+    def __init__(self, source: Callable[[], LagReport | None]) -> None:
+        self.source = source
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        labels = ["group", "topic", "partition"]
+        return (
+            GaugeMetricFamily(
+                f"{PREFIX}_consumer_lag_records",
+                "Records of the partition its consumer group has not committed yet (log end "
+                "offset minus committed offset)",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                f"{PREFIX}_consumer_lag_seconds",
+                "Age of the oldest record of the partition its consumer group has not committed "
+                "(now minus that record's timestamp; 0 when nothing is behind)",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                f"{PREFIX}_consumer_lag_measured_timestamp_seconds",
+                "When this worker last measured the consumer lag (unix seconds)",
+            ),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        report = self.source()
+        if report is None:
+            return
+        records, seconds, measured = self._families()
+        for p in report.partitions:
+            labels = [p.group, p.topic, str(p.partition)]
+            records.add_metric(labels, p.records)
+            seconds.add_metric(labels, p.seconds)
+        measured.add_metric([], report.at)
+        yield from (records, seconds, measured)
 
 
 class _StateCollector:

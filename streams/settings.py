@@ -100,6 +100,8 @@ class Settings:
     ingress_recent_bodies: int = 100_000
     template_label_cap: int = 100
     campaign_label_cap: int = 100
+    #: seconds between two measurements of the Kafka consumer lag
+    lag_interval_s: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -171,6 +173,7 @@ class Settings:
             ingress_recent_bodies=get_int("INGRESS_RECENT_BODIES", d.ingress_recent_bodies),
             template_label_cap=get_int("TEMPLATE_LABEL_CAP", d.template_label_cap, minimum=1),
             campaign_label_cap=get_int("CAMPAIGN_LABEL_CAP", d.campaign_label_cap, minimum=1),
+            lag_interval_s=float(get_int("LAG_INTERVAL", int(d.lag_interval_s), minimum=1)),
         )
 
     def replace(self, **changes: object) -> Settings:

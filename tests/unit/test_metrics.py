@@ -17,6 +17,7 @@ from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
 from streams.core.catalog import CATALOG
 from streams.core.facts import FactBatch, RecipientFact, RecipientFactKind, TemplateFact
 from streams.core.facts import encode_batch as encode_facts
+from streams.lag import LagReport, PartitionLag
 from streams.metrics import (
     FUNNEL,
     OTHER,
@@ -316,6 +317,28 @@ def test_campaign_label_cap_folds_the_rest_into_other() -> None:
     assert registry.get_sample_value(P + "template_label_overflow_total") == 0
 
 
+def test_consumer_lag_gauges_show_the_last_measurement() -> None:
+    """Per group, topic and partition, as last measured; nothing before the first one."""
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry)
+    report: list[LagReport | None] = [None]
+    metrics.watch_lag(lambda: report[0])
+    assert registry.get_sample_value(P + "consumer_lag_measured_timestamp_seconds") is None
+    report[0] = LagReport(
+        T0,
+        (
+            PartitionLag("app-ingest", "raw", 0, 12, 4.5),
+            PartitionLag("app", "app-messages", 3, 0, 0.0),
+        ),
+    )
+    labels = {"group": "app-ingest", "topic": "raw", "partition": "0"}
+    assert registry.get_sample_value(P + "consumer_lag_records", labels) == 12
+    assert registry.get_sample_value(P + "consumer_lag_seconds", labels) == 4.5
+    labels = {"group": "app", "topic": "app-messages", "partition": "3"}
+    assert registry.get_sample_value(P + "consumer_lag_records", labels) == 0
+    assert registry.get_sample_value(P + "consumer_lag_measured_timestamp_seconds") == T0
+
+
 def test_known_label_sets_exist_at_zero_before_any_event() -> None:
     """increase() sees the first alert, Slack outcome, 131049 or limit error of a new template."""
     registry = CollectorRegistry()
@@ -473,6 +496,8 @@ def test_exposition_names_follow_prometheus_conventions() -> None:
     registry = CollectorRegistry()
     metrics = MonitorMetrics(registry)
     metrics.watch_state(lambda: StateSnapshot(recent={("t", "x"): (1, 0), ("s", "y"): (1, 0)}))
+    lag = LagReport(T0, (PartitionLag("app", "app-messages", 0, 1, 1.0),))
+    metrics.watch_lag(lambda: lag)
     labels: set[str] = set()
     for family in registry.collect():
         assert family.name.startswith("whatsapp_monitor_"), family.name
@@ -497,5 +522,7 @@ def test_exposition_names_follow_prometheus_conventions() -> None:
         "sender",
         "country",
         "campaign",
+        "group",
+        "partition",
         "le",
     }
