@@ -36,12 +36,14 @@ from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
 from streams.core.geography import locate_recipient
 from streams.core.recipients import RecipientState, recipient_view
 from streams.core.times import iso_utc
+from streams.metrics import monitor_state
 from streams.rankings import (
     DIM_NAMES,
     DIMS,
     WINDOWS,
     BadQuery,
     HourCache,
+    RankingQuery,
     local_counts,
     merge,
     parse_query,
@@ -182,7 +184,7 @@ class Api:
         counts = self.local_counts(dim, key, at)
         state = self.local_template_state(key) if dim == "t" else None
         partial = False
-        results = await self._ask_peers(f"/v1/_local/{kind}/{quote(key, safe='')}?at={at}")
+        results = await self.ask_peers(f"/v1/_local/{kind}/{quote(key, safe='')}?at={at}")
         for result in results:
             if result is None:
                 partial = True
@@ -219,17 +221,18 @@ class Api:
     async def ranking(self, request: web.Request) -> web.Response:
         """``GET /v1/<dimension>``: every name with traffic in the window, sorted, summed
         across workers (``partial`` when one did not answer)."""
-        kind = request.match_info["dim"]
-        dim = DIMS[kind]
         try:
             query = parse_query(request.query)
         except BadQuery as exc:
             return _json({"error": str(exc)}, 400)
+        return _json(await self.ranking_data(request.match_info["dim"], query))
+
+    async def ranking_data(self, kind: str, query: RankingQuery) -> dict[str, Any]:
+        dim = DIMS[kind]
         at = query.at if query.at is not None else self.watermark()
         local = self.local_ranking(dim, query.window, at)
         counts, states = local["counts"], local.get("states", {})
-        results = await self._ask_peers(f"/v1/_local/rankings/{kind}?window={query.window}&at={at}")
-        partial = None in results
+        results = await self.ask_peers(f"/v1/_local/rankings/{kind}?window={query.window}&at={at}")
         for result in results:
             if result is not None:
                 merge(counts, result["counts"])
@@ -238,20 +241,18 @@ class Api:
         if dim == "t":
             for entry in entries:
                 entry["state"] = states.get(entry["template"])
-        return _json(
-            {
-                "dimension": kind,
-                "window": query.window,
-                "as_of": at,
-                "sort": query.sort,
-                "limit": query.limit,
-                "total": total,
-                "partial": partial,
-                "entries": entries,
-            }
-        )
+        return {
+            "dimension": kind,
+            "window": query.window,
+            "as_of": at,
+            "sort": query.sort,
+            "limit": query.limit,
+            "total": total,
+            "partial": None in results,
+            "entries": entries,
+        }
 
-    async def _ask_peers(self, path: str) -> list[dict[str, Any] | None]:
+    async def ask_peers(self, path: str) -> list[dict[str, Any] | None]:
         """``path`` of every other worker's API (``None`` for one that did not answer)."""
         peers = self._peers()
         if not peers:
@@ -463,8 +464,18 @@ class Api:
                     "applied": self.m.recipients.stats.applied,
                 },
                 "consumer_lag": self.consumer_lag(),
+                "state": self.local_state(),
             }
         )
+
+    def local_state(self) -> dict[str, int]:
+        """Recipients in a cool-down and opted out, paused templates: this worker's partitions."""
+        snap = monitor_state(self.m)
+        return {
+            "recipients_in_cooldown": snap.recipients_in_cooldown,
+            "recipients_opted_out": snap.recipients_opted_out,
+            "templates_paused": snap.templates_paused,
+        }
 
     def consumer_lag(self) -> dict[str, Any] | None:
         """The last consumer-lag measurement (``None`` before the first)."""

@@ -23,11 +23,12 @@ import msgspec
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from streams import api
+from streams import api, page
 from streams.api import is_us_recipient
 from streams.core.advice import AdvicePolicy, advise
 from streams.core.alerts import Notification, decode_notification, encode_notification
 from streams.core.signals import SignalBatch, decode_signals, encode_signals
+from streams.core.times import iso_utc
 from streams.faust_state import (
     BatchedTableKV,
     BatchPolicy,
@@ -424,7 +425,7 @@ class Monitor:
 
         web_app: Any = app.web.web_app  # type: ignore[attr-defined]  # faust's aiohttp driver
         web_app.router.add_get("/metrics", make_aiohttp_handler(registry))
-        api.register(self, web_app)
+        page.register(self, web_app, api.register(self, web_app))
 
     async def _partitions(self, topic: str) -> int:
         """How many partitions ``topic`` has (keyed records go where Kafka's default
@@ -474,12 +475,12 @@ class Monitor:
             else (str(n.headline.scope.kind))
         )
         log.warning(
-            "ALERT %s %s: %s [%s] since %d%s",
+            "ALERT %s %s: %s [%s] since %s%s",
             n.kind.upper(),
             n.id,
             n.title,
             scope,
-            n.since,
+            iso_utc(n.since),
             f" (+{len(n.related)} related)" if n.related else "",
         )
 

@@ -51,6 +51,16 @@ def _guarantee(value: str) -> str:
     return value
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _level(name: str, value: str) -> str:
+    value = value.strip().lower()
+    if value not in LOG_LEVELS:
+        raise SettingsError(f"{ENV_PREFIX}{name}={value!r}: use one of {', '.join(LOG_LEVELS)}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Configuration of every ``delivery-monitor`` command. See the README's configuration table."""
@@ -78,6 +88,10 @@ class Settings:
     web_port: int = 6066
     kafka_version: str = DEFAULT_KAFKA_VERSION
     log_level: str = "info"
+    #: level of Faust's, mode's and aiokafka's loggers (their start-up and recovery lines are INFO)
+    faust_log_level: str = "warning"
+    #: seconds between two summary lines in the worker's log (0: none)
+    summary_interval_s: float = 60.0
     slack_webhook_url: Secret = Secret("")
     #: Slack: seconds per POST, the cap of the backoff between retries (a recovered Slack is
     #: noticed within about that long), and how long after enqueueing a notification that
@@ -148,7 +162,11 @@ class Settings:
             web_host=get("WEB_HOST", d.web_host),
             web_port=get_int("WEB_PORT", d.web_port, minimum=0),
             kafka_version=get("KAFKA_VERSION", d.kafka_version),
-            log_level=get("LOG_LEVEL", d.log_level).lower(),
+            log_level=_level("LOG_LEVEL", get("LOG_LEVEL", d.log_level)),
+            faust_log_level=_level("FAUST_LOG_LEVEL", get("FAUST_LOG_LEVEL", d.faust_log_level)),
+            summary_interval_s=float(
+                get_int("SUMMARY_INTERVAL", int(d.summary_interval_s), minimum=0)
+            ),
             slack_webhook_url=Secret(get("SLACK_WEBHOOK_URL", "")),
             slack_request_timeout_s=float(
                 get_int("SLACK_REQUEST_TIMEOUT", int(d.slack_request_timeout_s), minimum=1)
