@@ -152,7 +152,7 @@ def test_the_page_shows_the_open_incident_and_the_spiking_template(
 
         # the browser really runs pages without JavaScript
         canary = "data:text/html,<p id=c>off</p><script>c.textContent='on'</script>"
-        assert b"<p id=\"c\">off</p>" in browse(canary, tmp_path / "p0", "--dump-dom").stdout
+        assert b'<p id="c">off</p>' in browse(canary, tmp_path / "p0", "--dump-dom").stdout
         # the DOM as Chromium built it: no script element, no handler attribute (and the
         # page's CSP forbids scripts anyway)
         dumped = browse(worker.base_url + "/", tmp_path / "profile-dom", "--dump-dom")
