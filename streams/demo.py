@@ -291,8 +291,8 @@ def how_to_look(settings: Settings, traffic: LiveTraffic) -> str:
         [
             f"demo traffic into {settings.topic_raw}: a 131049 spike on template {spike} "
             f"starts {at} after the start and lasts {traffic.spec.spike_seconds / 60:g} min;",
-            "the alert fires about 2 minutes into the spike and resolves about 10 minutes "
-            "after it ends. Look at:",
+            "the alert fires within about a minute of the spike's start and resolves about "
+            "10 minutes after it ends. Look at:",
             f"  overview: {base}/   (open it in a browser: incidents, top templates, lag)",
             f"  metrics:  {base}/metrics",
             f"  template: curl -s {base}/v1/templates/{spike}",
