@@ -6,12 +6,13 @@ bucket key sorts by dimension, partition, minute and then name (``BucketId.encod
 buckets of one dimension and partition in a span of minutes are one range of keys: a window is
 read with range scans of the store, never a scan of the whole table.
 
-Whole hours inside a window are summed once and cached per (partition, dimension, hour). The
-messages stage says which hours a flush changed (:meth:`HourCache.changed`, called after the
-stage's writes and before the next request can run: no ``await`` in between), so a late status
-or a late send-log record that changes an old minute drops that hour's entry. A partition's
-entries are only kept once the stage has flushed it since it was assigned (before that its
-store may still be restoring); a revoked partition's entries are dropped. The minutes at the
+Whole hours inside a window are summed once over the local partitions and cached per
+(dimension, hour). The messages stage says which hours a flush changed
+(:meth:`HourCache.changed`, called after the stage's writes and before the next request can run:
+no ``await`` in between), so a late status or a late send-log record that changes an old minute
+drops that hour's entry. An hour is only kept when every partition it was read from has been
+flushed since it was assigned (before that its store may still be restoring), and only for the
+same set of partitions; a revoked partition's entries are dropped. The minutes at the
 window's two edges are always read from the store. A 24 h ranking thus reads at most 118
 minutes of buckets plus the hours that changed since the last request.
 """
@@ -123,36 +124,40 @@ def _add(into: dict[str, Counts], more: Mapping[str, Counts]) -> None:
 
 
 class HourCache:
-    """Per (partition, dimension, hour): the hour's counts by name (see the module docstring)."""
+    """Per (dimension, hour): the hour's counts by name, summed over the local partitions it
+    was read from (see the module docstring)."""
 
     def __init__(self, keep_hours: int = 26) -> None:
         self.keep_hours = keep_hours
-        self._hours: dict[tuple[int, str, int], dict[str, Counts]] = {}
+        self._hours: dict[tuple[str, int], tuple[frozenset[int], dict[str, Counts]]] = {}
         self._live: set[int] = set()  # partitions flushed since they were assigned
 
     def changed(self, partition: int, hours: Iterable[tuple[str, int]] | None) -> None:
         """A flush of ``partition`` changed the buckets of ``hours`` ((dim, hour) pairs);
-        ``None``: the partition was revoked (forget it)."""
+        ``None``: the partition was revoked (forget what was read from it)."""
         if hours is None:
             self._live.discard(partition)
-            for key in [k for k in self._hours if k[0] == partition]:
+            for key in [k for k, (parts, _) in self._hours.items() if partition in parts]:
                 del self._hours[key]
             return
         self._live.add(partition)
-        for dim, hour in hours:
-            self._hours.pop((partition, dim, hour), None)
+        for key in hours:
+            self._hours.pop(key, None)
 
-    def hour(self, scan: Scan, partition: int, dim: str, hour: int) -> dict[str, Counts]:
-        key = (partition, dim, hour)
-        found = self._hours.get(key)
-        if found is None:
-            found = {}
-            scan_minutes(scan, partition, dim, hour * 60, hour * 60 + 60, found)
-            if partition in self._live:
-                self._hours[key] = found
-                for old in [k for k in self._hours if k[2] < hour - self.keep_hours]:
-                    del self._hours[old]
-        return found
+    def hour(
+        self, scan: Scan, partitions: frozenset[int], dim: str, hour: int
+    ) -> dict[str, Counts]:
+        found = self._hours.get((dim, hour))
+        if found is not None and found[0] == partitions:
+            return found[1]
+        counts: dict[str, Counts] = {}
+        for p in sorted(partitions):
+            scan_minutes(scan, p, dim, hour * 60, hour * 60 + 60, counts)
+        if partitions <= self._live:
+            self._hours[(dim, hour)] = (partitions, counts)
+            for old in [k for k in self._hours if k[1] < hour - self.keep_hours]:
+                del self._hours[old]
+        return counts
 
     def __len__(self) -> int:
         return len(self._hours)
@@ -168,15 +173,17 @@ def local_counts(
 ) -> dict[str, Counts]:
     """Counts by name of the ``dim`` buckets of minutes ``[first, end)`` on ``partitions``."""
     out: dict[str, Counts] = {}
+    parts = frozenset(partitions)
     first_hour, end_hour = -(-first // 60), end // 60  # the whole hours inside the window
-    for p in partitions:
-        if cache is None or first_hour >= end_hour:
+    if cache is None or first_hour >= end_hour:
+        for p in sorted(parts):
             scan_minutes(scan, p, dim, first, end, out)
-            continue
+        return out
+    for p in sorted(parts):
         scan_minutes(scan, p, dim, first, first_hour * 60, out)
-        for hour in range(first_hour, end_hour):
-            _add(out, cache.hour(scan, p, dim, hour))
         scan_minutes(scan, p, dim, end_hour * 60, end, out)
+    for hour in range(first_hour, end_hour):
+        _add(out, cache.hour(scan, parts, dim, hour))
     return out
 
 

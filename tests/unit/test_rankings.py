@@ -199,21 +199,27 @@ def test_a_revoked_partition_forgets_its_hours_until_it_is_flushed_again() -> No
         scans.append((partition, lo))
         return []
 
-    cache.hour(scan, 0, "t", 100)
-    cache.hour(scan, 0, "t", 100)
-    assert len(scans) == 2  # partition 0 never flushed here: nothing cached (still restoring)
+    both = frozenset({0, 1})
+    cache.hour(scan, both, "t", 100)
+    cache.hour(scan, both, "t", 100)
+    assert len(scans) == 4  # never flushed here: nothing cached (the store may be restoring)
     cache.changed(0, set())
-    cache.hour(scan, 0, "t", 100)
-    cache.hour(scan, 0, "t", 100)
-    assert len(scans) == 3
+    cache.hour(scan, both, "t", 100)
+    assert len(scans) == 6  # partition 1 is not live yet
+    cache.changed(1, set())
+    cache.hour(scan, both, "t", 100)
+    cache.hour(scan, both, "t", 100)
+    assert len(scans) == 8  # cached now
+    cache.hour(scan, frozenset({0}), "t", 100)
+    assert len(scans) == 9  # another set of partitions is read again
     cache.changed(0, {("t", 100)})
-    cache.hour(scan, 0, "t", 100)
-    assert len(scans) == 4
-    cache.changed(0, None)
+    cache.hour(scan, both, "t", 100)
+    assert len(scans) == 11  # a flush changed that hour
+    cache.changed(1, None)
     assert len(cache) == 0
-    cache.hour(scan, 0, "t", 100)
-    cache.hour(scan, 0, "t", 100)
-    assert len(scans) == 6
+    cache.hour(scan, both, "t", 100)
+    cache.hour(scan, both, "t", 100)
+    assert len(scans) == 15
 
 
 @pytest.mark.parametrize(
