@@ -63,9 +63,13 @@ def pair(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 sizes.append(len(health["partitions"]["messages"]))
             return sum(sizes) == settings.topic_partitions and min(sizes) > 0
 
-        wait_until(both_assigned, 90, "the two workers to share the partitions", 1.0)
-        produce_campaign(kafka_bootstrap, settings, campaign)
-        wait_drained(kafka_bootstrap, settings.app_id, all_topics(settings), 240)
+        try:
+            wait_until(both_assigned, 90, "the two workers to share the partitions", 1.0)
+            produce_campaign(kafka_bootstrap, settings, campaign)
+            wait_drained(kafka_bootstrap, settings.app_id, all_topics(settings), 240)
+        except AssertionError as exc:
+            logs = "\n".join(f"--- {w.log_path.name}\n{w.log_tail(60)}" for w in (first, second))
+            raise AssertionError(f"{exc}\n{logs}") from None
         yield Pair(first, second, campaign)
     finally:
         second.stop()
