@@ -17,6 +17,7 @@ every ``interval_s`` seconds, never per scrape.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -82,8 +83,9 @@ class ConsumerLag:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await self._admin.start()
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        self._admin = admin
+        await admin.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=None,
@@ -94,23 +96,34 @@ class ConsumerLag:
         await self._consumer.start()
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-        if self._admin is not None:
-            await self._admin.close()
+        consumer, admin, self._consumer, self._admin = self._consumer, self._admin, None, None
+        if consumer is not None:
+            await consumer.stop()
+        if admin is not None:
+            await admin.close()
 
     async def run(self) -> None:
-        """Measure every ``interval_s`` until cancelled (a failed measurement is logged and
-        the previous one kept: ``latest.at`` says how old it is)."""
-        await self.start()
+        """Measure every ``interval_s`` until cancelled. A failed measurement is logged and the
+        previous one kept (``latest.at`` says how old it is); the clients are made again for
+        the next one. Measuring the lag is never worth stopping the worker."""
         try:
             while True:
                 try:
+                    if self._admin is None:
+                        await self.start()
                     self.latest = await self.measure()
                 except (KafkaError, OSError) as exc:
                     log.warning("consumer lag not measured: %s", exc)
+                    await self._reset()
+                except Exception:
+                    log.warning("consumer lag not measured", exc_info=True)
+                    await self._reset()
                 await asyncio.sleep(self.interval_s)
         finally:
+            await self.stop()
+
+    async def _reset(self) -> None:
+        with contextlib.suppress(Exception):
             await self.stop()
 
     async def measure(self) -> LagReport:

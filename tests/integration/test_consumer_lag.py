@@ -4,16 +4,17 @@ behind (now - timestamp of the oldest record not committed) per group, topic and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from support import free_port
 
 from streams.lag import ConsumerLag
 from streams.topics import TopicSpec, ensure_topics
 
-pytestmark = [pytest.mark.kafka]
 T0 = 1_767_225_600.0
 
 
@@ -69,6 +70,7 @@ async def scenario(bootstrap: str) -> None:
     assert second.partitions == report.partitions
 
 
+@pytest.mark.kafka
 def test_records_and_seconds_behind_per_partition(kafka_bootstrap: str) -> None:
     asyncio.run(scenario(kafka_bootstrap))
 
@@ -98,5 +100,21 @@ async def nothing_committed(bootstrap: str) -> None:
     assert (row.records, row.seconds) == (2, 30.0)  # a group that committed nothing yet
 
 
+@pytest.mark.kafka
 def test_a_group_that_committed_nothing_is_behind_from_the_log_start(kafka_bootstrap: str) -> None:
     asyncio.run(nothing_committed(kafka_bootstrap))
+
+
+async def unreachable() -> None:
+    lag = ConsumerLag(f"127.0.0.1:{free_port()}", {"g": ["t"]}, interval_s=0.1)
+    task = asyncio.ensure_future(lag.run())
+    await asyncio.sleep(1.5)  # several failed attempts
+    assert not task.done()  # it keeps trying; the worker is never stopped by it
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert lag.latest is None
+
+
+def test_an_unreachable_broker_is_retried_and_never_ends_the_task() -> None:
+    asyncio.run(unreachable())
