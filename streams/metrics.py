@@ -1,10 +1,10 @@
 """The monitor's Prometheus metrics, all in one place, on a registry the caller owns.
 
-Label values are bounded: never a recipient; templates and sending numbers are capped (the first
-``template_label_cap`` / ``sender_label_cap`` values keep their name, later ones are counted
-under ``__other__`` and in an overflow counter); error codes outside the catalog are ``other``;
-statuses, categories and error classes are closed sets. Tests build a fresh
-``CollectorRegistry`` each and read ``get_sample_value``.
+Label values are bounded: never a recipient; templates, sending numbers and campaigns are capped
+(the first ``template_label_cap`` / ``sender_label_cap`` / ``campaign_label_cap`` values keep
+their name, later ones are counted under ``__other__`` and in an overflow counter); error codes
+outside the catalog are ``other``; statuses, categories and error classes are closed sets. Tests
+build a fresh ``CollectorRegistry`` each and read ``get_sample_value``.
 
 How values get here, keeping the per-event cost to plain dict increments:
 
@@ -43,6 +43,7 @@ from streams.stages.recipients import RecipientStats
 
 if TYPE_CHECKING:
     from streams.app import Monitor
+    from streams.lag import LagReport
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,7 @@ class MonitorMetrics:
         registry: CollectorRegistry,
         template_label_cap: int = DEFAULT_LABEL_CAP,
         sender_label_cap: int = DEFAULT_LABEL_CAP,
+        campaign_label_cap: int = DEFAULT_LABEL_CAP,
     ) -> None:
         self.registry = registry
         self._last: dict[tuple[str, str], int] = {}
@@ -428,6 +430,11 @@ class MonitorMetrics:
         self.senders = _Dimension(
             "sender", "sending number (phone_number_id)", r, sender_label_cap, self.sender_overflow
         )
+        self.campaign_overflow = Counter(
+            f"{PREFIX}_campaign_label_overflow",
+            f"Distinct campaign ids counted under campaign='{OTHER}' (beyond the label cap)",
+            registry=r,
+        )
         self.countries = _Dimension("country", "recipient country", r)
         self.sender_account_errors = Counter(
             f"{PREFIX}_sender_account_errors",
@@ -436,7 +443,20 @@ class MonitorMetrics:
             ["sender", "error_class"],
             registry=r,
         )
-        self._dims = {"t": self.templates, "s": self.senders, "c": self.countries}
+        self.campaigns = _Dimension(
+            "campaign",
+            "campaign (from biz_opaque_callback_data or the send log; messages without one are "
+            "not counted here)",
+            r,
+            campaign_label_cap,
+            self.campaign_overflow,
+        )
+        self._dims = {
+            "t": self.templates,
+            "s": self.senders,
+            "c": self.countries,
+            "g": self.campaigns,
+        }
         self._precreate()
 
     def _precreate(self) -> None:
@@ -561,6 +581,11 @@ class MonitorMetrics:
         self.rocksdb_memory.set_function(usage)
         self.rocksdb_memory_limit.set(limit)
 
+    def watch_lag(self, source: Callable[[], LagReport | None]) -> None:
+        """Serve the consumer-lag gauges from ``source()`` (the last measurement of
+        :class:`streams.lag.ConsumerLag`), read at scrape time."""
+        self.registry.register(_LagCollector(source))
+
     def alert_notified(self, notification: Any) -> None:
         """Feed for every notification the alert book emits (rule of its headline, kind)."""
         self.alerts.labels(rule=notification.headline.rule, kind=str(notification.kind)).inc()
@@ -605,6 +630,50 @@ class _LagHistogram:
 
 def _fmt(bound: float) -> str:
     return repr(float(bound))
+
+
+class _LagCollector:
+    """Consumer lag per group, topic and partition, as last measured (not per scrape)."""
+
+    def __init__(self, source: Callable[[], LagReport | None]) -> None:
+        self.source = source
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        labels = ["group", "topic", "partition"]
+        return (
+            GaugeMetricFamily(
+                f"{PREFIX}_consumer_lag_records",
+                "Records of the partition its consumer group has not committed yet (log end "
+                "offset minus committed offset)",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                f"{PREFIX}_consumer_lag_seconds",
+                "Age of the oldest record of the partition its consumer group has not committed "
+                "(now minus that record's timestamp; 0 when nothing is behind)",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                f"{PREFIX}_consumer_lag_measured_timestamp_seconds",
+                "When this worker last measured the consumer lag (unix seconds)",
+            ),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        report = self.source()
+        if report is None:
+            return
+        records, seconds, measured = self._families()
+        for p in report.partitions:
+            labels = [p.group, p.topic, str(p.partition)]
+            records.add_metric(labels, p.records)
+            seconds.add_metric(labels, p.seconds)
+        measured.add_metric([], report.at)
+        yield from (records, seconds, measured)
 
 
 class _StateCollector:

@@ -37,7 +37,6 @@ incidents at the same times however they arrive. Both classes return an
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
@@ -55,6 +54,7 @@ from streams.core.alerts import (
     Verdict,
 )
 from streams.core.catalog import ErrorClass
+from streams.core.times import iso_utc
 
 DAY = 86_400
 
@@ -180,11 +180,6 @@ class ImmediateConfig(msgspec.Struct, frozen=True):
         if rule == THROUGHPUT_BURST:
             return self.throughput_burst_threshold
         return self.spam_burst_threshold
-
-
-def iso_utc(ts: int) -> str:
-    """Unix seconds as ISO 8601 UTC (``2026-05-01T12:00:00Z``), for alert details."""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Active(msgspec.Struct):

@@ -31,6 +31,8 @@ def unix_seconds(value: Ident | None) -> int | None:
     if isinstance(value, int):
         seconds = value
     elif value.isdigit():
+        if len(value) > 20:  # no time has more digits (and int() refuses thousands of them)
+            return None
         seconds = int(value)
     else:
         try:

@@ -182,6 +182,8 @@ class Retention:
     sweep_budget: int = 5_000
 
 
+#: Bucket dimensions the recent window keeps (the ratio gauges): templates, sending numbers.
+_WINDOW_DIMS = frozenset({"t", "s"})
 #: Bucket outcomes the recent window keeps: index 0 attempted sends, 1 limit errors.
 _WINDOW_OUTCOMES = {"attempted": 0} | {f"failed.{c}": 1 for c in sorted(LIMIT_CLASSES)}
 
@@ -279,6 +281,11 @@ class MessageStage:
         #: input at or after it that comes again in the same batch (Kafka delivered it twice)
         #: is in the batch's signal already
         self._fresh: dict[int, int] = {}
+        #: told after each flush which (dim, hour) of a partition's buckets it changed, and
+        #: ``None`` when the partition is revoked (readers that cache hours: streams.rankings)
+        self.on_buckets_changed: Callable[[int, set[tuple[str, int]] | None], None] = (
+            lambda partition, hours: None
+        )
 
     # -- helpers ------------------------------------------------------------------------------
     def meta(self, partition: int) -> PartitionMeta:
@@ -517,8 +524,7 @@ class MessageStage:
     def flush(self, partition: int) -> int:
         """Sweep expired state, write the partition's changed keys once; returns writes."""
         writer = self._buckets.get(partition)
-        if writer is not None:
-            writer.reset()
+        changed = writer.reset() if writer is not None else set()
         if partition in self._message_index:
             meta = self.meta(partition)
             message_index, bucket_index = self._indexes(partition)
@@ -536,6 +542,8 @@ class MessageStage:
 
             def expire_bucket(key: str) -> bool:
                 view.delete(key)
+                _, dim, _, minute, _ = key.split("\x1f", 4)
+                changed.add((dim, int(minute) // 60))
                 return True
 
             self.stats.expired_messages += message_index.sweep(
@@ -560,7 +568,9 @@ class MessageStage:
             bucket_index.flush(view.get, view.put)
             self.recent.advance(partition, meta.watermark)
             self.state.put(partition, meta_key(partition), meta)
-        return self.state.flush(partition)
+        writes = self.state.flush(partition)
+        self.on_buckets_changed(partition, changed)
+        return writes
 
     def drain_outbox(self) -> dict[int, bytes]:
         out = {p: encode_batch(b) for p, b in self._out.items()}
@@ -577,7 +587,7 @@ class MessageStage:
             if not any(counts.values()):
                 continue
             buckets.append(BucketSignal(dim, key, minute, counts, source, upto[0], visible))
-            if apart >= 0 or dim == "c":  # replayed: in the window already
+            if apart >= 0 or dim not in _WINDOW_DIMS:  # replayed: in the window already
                 continue
             for outcome, n in counts.items():
                 window = _WINDOW_OUTCOMES.get(outcome)
@@ -617,6 +627,7 @@ class MessageStage:
         self._message_index.pop(partition, None)
         self._bucket_index.pop(partition, None)
         self.recent.drop(partition)
+        self.on_buckets_changed(partition, None)
 
     def paused_templates(self, partitions: list[int]) -> int:
         """Templates now PAUSED or DISABLED on ``partitions``, from each partition's flushed

@@ -36,12 +36,32 @@ def test_environment_overrides() -> None:
     assert s.cache_dir == Path("/c/whatsapp-delivery-monitor")
 
 
+def test_operator_settings() -> None:
+    d = Settings.from_env({})
+    assert (d.faust_log_level, d.summary_interval_s, d.lag_interval_s) == ("warning", 60.0, 15.0)
+    assert d.campaign_label_cap == 100
+    s = Settings.from_env(
+        {
+            "DELIVERY_MONITOR_FAUST_LOG_LEVEL": "INFO",
+            "DELIVERY_MONITOR_SUMMARY_INTERVAL": "0",
+            "DELIVERY_MONITOR_LAG_INTERVAL": "5",
+            "DELIVERY_MONITOR_CAMPAIGN_LABEL_CAP": "20",
+        }
+    )
+    assert (s.faust_log_level, s.summary_interval_s, s.lag_interval_s) == ("info", 0.0, 5.0)
+    assert s.campaign_label_cap == 20
+
+
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [
         ({"DELIVERY_MONITOR_WEB_PORT": "x"}, "DELIVERY_MONITOR_WEB_PORT='x' is not an integer"),
         ({"DELIVERY_MONITOR_TOPIC_PARTITIONS": "0"}, "must be >= 1"),
         ({"DELIVERY_MONITOR_PROCESSING_GUARANTEE": "maybe"}, "at_least_once or exactly_once"),
+        ({"DELIVERY_MONITOR_FAUST_LOG_LEVEL": "loud"}, "FAUST_LOG_LEVEL='loud': use one of"),
+        ({"DELIVERY_MONITOR_LOG_LEVEL": "verbose"}, "LOG_LEVEL='verbose': use one of"),
+        ({"DELIVERY_MONITOR_CAMPAIGN_LABEL_CAP": "0"}, "must be >= 1"),
+        ({"DELIVERY_MONITOR_LAG_INTERVAL": "0"}, "must be >= 1"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], fragment: str) -> None:
