@@ -23,13 +23,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create the virtualenv and install the package with dev extras
 
-tools: ## Prometheus + promtool for the tests (Debian's package; installed when run as root)
-	@command -v promtool >/dev/null 2>&1 || { \
+tools: ## Prometheus + promtool and Chromium for the tests (Debian's packages; installed when run as root)
+	@{ command -v promtool && command -v chromium; } >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing Debian's prometheus (promtool) for the tests"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+			echo "installing Debian's prometheus (promtool) and chromium for the tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium >/dev/null; \
 		else \
-			echo "the tests need Prometheus and promtool: sudo apt-get install prometheus" >&2; exit 1; \
+			echo "the tests need Prometheus, promtool and Chromium: sudo apt-get install prometheus chromium" >&2; exit 1; \
 		fi; }
 
 run: install ## Local Kafka (fetched with Maven) + worker; prints where the metrics are

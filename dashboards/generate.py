@@ -277,6 +277,7 @@ def _ratio(numerator: str, denominator: str) -> str:
 def delivery_overview() -> Panel:
     s = 'sender=~"$sender"'
     t = 'template=~"$template"'
+    g = 'campaign=~"$campaign"'
     msgs = f"{P}sender_messages_total"
     fails = f"{P}sender_failures_total"
 
@@ -514,6 +515,61 @@ def delivery_overview() -> Panel:
             24,
             8,
         ),
+        (row("Campaigns"), 24, 1),
+        (
+            bars(
+                "Top campaigns by limit errors",
+                "131049 failures per campaign over the selected range (campaign from "
+                "biz_opaque_callback_data or the send log; messages without one are not counted "
+                "here; campaigns beyond the label cap are '__other__').",
+                "short",
+                targets(
+                    (
+                        "topk(10, sum by (campaign) (increase("
+                        f"{P}campaign_failures_total{{{g}, {LIMIT}}}[$__range])))",
+                        "{{campaign}}",
+                    )
+                ),
+            ),
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "Limit-error ratio by campaign",
+                "131049 failures / attempted sends per campaign.",
+                "percentunit",
+                targets(
+                    (
+                        _ratio(
+                            f"sum by (campaign) (rate({P}campaign_failures_total{{{g}, {LIMIT}}}"
+                            "[$__rate_interval]))",
+                            f"sum by (campaign) (rate({P}campaign_messages_total{{{g}, "
+                            'outcome="attempted"}[$__rate_interval]))',
+                        ),
+                        "{{campaign}}",
+                    )
+                ),
+            ),
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "Sends by campaign",
+                "Attempted sends per second per campaign.",
+                "cps",
+                targets(
+                    (
+                        f"sum by (campaign) (rate({P}campaign_messages_total{{{g}, "
+                        'outcome="attempted"}[$__rate_interval]))',
+                        "{{campaign}}",
+                    )
+                ),
+            ),
+            8,
+            8,
+        ),
         (row("Sending numbers and countries"), 24, 1),
         (
             timeseries(
@@ -684,13 +740,14 @@ def delivery_overview() -> Panel:
         datasource_variable(),
         query_variable("sender", "Sending number", f"{P}sender_messages_total", "sender"),
         query_variable("template", "Template", f"{P}template_messages_total", "template"),
+        query_variable("campaign", "Campaign", f"{P}campaign_messages_total", "campaign"),
         query_variable("error_class", "Error class", f"{P}failures_total", "error_class"),
     ]
     return dashboard(
         "wdm-delivery-overview",
         "WhatsApp delivery overview",
-        "Delivery funnel, failures by error class, 131049 limit errors per template, sending "
-        "number and country, recipients in cool-down, opt-outs and alerts.",
+        "Delivery funnel, failures by error class, 131049 limit errors per template, campaign, "
+        "sending number and country, recipients in cool-down, opt-outs and alerts.",
         layout(items),
         variables,
     )
@@ -739,27 +796,48 @@ def pipeline_health() -> Panel:
         (row("Lag"), 24, 1),
         (
             timeseries(
-                "Event-time lag",
-                "Wall clock at ingest minus the webhook timestamp: Meta's delay plus the "
-                "monitor's backlog (a growing lag means the consumer falls behind).",
+                "Consumer lag: seconds behind",
+                "Per consumer group and topic, how long the oldest record not yet processed "
+                "has waited (every worker measures every partition; the max is shown). It grows "
+                "while a worker is stalled or too slow (the falling-behind alert fires over "
+                "5 minutes).",
                 "s",
                 targets(
-                    (_quantile(0.5), "p50"),
-                    (_quantile(0.95), "p95"),
-                    (_quantile(0.99), "p99"),
+                    (
+                        f"max by (group, topic) ({P}consumer_lag_seconds)",
+                        "{{group}} {{topic}}",
+                    )
                 ),
             ),
-            12,
+            8,
+            8,
+        ),
+        (
+            timeseries(
+                "Consumer lag: records behind",
+                "Per consumer group and topic, records not yet committed (log end offset minus "
+                "committed offset, summed over partitions).",
+                "short",
+                targets(
+                    (
+                        f"sum by (group, topic) (max by (group, topic, partition) "
+                        f"({P}consumer_lag_records))",
+                        "{{group}} {{topic}}",
+                    )
+                ),
+            ),
+            8,
             8,
         ),
         (
             timeseries(
                 "Event-time lag p95 by status",
-                "95th percentile of the event-time lag per status.",
+                "95th percentile of the wall clock at ingest minus the webhook timestamp, per "
+                "status: Meta's delivery delay plus the monitor's backlog.",
                 "s",
                 targets((_quantile(0.95, "le, status"), "{{status}}")),
             ),
-            12,
+            8,
             8,
         ),
         (
@@ -984,8 +1062,8 @@ def pipeline_health() -> Panel:
     return dashboard(
         "wdm-pipeline-health",
         "WhatsApp delivery monitor: pipeline health",
-        "Throughput, event-time lag, dead letters, duplicates, state expiry, Slack delivery "
-        "and the webhook ingress.",
+        "Throughput, Kafka consumer lag, event-time lag, dead letters, duplicates, state "
+        "expiry, Slack delivery and the webhook ingress.",
         layout(items),
         [datasource_variable()],
     )

@@ -1,23 +1,33 @@
 """The read API on the worker's web server (JSON).
 
-- ``GET /v1/templates/{name}``, ``/v1/senders/{phone_number_id}``, ``/v1/countries/{cc}``:
-  funnel counts and failure ratios over the last 5 minutes, 1 hour and 24 hours of event time
-  (ending at ``?at=<unix seconds>``, default: the newest event time seen). Minute buckets are
-  partition-local, so the answer sums this worker's partitions and asks the other workers for
-  theirs (``/v1/_local/...``).
+- ``GET /v1/templates/{name}``, ``/v1/senders/{phone_number_id}``, ``/v1/countries/{cc}``,
+  ``/v1/campaigns/{id}``: funnel counts and failure ratios over the last 5 minutes, 1 hour and
+  24 hours of event time (ending at ``?at=<unix seconds>``, default: the newest event time
+  seen). Minute buckets are partition-local, so the answer sums this worker's partitions and
+  asks the other workers for theirs (``/v1/_local/...``).
+- ``GET /v1/templates``, ``/v1/senders``, ``/v1/countries``, ``/v1/campaigns``: rankings
+  (``?window=5m|1h|24h&at=...&sort=...&limit=N``, see :mod:`streams.rankings`), summed across
+  workers the same way.
 - ``GET /v1/recipients/{id}``: one recipient's state, answered by the worker that owns the key
+  (requests are forwarded to it). Ids are read by :func:`streams.core.phones.normalize_recipient`
+  (wa_id digits, ``+``/``00`` prefixes, BSUIDs; a national format only with a default region);
+  an id it cannot read is a 400 (in ``POST /v1/advice``: an ``error`` in that item's place).
   (requests are forwarded to it).
+- ``GET /v1/alerts``: open incidents and those resolved in the last 24 h (see
+  :mod:`streams.views`), answered by the worker that runs the alerting stage (requests are
+  forwarded to it).
 - ``GET /v1/health``: liveness plus the partitions, watermarks and stage counters of this worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -26,42 +36,63 @@ from aiohttp import web
 from streams.core.advice import advise
 from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
 from streams.core.geography import locate_recipient
+from streams.core.phones import RecipientFormatError, normalize_recipient
 from streams.core.recipients import RecipientState, recipient_view
+from streams.core.times import iso_utc
+from streams.metrics import monitor_state
+from streams.rankings import (
+    DIM_NAMES,
+    DIMS,
+    WINDOWS,
+    BadQuery,
+    HourCache,
+    RankingQuery,
+    local_counts,
+    merge,
+    parse_query,
+    rank,
+    window_minutes,
+)
 from streams.stages import partition_for
+from streams.stages.alerting import AlertingStage
 from streams.stages.messages import PartitionMeta, TemplateState, meta_key, template_key
 from streams.stages.recipients import RecipientMeta, recipient_key, recipient_meta_key
 from streams.state import decode
+from streams.views import alerts_view
 
 if TYPE_CHECKING:
     from streams.app import Monitor
 
 log = logging.getLogger(__name__)
 
-WINDOWS = {"5m": 5, "1h": 60, "24h": 1440}
-DIMS = {"templates": "t", "senders": "s", "countries": "c"}
-_PHONE = re.compile(r"^\+?[\d\s().-]{6,}$")
-
-
-def normalize_recipient(raw: str) -> str:
-    """A phone in any common format becomes its digits; a BSUID is kept as given."""
-    raw = raw.strip()
-    if _PHONE.match(raw):
-        return re.sub(r"\D", "", raw)
-    return raw
-
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
+
+
+def template_state_view(s: TemplateState) -> dict[str, Any]:
+    return {
+        "status": s.status,
+        "status_reason": s.reason,
+        "quality": s.quality,
+        "category": s.category,
+        "paused": s.status in ("PAUSED", "DISABLED"),
+        "disabled_at": s.disabled_at,
+    }
 
 
 class Api:
     def __init__(self, monitor: Monitor) -> None:
         self.m = monitor
         self.n = monitor.settings.topic_partitions
+        self.region = monitor.settings.default_phone_region
         self.messages_topic, self.recipients_topic = (
             monitor.messages_topic.get_topic_name(),
             monitor.recipients_topic.get_topic_name(),
         )
+        self.signals_topic = monitor.signals_topic.get_topic_name()
+        self.hours = HourCache()
+        monitor.messages.on_buckets_changed = self.hours.changed
 
     # -- partitions and owners ----------------------------------------------------------------
     def local_partitions(self, topic: str) -> list[int]:
@@ -118,16 +149,16 @@ class Api:
 
     def local_template_state(self, name: str) -> dict[str, Any] | None:
         raw = self.m.messages_kv.read(template_key(name))
-        if raw is None:
-            return None
-        s = decode(raw, TemplateState)
-        return {
-            "status": s.status,
-            "status_reason": s.reason,
-            "quality": s.quality,
-            "category": s.category,
-            "paused": s.status in ("PAUSED", "DISABLED"),
-        }
+        return None if raw is None else template_state_view(decode(raw, TemplateState))
+
+    def local_template_states(self) -> dict[str, dict[str, Any]]:
+        """Every template Meta said something about, on the local partitions (few)."""
+        lo, hi = template_key(""), template_key("")[:-1] + b"\x20"
+        out = {}
+        for p in self.local_partitions(self.messages_topic):
+            for key, raw in self.m.messages_kv.scan(p, lo, hi):
+                out[key[len(lo) :].decode()] = template_state_view(decode(raw, TemplateState))
+        return out
 
     async def local(self, request: web.Request) -> web.Response:
         dim = DIMS[request.match_info["dim"]]
@@ -148,30 +179,81 @@ class Api:
         counts = self.local_counts(dim, key, at)
         state = self.local_template_state(key) if dim == "t" else None
         partial = False
-        peers = self._peers()
-        if peers:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-                results = await asyncio.gather(
-                    *(self._fetch(session, f"{u}/v1/_local/{kind}/{key}?at={at}") for u in peers)
-                )
-            for result in results:
-                if result is None:
-                    partial = True
-                    continue
-                for label, more in result["counts"].items():
-                    merged = dict(counts.get(label, {}))
-                    for outcome, n in more.items():
-                        merged[outcome] = merged.get(outcome, 0) + n
-                    counts[label] = merged
-                state = state or result.get("state")
+        results = await self.ask_peers(f"/v1/_local/{kind}/{quote(key, safe='')}?at={at}")
+        for result in results:
+            if result is None:
+                partial = True
+                continue
+            for label, more in result["counts"].items():
+                merged = dict(counts.get(label, {}))
+                for outcome, n in more.items():
+                    merged[outcome] = merged.get(outcome, 0) + n
+                counts[label] = merged
+            state = state or result.get("state")
         windows = {}
         for label, c in counts.items():
             summary = summarize(c)
             windows[label] = {**summary._asdict(), "counts": c}
-        body = {DIMS_NAMES[dim]: key, "as_of": at, "windows": windows, "partial": partial}
+        body = {DIM_NAMES[dim]: key, "as_of": at, "windows": windows, "partial": partial}
         if dim == "t":
             body["state"] = state
         return _json(body)
+
+    # -- rankings -------------------------------------------------------------------------------
+    def local_ranking(self, dim: str, window: str, at: int) -> dict[str, Any]:
+        first, end = window_minutes(window, at)
+        partitions = self.local_partitions(self.messages_topic)
+        counts = local_counts(self.m.messages_kv.scan, partitions, dim, first, end, self.hours)
+        body: dict[str, Any] = {"counts": counts}
+        if dim == "t":
+            body["states"] = self.local_template_states()
+        return body
+
+    async def local_rankings(self, request: web.Request) -> web.Response:
+        dim = DIMS[request.match_info["dim"]]
+        return _json(self.local_ranking(dim, request.query["window"], int(request.query["at"])))
+
+    async def ranking(self, request: web.Request) -> web.Response:
+        """``GET /v1/<dimension>``: every name with traffic in the window, sorted, summed
+        across workers (``partial`` when one did not answer)."""
+        try:
+            query = parse_query(request.query)
+        except BadQuery as exc:
+            return _json({"error": str(exc)}, 400)
+        return _json(await self.ranking_data(request.match_info["dim"], query))
+
+    async def ranking_data(self, kind: str, query: RankingQuery) -> dict[str, Any]:
+        dim = DIMS[kind]
+        at = query.at if query.at is not None else self.watermark()
+        local = self.local_ranking(dim, query.window, at)
+        counts, states = local["counts"], local.get("states", {})
+        results = await self.ask_peers(f"/v1/_local/rankings/{kind}?window={query.window}&at={at}")
+        for result in results:
+            if result is not None:
+                merge(counts, result["counts"])
+                states = {**result.get("states", {}), **states}
+        total, entries = rank(dim, counts, query)
+        if dim == "t":
+            for entry in entries:
+                entry["state"] = states.get(entry["template"])
+        return {
+            "dimension": kind,
+            "window": query.window,
+            "as_of": at,
+            "sort": query.sort,
+            "limit": query.limit,
+            "total": total,
+            "partial": None in results,
+            "entries": entries,
+        }
+
+    async def ask_peers(self, path: str) -> list[dict[str, Any] | None]:
+        """``path`` of every other worker's API (``None`` for one that did not answer)."""
+        peers = self._peers()
+        if not peers:
+            return []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            return list(await asyncio.gather(*(self._fetch(session, u + path) for u in peers)))
 
     @staticmethod
     async def _fetch(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
@@ -186,9 +268,15 @@ class Api:
             return None
 
     # -- recipients -----------------------------------------------------------------------------
+    def _rid(self, given: str) -> str:
+        return normalize_recipient(given, self.region)
+
     async def recipient(self, request: web.Request) -> web.Response:
         given = request.match_info["id"]
-        rid = normalize_recipient(given)
+        try:
+            rid = self._rid(given)
+        except RecipientFormatError as exc:
+            return _json({"recipient": given, "error": str(exc)}, 400)
         partition = partition_for(rid, self.n)
         if partition not in self.local_partitions(self.recipients_topic):
             return await self._forward(rid, request)
@@ -221,8 +309,12 @@ class Api:
         return now
 
     def local_advice(self, given: str, now: Callable[[int], int], at: int | None = None) -> Any:
-        """Advice for ``given`` as of ``at`` (default ``now(partition)``), as JSON builtins."""
-        rid = normalize_recipient(given)
+        """Advice for ``given`` as of ``at`` (default ``now(partition)``), as JSON builtins;
+        an id that cannot be read gets its error in place of the advice."""
+        try:
+            rid = self._rid(given)
+        except RecipientFormatError as exc:
+            return {"recipient": given, "error": str(exc)}
         partition = partition_for(rid, self.n)
         raw = self.m.recipients_kv.read(recipient_key(rid), partition)
         when = now(partition) if at is None else at
@@ -232,7 +324,10 @@ class Api:
 
     async def advice(self, request: web.Request) -> web.Response:
         given = request.match_info["id"]
-        rid = normalize_recipient(given)
+        try:
+            rid = self._rid(given)
+        except RecipientFormatError as exc:
+            return _json({"recipient": given, "error": str(exc)}, 400)
         if partition_for(rid, self.n) not in self.local_partitions(self.recipients_topic):
             return await self._forward(rid, request)
         at = int(request.query["at"]) if request.query.get("at", "").isdigit() else None
@@ -254,7 +349,11 @@ class Api:
         answers: dict[int, Any] = {}
         remote: dict[str, list[int]] = {}
         for i, given in enumerate(recipients):
-            rid = normalize_recipient(given)
+            try:
+                rid = self._rid(given)
+            except RecipientFormatError as exc:
+                answers[i] = {"recipient": given, "error": str(exc)}
+                continue
             if partition_for(rid, self.n) in local:
                 answers[i] = self.local_advice(given, now)
             else:
@@ -289,21 +388,58 @@ class Api:
         owner = self._owner(rid)
         if owner is None:
             return _json({"error": "the owner of this recipient is not known yet"}, 503)
+        return await self._forward_to(owner, request)
+
+    @staticmethod
+    async def _forward_to(owner: str, request: web.Request) -> web.Response:
         timeout = aiohttp.ClientTimeout(total=10)
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(f"{owner}{request.rel_url}") as resp,
+            session.get(f"{owner}{request.rel_url}", headers={FORWARDED: "1"}) as resp,
         ):
             return web.Response(
                 status=resp.status, body=await resp.read(), content_type="application/json"
             )
 
-    def _owner(self, rid: str) -> str | None:
+    def _owner(self, key: str, table: Any = None) -> str | None:
+        """Web URL of the worker that owns ``key`` of ``table`` (default: recipients)."""
+        name = (table if table is not None else self.m.recipients_table).name
         try:
-            url = self.m.app.router.key_store(self.m.recipients_table.name, rid.encode())
+            url = self.m.app.router.key_store(name, key.encode())
         except Exception:
             return None
         return str(url).rstrip("/")
+
+    # -- alerts ---------------------------------------------------------------------------------
+    def local_alerts(self) -> dict[str, Any]:
+        """What is firing, from the alerting stage when it runs here (else as last saved)."""
+        stage = self.m.alerting
+        if 0 in self.m.alerting_kv.events:  # restored and running on this worker
+            return alerts_view(stage.book.state, stage.evaluated)
+        book, evaluated = AlertingStage.saved_book(self.m.alerting_kv)
+        return alerts_view(book, evaluated)
+
+    def alerting_owner(self) -> str | None:
+        """``None`` when the alerting stage runs here (or nobody else is known to run it)."""
+        if 0 in self.local_partitions(self.signals_topic):
+            return None
+        owner = self._owner("stage", self.m.alerting_table)
+        me = str(self.m.app.conf.canonical_url).rstrip("/")
+        return None if owner == me else owner
+
+    async def alerts(self, request: web.Request) -> web.Response:
+        owner = self.alerting_owner()
+        if owner is not None and FORWARDED not in request.headers:
+            return await self._forward_to(owner, request)
+        return _json(self.local_alerts())
+
+    async def alerts_data(self) -> dict[str, Any] | None:
+        """``GET /v1/alerts``'s body for the page (``None``: the owner did not answer)."""
+        owner = self.alerting_owner()
+        if owner is None:
+            return self.local_alerts()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            return await self._fetch(session, f"{owner}/v1/alerts")
 
     async def health(self, request: web.Request) -> web.Response:
         s = self.m.messages.stats
@@ -336,12 +472,36 @@ class Api:
                     "facts": self.m.recipients.stats.facts,
                     "applied": self.m.recipients.stats.applied,
                 },
+                "consumer_lag": self.consumer_lag(),
+                "state": self.local_state(),
             }
         )
 
+    def local_state(self) -> dict[str, int]:
+        """Recipients in a cool-down and opted out, paused templates: this worker's partitions."""
+        snap = monitor_state(self.m)
+        return {
+            "recipients_in_cooldown": snap.recipients_in_cooldown,
+            "recipients_opted_out": snap.recipients_opted_out,
+            "templates_paused": snap.templates_paused,
+        }
 
-DIMS_NAMES = {"t": "template", "s": "sender", "c": "country"}
+    def consumer_lag(self) -> dict[str, Any] | None:
+        """The last consumer-lag measurement (``None`` before the first)."""
+        report = self.m.lag.latest
+        if report is None:
+            return None
+        return {
+            "as_of": report.at,
+            "as_of_iso": iso_utc(report.at),
+            "topics": report.by_topic(),
+            "partitions": [dataclasses.asdict(p) for p in report.partitions],
+        }
+
+
 MAX_BATCH = 10_000
+#: header of a request one worker forwards to another (never forwarded again)
+FORWARDED = "X-Delivery-Monitor-Forwarded"
 
 
 def is_us_recipient(rid: str) -> bool:
@@ -354,10 +514,14 @@ def is_us_recipient(rid: str) -> bool:
 def register(monitor: Monitor, web_app: web.Application) -> Api:
     api = Api(monitor)
     web_app.router.add_get("/v1/health", api.health)
+    web_app.router.add_get("/v1/alerts", api.alerts)
     web_app.router.add_get("/v1/recipients/{id}", api.recipient)
     web_app.router.add_get("/v1/recipients/{id}/advice", api.advice)
     web_app.router.add_post("/v1/advice", api.advice_batch)
     web_app.router.add_post("/v1/_local/advice", api.local_advice_batch)
-    web_app.router.add_get("/v1/_local/{dim:templates|senders|countries}/{key}", api.local)
-    web_app.router.add_get("/v1/{dim:templates|senders|countries}/{key}", api.aggregate)
+    dims = "|".join(DIMS)
+    web_app.router.add_get(f"/v1/_local/rankings/{{dim:{dims}}}", api.local_rankings)
+    web_app.router.add_get(f"/v1/_local/{{dim:{dims}}}/{{key}}", api.local)
+    web_app.router.add_get(f"/v1/{{dim:{dims}}}", api.ranking)
+    web_app.router.add_get(f"/v1/{{dim:{dims}}}/{{key}}", api.aggregate)
     return api

@@ -24,12 +24,14 @@ import msgspec
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from streams import api
+from streams import api, page
 from streams.api import is_us_recipient
 from streams.core.advice import AdvicePolicy, advise
 from streams.core.alerts import Notification, decode_notification, encode_notification
-from streams.core.eventtime import TimeTrust, iso, received_at
+from streams.core.attribution import AttributionConfig
+from streams.core.eventtime import TimeTrust, received_at
 from streams.core.signals import SignalBatch, decode_signals, encode_signals
+from streams.core.times import iso_utc
 from streams.faust_state import (
     BatchedTableKV,
     BatchPolicy,
@@ -46,6 +48,7 @@ from streams.faust_state import (
     faust_seeker,
     run_batched,
 )
+from streams.lag import ConsumerLag
 from streams.metrics import MonitorMetrics
 from streams.raw_consumer import consume_raw, ingest_group, retry_kafka
 from streams.settings import Settings
@@ -82,7 +85,11 @@ class Monitor:
     def __init__(self, settings: Settings, bootstrap: str, registry: CollectorRegistry) -> None:
         self.settings = settings
         n = settings.topic_partitions
-        self.metrics = MonitorMetrics(registry, template_label_cap=settings.template_label_cap)
+        self.metrics = MonitorMetrics(
+            registry,
+            template_label_cap=settings.template_label_cap,
+            campaign_label_cap=settings.campaign_label_cap,
+        )
         self.metrics.precreate([settings.topic_raw, settings.topic_send_log])
         datadir = settings.data_dir / "worker" / settings.app_id
         datadir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +155,14 @@ class Monitor:
         if any([self.rocksdb.install(table) for table in tables]):
             self.metrics.watch_rocksdb(self.rocksdb.usage, self.rocksdb.limit)
         self.alerting = self._alerting_stage()
+        faust_topics = [messages_name, settings.topic_send_log, recipients_name]
+        faust_topics += [self.signals_topic.get_topic_name(), self.alerts_topic.get_topic_name()]
+        self.lag = ConsumerLag(
+            bootstrap,
+            {ingest_group(settings.app_id): [settings.topic_raw], settings.app_id: faust_topics},
+            interval_s=settings.lag_interval_s,
+        )
+        self.metrics.watch_lag(lambda: self.lag.latest)
         self.advice_policy = AdvicePolicy()
         self.advice_topic = _raw(app, settings.topic_advice)
         advice_name = settings.topic_advice
@@ -162,7 +177,11 @@ class Monitor:
             n, n, time_trust=TimeTrust(settings.max_future_skew_s), idle_s=settings.alert_idle_s
         )
         self.messages = MessageStage(
-            self.messages_kv, n, Retention(), time_trust=TimeTrust(settings.max_future_skew_s)
+            self.messages_kv,
+            n,
+            Retention(),
+            AttributionConfig(raw_pattern=settings.callback_template_pattern),
+            time_trust=TimeTrust(settings.max_future_skew_s),
         )
         self.recipients = RecipientStage(self.recipients_kv)
         self.metrics.watch(self)  # scrape-time gauges from the stages' state
@@ -230,6 +249,10 @@ class Monitor:
                 policy=policy,
                 on_records=counter.inc,
             )
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def consumer_lag() -> None:
+            await self.lag.run()
 
         @app.agent(stage2_input, name="messages", concurrency=1)
         async def messages(stream: Any) -> None:
@@ -418,7 +441,7 @@ class Monitor:
 
         web_app: Any = app.web.web_app  # type: ignore[attr-defined]  # faust's aiohttp driver
         web_app.router.add_get("/metrics", make_aiohttp_handler(registry))
-        api.register(self, web_app)
+        page.register(self, web_app, api.register(self, web_app))
 
     def _alerting_stage(self) -> AlertingStage:
         s = self.settings
@@ -480,7 +503,7 @@ class Monitor:
             n.id,
             n.title,
             scope,
-            iso(n.since),
+            iso_utc(n.since),
             f" (+{len(n.related)} related)" if n.related else "",
         )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
-from streams import __version__
+from streams import __version__, logs
 from streams.asyncutil import run_sync
 from streams.localkafka import (
     LocalKafka,
@@ -96,12 +96,10 @@ def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
 def prepare_topics(settings: Settings, bootstrap: str) -> None:
     from streams.topics import ensure_topics, source_topics
 
-    created = run_sync(
+    run_sync(  # logs the topics it creates
         ensure_topics(bootstrap, source_topics(settings), settings.topic_replication_factor),
         timeout_s=120,
     )
-    if created:
-        print(f"created topics: {', '.join(created)}", file=sys.stderr)
 
 
 #: CPython's cyclic collector thresholds for the worker. It allocates many short-lived
@@ -133,18 +131,20 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
             "pipeline's repartition stages (see README); at_least_once is exact here too"
         )
     app = create_app(settings, bootstrap)
+    base = f"http://{settings.web_host}:{settings.web_port}"
     print(
-        f"worker {settings.app_id}: Kafka {bootstrap}, consuming {settings.topic_raw}; "
-        f"metrics at http://{settings.web_host}:{settings.web_port}/metrics",
+        f"worker {settings.app_id}: Kafka {bootstrap}, consuming {settings.topic_raw}\n"
+        f"  overview page: {base}/   (metrics: {base}/metrics, API: {base}/v1/...)",
         file=sys.stderr,
     )
 
     class MonitorWorker(Worker):
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
             # faust's terminal spinner leaves the root logger at DEBUG, which makes every
-            # library build a debug record per Kafka message (slow, and it would carry payloads)
+            # library build a debug record per Kafka message (slow, and it would carry payloads);
+            # mode replaced the handlers: ours again (ISO times, quiet libraries)
             self.spinner = None
-            logger.setLevel(level)
+            logs.configure(settings.log_level, settings.faust_log_level)
 
     worker = MonitorWorker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     tune_gc()
@@ -295,10 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        logs.configure(settings.log_level, settings.faust_log_level)
         result: int = args.func(settings, args)
         return result
     except (CliError, SettingsError, ToolMissingError, LocalKafkaError, TopicCreationError) as exc:

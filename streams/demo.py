@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from streams.core.times import iso_utc
 from streams.settings import Settings
 from streams.simulate import LiveRecord, LiveSpec, LiveTraffic
 
@@ -199,9 +200,8 @@ class Progress:
 
     def line(self, stats: DemoStats, elapsed: float, traffic: LiveTraffic, now: float) -> str:
         rate = stats.statuses / elapsed if elapsed > 0 else 0.0
-        event = time.strftime("%H:%M:%S", time.gmtime(now))
         return (
-            f"demo {_clock_text(elapsed)} | event time {event}Z | "
+            f"demo {_clock_text(elapsed)} | event time {iso_utc(now)} | "
             f"{stats.statuses:,} statuses ({rate:,.1f}/s) in {stats.bodies:,} bodies "
             f"(+{stats.duplicates:,} duplicates), {stats.inbound:,} replies, "
             f"{stats.preferences:,} opt-outs, "
@@ -291,10 +291,13 @@ def how_to_look(settings: Settings, traffic: LiveTraffic) -> str:
         [
             f"demo traffic into {settings.topic_raw}: a 131049 spike on template {spike} "
             f"starts {at} after the start and lasts {traffic.spec.spike_seconds / 60:g} min;",
-            "the alert fires about 2 minutes into the spike and resolves about 10 minutes "
-            "after it ends. Look at:",
+            "the alert fires within about a minute of the spike's start and resolves about "
+            "10 minutes after it ends. Look at:",
+            f"  overview: {base}/   (open it in a browser: incidents, top templates, lag)",
             f"  metrics:  {base}/metrics",
             f"  template: curl -s {base}/v1/templates/{spike}",
+            f"  rankings: curl -s '{base}/v1/templates?window=1h&sort=limit_errors&limit=5'",
+            f"  firing:   curl -s {base}/v1/alerts",
             f"  advice:   curl -s {base}/v1/recipients/{traffic.showcase}/advice"
             "   (a recipient the spike hits first)",
             f"  health:   curl -s {base}/v1/health",

@@ -187,6 +187,25 @@ class BatchedTableKV:
         values: list[bytes | None] = db.get(keys)
         return values
 
+    def scan(self, partition: int, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The keys ``lo <= key < hi`` of one partition and their values, in key order, as last
+        flushed (web views: one RocksDB range iteration; the memory store is searched whole)."""
+        dbs = getattr(self.table.data, "_dbs", None)
+        if dbs is not None:
+            db = dbs.get(partition)
+            if db is None:
+                return
+            for key, value in db.items(from_key=lo):
+                if key >= hi:
+                    return
+                yield key, value
+            return
+        data = self.table.data.data
+        owner = getattr(self.table.data, "_key_partition", {})
+        for key in sorted(k for k in data if lo <= k < hi):
+            if owner.get(key, partition) == partition:
+                yield key, data[key]
+
     def discard(self, partition: int) -> None:
         self._pending.pop(partition, None)
 

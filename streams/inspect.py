@@ -3,7 +3,9 @@
 Each FILE is one webhook POST body (JSON), or JSON lines (one body per line), optionally gzipped
 (detected from the content, not the name). ``-`` or no FILE reads stdin. Events go to stdout as
 JSON lines (the ``kind`` key tells the event type); a short summary goes to stderr: counts by
-status, error code, error class, template (from ``biz_opaque_callback_data``) and country.
+status, error code, error class, template (from ``biz_opaque_callback_data``; data that names
+no template is shown as unattributed with its reason), country, other events and the error
+codes inbound messages carry (``inbound err``, e.g. 131051).
 
 Exit status: 1 if any file or line could not be parsed (one ``path[:line]: reason`` line each on
 stderr), else 0. Defects of partly bad bodies are reported on stderr but are not failures.
@@ -27,6 +29,7 @@ import msgspec
 from streams.core import (
     AccountErrorEvent,
     AttributionConfig,
+    InboundMessageEvent,
     ParsedWebhook,
     ParseError,
     Status,
@@ -34,6 +37,7 @@ from streams.core import (
     decode_callback_data,
     parse_webhook,
 )
+from streams.core.attribution import PatternError, compile_pattern
 from streams.core.parse import MAX_PAYLOAD_BYTES
 
 if TYPE_CHECKING:
@@ -126,6 +130,7 @@ class Summary:
         self.country: Counter[str] = Counter()
         self.other: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
+        self.inbound_errors: Counter[int] = Counter()
 
     def add(self, parsed: ParsedWebhook) -> None:
         self.bodies += 1
@@ -140,13 +145,18 @@ class Summary:
                 if event.error_class is not None:
                     self.error_class[event.error_class.value] += 1
                 found = decode_callback_data(event.biz_opaque_callback_data, self.attribution)
-                self.template[found.template or "(none)"] += 1
+                if found.template is None and found.unattributed is not None:
+                    self.template[f"(unattributed: {found.unattributed})"] += 1
+                else:
+                    self.template[found.template or "(none)"] += 1
                 self.country[event.country] += 1
             else:
                 self.other[str(event.__struct_config__.tag)] += 1
                 if isinstance(event, AccountErrorEvent):
                     self.error_code[event.code] += 1
                     self.error_class[event.error_class.value] += 1
+                elif isinstance(event, InboundMessageEvent):
+                    self.inbound_errors.update(error.code for error in event.errors)
 
     def render(self) -> str:
         def line(title: str, counts: Counter[str] | Counter[int]) -> str:
@@ -166,6 +176,7 @@ class Summary:
             line("template", self.template),
             line("country", self.country),
             line("other", self.other),
+            line("inbound err", self.inbound_errors),
             line("ignored", self.ignored),
         ]
         return "\n".join([head, *rows])
@@ -254,8 +265,23 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="do not read a bare biz_opaque_callback_data string as a template name",
     )
+    parser.add_argument(
+        "--template-pattern",
+        metavar="REGEX",
+        help="the sender's own callback-data format: a regular expression with a named group "
+        "'template' (as DELIVERY_MONITOR_CALLBACK_TEMPLATE_PATTERN)",
+    )
     args = parser.parse_args(argv)
-    summary = Summary(AttributionConfig(raw_is_template=not args.no_raw_template))
+    if args.template_pattern:
+        try:
+            compile_pattern(args.template_pattern)
+        except PatternError as exc:
+            parser.error(f"--template-pattern: {exc}")
+    summary = Summary(
+        AttributionConfig(
+            raw_is_template=not args.no_raw_template, raw_pattern=args.template_pattern or None
+        )
+    )
     out: BinaryIO | None = None if args.summary_only else sys.stdout.buffer
     failed = 0
     try:

@@ -1,10 +1,10 @@
 """The monitor's Prometheus metrics, all in one place, on a registry the caller owns.
 
-Label values are bounded: never a recipient; templates and sending numbers are capped (the first
-``template_label_cap`` / ``sender_label_cap`` values keep their name, later ones are counted
-under ``__other__`` and in an overflow counter); error codes outside the catalog are ``other``;
-statuses, categories and error classes are closed sets. Tests build a fresh
-``CollectorRegistry`` each and read ``get_sample_value``.
+Label values are bounded: never a recipient; templates, sending numbers and campaigns are capped
+(the first ``template_label_cap`` / ``sender_label_cap`` / ``campaign_label_cap`` values keep
+their name, later ones are counted under ``__other__`` and in an overflow counter); error codes
+outside the catalog are ``other``; statuses, categories and error classes are closed sets. Tests
+build a fresh ``CollectorRegistry`` each and read ``get_sample_value``.
 
 How values get here, keeping the per-event cost to plain dict increments:
 
@@ -33,6 +33,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFam
 
 from streams import __version__
 from streams.core.alerts import NotificationKind
+from streams.core.attribution import UNATTRIBUTED_REASONS
 from streams.core.catalog import CATALOG, ErrorClass
 from streams.core.detector import RULE as SPIKE_RULE
 from streams.core.immediate import IMMEDIATE_RULES, RESEND_STORM
@@ -42,6 +43,7 @@ from streams.stages.recipients import RecipientStats
 
 if TYPE_CHECKING:
     from streams.app import Monitor
+    from streams.lag import LagReport
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,15 @@ ERROR_CLASSES = frozenset(c.value for c in ErrorClass)
 #: Failure classes created at 0 for every template, sender and country on first sight (the ones
 #: the alert rules divide), so ``increase()`` sees their first error.
 PRECREATED_CLASSES = ("per_user_marketing_limit", "us_marketing_pause", "opt_out")
+#: Classes of the codes Meta reports as account-level errors: created at 0 per catalog code.
+ACCOUNT_ERROR_CLASSES = frozenset(
+    {
+        ErrorClass.THROUGHPUT,
+        ErrorClass.SPAM_QUALITY,
+        ErrorClass.ACCOUNT_ENFORCEMENT,
+        ErrorClass.TRANSIENT,
+    }
+)
 ALERT_RULES = (SPIKE_RULE, *sorted(IMMEDIATE_RULES), RESEND_STORM)
 #: Values of streams.slack.SlackOutcome (not imported: this module must not pull slack_sdk).
 SLACK_OUTCOMES = ("sent", "retried", "rate_limited", "failed_permanent", "gave_up", "dropped")
@@ -230,6 +241,7 @@ class MonitorMetrics:
         registry: CollectorRegistry,
         template_label_cap: int = DEFAULT_LABEL_CAP,
         sender_label_cap: int = DEFAULT_LABEL_CAP,
+        campaign_label_cap: int = DEFAULT_LABEL_CAP,
     ) -> None:
         self.registry = registry
         self._last: dict[tuple[str, str], int] = {}
@@ -378,6 +390,30 @@ class MonitorMetrics:
             ["error_class", "error_code"],
             registry=r,
         )
+        self.account_errors = Counter(
+            f"{PREFIX}_account_errors",
+            "Account-level errors (value.errors: not tied to a message, e.g. 130429 throughput) "
+            "by error class and error code (catalog codes; others are 'other'), counted once "
+            "per webhook item",
+            ["error_class", "error_code"],
+            registry=r,
+        )
+        self.inbound_errors = Counter(
+            f"{PREFIX}_inbound_message_errors",
+            "Errors on inbound messages (messages[].errors, e.g. 131051 unsupported message "
+            "type) by error class and error code; counted at ingest (a replayed webhook counts "
+            "again)",
+            ["error_class", "error_code"],
+            registry=r,
+        )
+        self.unattributed = Counter(
+            f"{PREFIX}_unattributed_callback_data",
+            "Messages whose biz_opaque_callback_data named no template (counted once per "
+            "message, under template 'unknown' until the send log names it), by reason: "
+            "not_a_template_name, no_template_key, malformed, too_long",
+            ["reason"],
+            registry=r,
+        )
         self.template_overflow = Counter(
             f"{PREFIX}_template_label_overflow",
             f"Distinct template names counted under template='{OTHER}' (beyond the label cap)",
@@ -394,8 +430,33 @@ class MonitorMetrics:
         self.senders = _Dimension(
             "sender", "sending number (phone_number_id)", r, sender_label_cap, self.sender_overflow
         )
+        self.campaign_overflow = Counter(
+            f"{PREFIX}_campaign_label_overflow",
+            f"Distinct campaign ids counted under campaign='{OTHER}' (beyond the label cap)",
+            registry=r,
+        )
         self.countries = _Dimension("country", "recipient country", r)
-        self._dims = {"t": self.templates, "s": self.senders, "c": self.countries}
+        self.sender_account_errors = Counter(
+            f"{PREFIX}_sender_account_errors",
+            "Account-level errors per sending number (phone_number_id; capped like the sender "
+            "label) by error class",
+            ["sender", "error_class"],
+            registry=r,
+        )
+        self.campaigns = _Dimension(
+            "campaign",
+            "campaign (from biz_opaque_callback_data or the send log; messages without one are "
+            "not counted here)",
+            r,
+            campaign_label_cap,
+            self.campaign_overflow,
+        )
+        self._dims = {
+            "t": self.templates,
+            "s": self.senders,
+            "c": self.countries,
+            "g": self.campaigns,
+        }
         self._precreate()
 
     def _precreate(self) -> None:
@@ -423,6 +484,13 @@ class MonitorMetrics:
         for cls in (ErrorClass.TEMPLATE, ErrorClass.PERMANENT, ErrorClass.UNKNOWN):
             self.failures.labels(cls.value, "other")
         self.failures.labels(ErrorClass.UNKNOWN.value, "none")
+        for reason in UNATTRIBUTED_REASONS:
+            self.unattributed.labels(reason=reason)
+        for info in CATALOG.values():
+            if info.error_class in ACCOUNT_ERROR_CLASSES:
+                self.account_errors.labels(info.error_class.value, str(info.code))
+        self.account_errors.labels(ErrorClass.UNKNOWN.value, "other")
+        self.inbound_errors.labels(ErrorClass.PERMANENT.value, "131051")
 
     def precreate(self, topics: list[str]) -> None:
         """Create label sets at 0 so ``increase()`` sees the first record."""
@@ -451,6 +519,8 @@ class MonitorMetrics:
         if stats.last_event_ts:
             self.last_event.set(stats.last_event_ts)
         self._untrusted("ingest", stats.untrusted)
+        for (error_class, code), n in stats.take_inbound_errors().items():
+            self.inbound_errors.labels(class_label(error_class), error_code_label(code)).inc(n)
         counts, sums = stats.take_lag()
         for (status, index), n in counts.items():
             self.event_lag.add(status_label(status), index, n)
@@ -474,6 +544,12 @@ class MonitorMetrics:
             self.statuses.labels(status_label(status), category_label(category)).inc(n)
         for (error_class, code), n in failures.items():
             self.failures.labels(class_label(error_class), error_code_label(code)).inc(n)
+        for reason, n in stats.take_unattributed().items():
+            self.unattributed.labels(reason=reason).inc(n)
+        for (sender, error_class, code), n in stats.take_account_errors().items():
+            cls = class_label(error_class)
+            self.account_errors.labels(cls, error_code_label(code)).inc(n)
+            self.sender_account_errors.labels(self.senders.label(sender), cls).inc(n)
 
     def _untrusted(self, stage: str, counts: Mapping[Any, int]) -> None:
         for verdict, total in counts.items():
@@ -504,6 +580,11 @@ class MonitorMetrics:
         """Serve the RocksDB memory gauges: ``usage()`` read at scrape time, ``limit`` bytes."""
         self.rocksdb_memory.set_function(usage)
         self.rocksdb_memory_limit.set(limit)
+
+    def watch_lag(self, source: Callable[[], LagReport | None]) -> None:
+        """Serve the consumer-lag gauges from ``source()`` (the last measurement of
+        :class:`streams.lag.ConsumerLag`), read at scrape time."""
+        self.registry.register(_LagCollector(source))
 
     def alert_notified(self, notification: Any) -> None:
         """Feed for every notification the alert book emits (rule of its headline, kind)."""
@@ -549,6 +630,50 @@ class _LagHistogram:
 
 def _fmt(bound: float) -> str:
     return repr(float(bound))
+
+
+class _LagCollector:
+    """Consumer lag per group, topic and partition, as last measured (not per scrape)."""
+
+    def __init__(self, source: Callable[[], LagReport | None]) -> None:
+        self.source = source
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        labels = ["group", "topic", "partition"]
+        return (
+            GaugeMetricFamily(
+                f"{PREFIX}_consumer_lag_records",
+                "Records of the partition its consumer group has not committed yet (log end "
+                "offset minus committed offset)",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                f"{PREFIX}_consumer_lag_seconds",
+                "Age of the oldest record of the partition its consumer group has not committed "
+                "(now minus that record's timestamp; 0 when nothing is behind)",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                f"{PREFIX}_consumer_lag_measured_timestamp_seconds",
+                "When this worker last measured the consumer lag (unix seconds)",
+            ),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        report = self.source()
+        if report is None:
+            return
+        records, seconds, measured = self._families()
+        for p in report.partitions:
+            labels = [p.group, p.topic, str(p.partition)]
+            records.add_metric(labels, p.records)
+            seconds.add_metric(labels, p.seconds)
+        measured.add_metric([], report.at)
+        yield from (records, seconds, measured)
 
 
 class _StateCollector:

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.core.attribution import PatternError, compile_pattern
+from streams.core.phones import check_region
+
 ENV_PREFIX = "DELIVERY_MONITOR_"
 DEFAULT_KAFKA_VERSION = "3.9.1"
 KAFKA4_VERSION = "4.1.1"
@@ -51,6 +54,35 @@ def _guarantee(value: str) -> str:
     return value
 
 
+def _template_pattern(value: str) -> str | None:
+    if not value.strip():
+        return None
+    try:
+        compile_pattern(value)
+    except PatternError as exc:
+        raise SettingsError(f"{ENV_PREFIX}CALLBACK_TEMPLATE_PATTERN: {exc}") from None
+    return value
+
+
+def _phone_region(value: str) -> str | None:
+    if not value.strip():
+        return None
+    try:
+        return check_region(value)
+    except ValueError as exc:
+        raise SettingsError(f"{ENV_PREFIX}DEFAULT_PHONE_REGION: {exc}") from None
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _level(name: str, value: str) -> str:
+    value = value.strip().lower()
+    if value not in LOG_LEVELS:
+        raise SettingsError(f"{ENV_PREFIX}{name}={value!r}: use one of {', '.join(LOG_LEVELS)}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Configuration of every ``delivery-monitor`` command. See the README's configuration table."""
@@ -78,6 +110,10 @@ class Settings:
     web_port: int = 6066
     kafka_version: str = DEFAULT_KAFKA_VERSION
     log_level: str = "info"
+    #: level of Faust's, mode's and aiokafka's loggers (their start-up and recovery lines are INFO)
+    faust_log_level: str = "warning"
+    #: seconds between two summary lines in the worker's log (0: none)
+    summary_interval_s: float = 60.0
     slack_webhook_url: Secret = Secret("")
     #: Slack: seconds per POST, the cap of the backoff between retries (a recovered Slack is
     #: noticed within about that long), and how long after enqueueing a notification that
@@ -106,6 +142,15 @@ class Settings:
     #: new for ``alert_max_wait_s`` (a stalled reader)
     alert_idle_s: float = 30.0
     alert_max_wait_s: float = 120.0
+    #: a regular expression with a named group ``template`` (optional ``campaign``,
+    #: ``category``) for bare ``biz_opaque_callback_data`` strings in the sender's own format
+    callback_template_pattern: str | None = None
+    #: ISO region in which the API reads phone numbers typed in a national format (unset: such
+    #: numbers are refused with 400)
+    default_phone_region: str | None = None
+    campaign_label_cap: int = 100
+    #: seconds between two measurements of the Kafka consumer lag
+    lag_interval_s: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -152,7 +197,11 @@ class Settings:
             web_host=get("WEB_HOST", d.web_host),
             web_port=get_int("WEB_PORT", d.web_port, minimum=0),
             kafka_version=get("KAFKA_VERSION", d.kafka_version),
-            log_level=get("LOG_LEVEL", d.log_level).lower(),
+            log_level=_level("LOG_LEVEL", get("LOG_LEVEL", d.log_level)),
+            faust_log_level=_level("FAUST_LOG_LEVEL", get("FAUST_LOG_LEVEL", d.faust_log_level)),
+            summary_interval_s=float(
+                get_int("SUMMARY_INTERVAL", int(d.summary_interval_s), minimum=0)
+            ),
             slack_webhook_url=Secret(get("SLACK_WEBHOOK_URL", "")),
             slack_request_timeout_s=float(
                 get_int("SLACK_REQUEST_TIMEOUT", int(d.slack_request_timeout_s), minimum=1)
@@ -181,6 +230,10 @@ class Settings:
             alert_max_wait_s=float(
                 get_int("ALERT_MAX_WAIT_SECONDS", int(d.alert_max_wait_s), minimum=1)
             ),
+            callback_template_pattern=_template_pattern(get("CALLBACK_TEMPLATE_PATTERN", "")),
+            default_phone_region=_phone_region(get("DEFAULT_PHONE_REGION", "")),
+            campaign_label_cap=get_int("CAMPAIGN_LABEL_CAP", d.campaign_label_cap, minimum=1),
+            lag_interval_s=float(get_int("LAG_INTERVAL", int(d.lag_interval_s), minimum=1)),
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from streams.core.catalog import lookup
+
 # Valid mobile numbers per country (prefix + random digits to the national length).
 COUNTRY_PREFIXES: dict[str, tuple[str, int]] = {
     "US": ("1212555", 11),
@@ -64,6 +66,8 @@ class Message:
     sent_at: int
     statuses: list[tuple[str, int, int | None]]  # (status, timestamp, error code)
     opaque: bool  # template carried in biz_opaque_callback_data
+    campaign: str = "sim"  # "" = none (neither the callback data nor the send log names one)
+    opaque_campaign: bool = True  # the callback data names the campaign (else the send log only)
 
 
 @dataclass
@@ -73,6 +77,7 @@ class Truth:
     templates: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     senders: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     countries: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    campaigns: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     marketing_delivered: Counter[str] = field(default_factory=Counter)
     limit_failures: Counter[str] = field(default_factory=Counter)
 
@@ -102,6 +107,9 @@ class CampaignSpec:
     garbage_ratio: float = 0.01
     shuffle_window: int = 200  # bodies are shuffled within windows of this many
     recipients: int | None = None  # distinct recipients (default: messages // 2)
+    #: message i belongs to campaigns[i % len(campaigns)] ("" = no campaign); every fifth
+    #: message's callback data leaves the campaign out (only its send-log record names it)
+    campaigns: tuple[str, ...] = ("sim",)
 
 
 def _outcome_class(code: int, country: str) -> str:
@@ -154,6 +162,8 @@ def generate(spec: CampaignSpec = CampaignSpec(), seed: int = 7) -> Campaign:
                 sent_at=t0,
                 statuses=statuses,
                 opaque=rng.random() < spec.opaque_ratio,
+                campaign=spec.campaigns[i % len(spec.campaigns)],
+                opaque_campaign=i % 5 != 4,
             )
         )
     payloads = _bodies(messages, spec, rng)
@@ -169,7 +179,7 @@ def generate(spec: CampaignSpec = CampaignSpec(), seed: int = 7) -> Campaign:
                     "recipient": m.recipient,
                     "template": m.template,
                     "category": m.category,
-                    "campaign": "sim",
+                    "campaign": m.campaign or None,
                     "sent_at": m.sent_at,
                 }
             ),
@@ -202,6 +212,8 @@ def truth_of(messages: list[Message]) -> Truth:
             truth.templates[m.template][o] += 1
             truth.senders[m.sender][o] += 1
             truth.countries[m.country][o] += 1
+            if m.campaign:
+                truth.campaigns[m.campaign][o] += 1
     return truth
 
 
@@ -213,9 +225,10 @@ def status_item(m: Message, status: str, ts: int, code: int | None) -> dict[str,
         "recipient_id": m.recipient,
     }
     if m.opaque:
-        item["biz_opaque_callback_data"] = orjson.dumps(
-            {"template": m.template, "campaign": "sim", "category": m.category}
-        ).decode()
+        data = {"template": m.template, "category": m.category}
+        if m.campaign and m.opaque_campaign:
+            data["campaign"] = m.campaign
+        item["biz_opaque_callback_data"] = orjson.dumps(data).decode()
     if status == "failed" and code is not None:
         title = ERRORS[code][0]
         item["errors"] = [
@@ -255,6 +268,27 @@ def envelope(sender: str, display: str, items: list[dict[str, object]]) -> bytes
             ],
         }
     )
+
+
+def errors_envelope(sender: str | None, codes: list[int], time: int | None) -> bytes:
+    """A ``messages`` change with account-level errors (``value.errors``) of ``sender`` (no
+    ``metadata`` when None) in an entry of ``time`` (no ``time`` when None)."""
+    value: dict[str, object] = {
+        "messaging_product": "whatsapp",
+        "errors": [
+            {"code": code, "title": lookup(code).title, "error_data": {"details": "-"}}
+            for code in codes
+        ],
+    }
+    if sender is not None:
+        value["metadata"] = {"display_phone_number": "15550783881", "phone_number_id": sender}
+    entry: dict[str, object] = {
+        "id": "102290129340398",
+        "changes": [{"field": "messages", "value": value}],
+    }
+    if time is not None:
+        entry["time"] = time
+    return orjson.dumps({"object": "whatsapp_business_account", "entry": [entry]})
 
 
 def _bodies(messages: list[Message], spec: CampaignSpec, rng: random.Random) -> list[bytes]:
@@ -319,10 +353,13 @@ def spike_campaign(
     background_ratio: float = 0.01,
     start: int = 1_767_225_600,
     seed: int = 21,
+    campaign: str = "sim",
+    spike_campaign_id: str | None = None,
 ) -> Campaign:
     """Steady marketing traffic with a 131049 spike on one template (non-US recipients, so the
     spike is the per-user limit, not the US pause). Every template (the spiking one included)
-    sends ``per_minute`` messages a minute."""
+    sends ``per_minute`` messages a minute, in ``campaign`` (the spike template in
+    ``spike_campaign_id`` when given)."""
     rng = random.Random(seed)
     names = [f"promo_{i:02d}" for i in range(templates - 1)] + [spike_template]
     countries = [c for c in COUNTRY_PREFIXES if c != "US"]
@@ -353,6 +390,9 @@ def spike_campaign(
                         sent_at=t0,
                         statuses=statuses,
                         opaque=True,
+                        campaign=spike_campaign_id
+                        if spike_campaign_id and name == spike_template
+                        else campaign,
                     )
                 )
                 n += 1
@@ -443,6 +483,7 @@ class TemplatePlan:
     weight: float
     read_ratio: float
     reply_ratio: float  # share of the read messages answered with an inbound message
+    campaign: str = ""  # marketing templates belong to a campaign; the others to none
 
 
 @dataclass(frozen=True)
@@ -509,10 +550,26 @@ def demo_templates(spec: LiveSpec, rng: random.Random) -> list[TemplatePlan]:
                 w * scale,
                 round(rng.uniform(low, high), 2),
                 round(rng.uniform(0.01, 0.15), 3),
+                demo_campaign(name) if category == "marketing" else "",
             )
         )
-    plans.append(TemplatePlan(spec.spike_template, "marketing", spec.spike_share, 0.45, 0.05))
+    plans.append(
+        TemplatePlan(
+            spec.spike_template, "marketing", spec.spike_share, 0.45, 0.05, DEMO_SPIKE_CAMPAIGN
+        )
+    )
     return plans
+
+
+#: The demo's campaigns: every marketing template belongs to one (the spike template to its own).
+DEMO_CAMPAIGNS = ("spring-launch", "loyalty-2026", "winback-q2", "weekly-news")
+DEMO_SPIKE_CAMPAIGN = "weekend-flash"
+
+
+def demo_campaign(template: str) -> str:
+    """The campaign of one of the demo's marketing templates (by its place in the list)."""
+    index = DEMO_MARKETING.index(template) if template in DEMO_MARKETING else 0
+    return DEMO_CAMPAIGNS[index % len(DEMO_CAMPAIGNS)]
 
 
 class LiveTraffic:
@@ -624,6 +681,7 @@ class LiveTraffic:
             sent_at=int(ts),
             statuses=[],
             opaque=rng.random() < spec.opaque_ratio,
+            campaign=template.campaign,
         )
         self.messages += 1
         if not message.opaque:
@@ -793,7 +851,7 @@ def _send_log_record(m: Message) -> LiveRecord:
             "recipient": m.recipient,
             "template": m.template,
             "category": m.category,
-            "campaign": "demo",
+            "campaign": m.campaign or None,
             "sent_at": m.sent_at,
         }
     )

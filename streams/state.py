@@ -60,6 +60,11 @@ class DictKeyValue:
     def keys(self, partition: int) -> Iterator[bytes]:
         return iter(list(self.data.get(partition, {})))
 
+    def scan(self, partition: int, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The keys ``lo <= key < hi`` of one partition and their values, in key order."""
+        data = self.data.get(partition, {})
+        return iter([(k, data[k]) for k in sorted(data) if lo <= k < hi])
+
 
 _DELETED = object()
 

@@ -19,8 +19,11 @@ from typing import Self, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.asyncutil import run_sync
 from streams.raw_consumer import ingest_group
+from streams.settings import Settings
 from streams.simulate import Campaign, spike_campaign
+from streams.topics import ensure_topics, source_topics
 
 T = TypeVar("T")
 
@@ -145,6 +148,17 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         return self.proc.wait(30)
+
+
+def memory_worker(
+    bootstrap: str, tmp_path: Path, start_worker: Callable[..., WorkerProcess], **overrides: str
+) -> tuple[WorkerProcess, Settings]:
+    """A worker with in-memory tables on fresh topics (created first, one partition each for the
+    inputs), and its settings."""
+    env = unique_env(bootstrap, tmp_path / "state", DELIVERY_MONITOR_STORE="memory://", **overrides)
+    settings = Settings.from_env(env)
+    run_sync(ensure_topics(bootstrap, source_topics(settings), 1))
+    return start_worker(env), settings
 
 
 async def produce_async(

@@ -82,6 +82,7 @@ class WireStatus(msgspec.Struct):
     recipient_parent_user_id: str | None = None
     recipient_type: str | None = None
     recipient_participant_id: Ident | None = None
+    recipient_participant_user_id: str | None = None
     biz_opaque_callback_data: str | None = None
     conversation: WireConversation | None = None
     pricing: WirePricing | None = None
@@ -104,6 +105,7 @@ class WireMessage(msgspec.Struct):
     from_user_id: str | None = None
     type: str | None = None
     system: WireSystem | None = None
+    errors: list[WireError] | None = None  # e.g. 131051: a message type the API cannot read
 
 
 class WireContact(msgspec.Struct):
@@ -138,10 +140,16 @@ class WireItems(msgspec.Struct):
 
 class WireRestriction(msgspec.Struct):
     restriction_type: str | None = None
+    expiration: Ident | None = None  # unix seconds (ISO 8601 in some copies)
 
 
 class WireBanInfo(msgspec.Struct):
     waba_ban_state: str | list[str] | None = None
+    waba_ban_date: Ident | None = None  # a date as Meta words it ("April 17, 2025")
+
+
+class WireDisableInfo(msgspec.Struct):
+    disable_date: Ident | None = None  # unix seconds
 
 
 class WireViolationInfo(msgspec.Struct):
@@ -170,6 +178,7 @@ class WireValue(WireItems):
     restriction_info: list[WireRestriction] | None = None
     ban_info: WireBanInfo | None = None
     violation_info: WireViolationInfo | None = None
+    disable_info: WireDisableInfo | None = None
 
 
 class WireChange(msgspec.Struct):

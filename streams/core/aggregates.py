@@ -1,4 +1,4 @@
-"""Event-time minute buckets: per template, per sending number, per recipient country.
+"""Event-time minute buckets: per template, sending number, recipient country and campaign.
 
 Buckets are partition-local: stage 2 owns the messages of its partitions, and each partition
 keeps its own buckets (``BucketId.partition``), so a bucket is only ever written by the one
@@ -17,7 +17,7 @@ import msgspec
 from streams.core.facts import Applied, Position
 from streams.core.messages import BucketDelta
 
-DIMENSIONS = {"t": "template", "s": "sender", "c": "country"}
+DIMENSIONS = {"t": "template", "s": "sender", "c": "country", "g": "campaign"}
 
 
 class BucketId(NamedTuple):
@@ -45,7 +45,8 @@ class BucketWriter:
     Buckets touched in the current batch stay decoded in a cache keyed by (dim, key, minute):
     ``get`` and ``put`` (by encoded key) are called once per bucket and batch, and the cached
     bucket is then changed in place (the caller's store encodes it when the batch is flushed),
-    so a delta costs a dict lookup. :meth:`reset` drops the cache when the batch is flushed.
+    so a delta costs a dict lookup. :meth:`reset` drops the cache when the batch is flushed
+    and returns the (dim, hour) of every bucket the batch changed (for readers that cache hours).
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class BucketWriter:
         self._get = get
         self._put = put
         self._cache: dict[tuple[str, str, int], Bucket] = {}
+        self._hours: set[tuple[str, int]] = set()
 
     def add(self, position: Position, deltas: Iterable[BucketDelta]) -> list[BucketId]:
         """Add ``deltas`` (all from the input at ``position``); returns the ids of buckets that
@@ -81,6 +83,7 @@ class BucketWriter:
                         created.append(bucket_id)
                     self._put(key, bucket)
                     cache[cell] = bucket
+                    self._hours.add((d.dim, d.minute // 60))
                 last = bucket.applied.get(source)
                 if last is not None and at <= last:
                     bucket = None  # this input was absorbed before (a replay)
@@ -92,8 +95,10 @@ class BucketWriter:
                 counts[d.outcome] = counts.get(d.outcome, 0) + d.delta
         return created
 
-    def reset(self) -> None:
+    def reset(self) -> set[tuple[str, int]]:
         self._cache.clear()
+        hours, self._hours = self._hours, set()
+        return hours
 
 
 def sum_counts(buckets: Iterable[Bucket | None]) -> dict[str, int]:
@@ -116,6 +121,10 @@ class OutcomeSummary(NamedTuple):
     limit_errors: int
     failure_ratio: float
     limit_error_ratio: float
+    #: account-level errors (``value.errors``: no message, so not in the funnel or the ratios),
+    #: counted for sending numbers only
+    account_errors: int
+    account_errors_by_class: dict[str, int]
 
 
 LIMIT_CLASSES = frozenset({"per_user_marketing_limit", "us_marketing_pause"})
@@ -127,6 +136,9 @@ def summarize(counts: Mapping[str, int]) -> OutcomeSummary:
     failed = sum(by_class.values())
     limit = sum(v for k, v in by_class.items() if k in LIMIT_CLASSES)
     attempted = counts.get("attempted", 0)
+    account = {
+        k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("account_error.") and v
+    }
     return OutcomeSummary(
         attempted=attempted,
         sent=counts.get("sent", 0),
@@ -137,4 +149,6 @@ def summarize(counts: Mapping[str, int]) -> OutcomeSummary:
         limit_errors=limit,
         failure_ratio=failed / attempted if attempted else 0.0,
         limit_error_ratio=limit / attempted if attempted else 0.0,
+        account_errors=sum(account.values()),
+        account_errors_by_class=dict(sorted(account.items())),
     )

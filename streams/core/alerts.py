@@ -18,7 +18,7 @@ An alert is keyed by rule and scope (:func:`alert_key`, e.g.
 Alerts are grouped Alertmanager-style into *incidents* by the finding's ``group`` (the spike
 detector groups by error class), so a template's spike that also moves its sending number, its
 country and the whole account is ONE message. The headline is the most specific firing scope
-(template, then sending number, then country, then account; ties by count); the other firing
+(template, then sending number, campaign, country, account; ties by count); the other firing
 scopes are listed as related. Scopes that are not firing are never named.
 
 Per incident: ``FIRING`` when its first alert fires; ``UPDATED`` when a more specific scope starts
@@ -309,9 +309,18 @@ class IncidentRecord(msgspec.Struct):
     update_keys: dict[str, str] = {}  # member -> its update_key when last notified
 
 
+#: Resolved incidents the book remembers (``BookState.resolved``): 24 h of event time, at most
+#: this many (for ``GET /v1/alerts`` and the overview page).
+RESOLVED_KEEP_SECONDS = 24 * 3600
+RESOLVED_MAX = 200
+
+
 class BookState(msgspec.Struct):
     alerts: dict[str, AlertRecord] = {}
     incidents: dict[str, IncidentRecord] = {}
+    #: the last message of each incident resolved in the last 24 h (also those whose resolve is
+    #: not notified), oldest first
+    resolved: list[Notification] = []
 
 
 def _headline_order(s: AlertSnapshot) -> tuple[int, int, str]:
@@ -479,8 +488,10 @@ class AlertBook:
                 ):
                     out.append(self._message(group, incident, NotificationKind.REPEAT, at))
             elif incident.notified:
+                message = self._message(group, incident, NotificationKind.RESOLVED, at)
                 if any(s.notify_resolve for s in incident.members.values()):
-                    out.append(self._message(group, incident, NotificationKind.RESOLVED, at))
+                    out.append(message)
+                self._remember_resolved(message)
                 incident.notified, incident.resolved_at, incident.members = False, at, {}
             elif incident.resolved_at is None or at - incident.resolved_at >= cooldown:
                 del incidents[group]
@@ -491,6 +502,12 @@ class AlertBook:
     @staticmethod
     def _update_keys(records: list[AlertRecord]) -> dict[str, str]:
         return {r.finding.key: r.finding.update_key for r in records if r.finding.update_key}
+
+    def _remember_resolved(self, message: Notification) -> None:
+        kept = self.state.resolved
+        kept.append(message)
+        oldest = message.at - RESOLVED_KEEP_SECONDS
+        self.state.resolved = [n for n in kept if n.at >= oldest][-RESOLVED_MAX:]
 
     def _message(
         self, group: str, incident: IncidentRecord, kind: NotificationKind, at: int

@@ -6,6 +6,10 @@ it is a *limit* error (the message was refused because a sending limit was hit, 
 request was wrong), and :class:`RetryAdvice`. Build on codes, never on titles: Meta says titles
 will be deprecated.
 
+The table covers every code of Meta's error-codes page (:data:`META_ERROR_CODES_PAGE`, checked
+against the version dated :data:`META_ERROR_CODES_PAGE_DATE`) plus the On-Premises codes BSP
+wrappers still emit; the template range 132000-132069 and the permission range 200-299 are ranges.
+
 ``ErrorClass`` values are stable snake_case strings; they are used as Prometheus label values.
 Unknown codes map to ``ErrorClass.UNKNOWN`` and never raise.
 
@@ -42,6 +46,9 @@ class ErrorClass(enum.StrEnum):
     TRANSIENT = "transient"
     PERMANENT = "permanent"
     UNKNOWN = "unknown"
+    # added later: appended, so the existing values keep their place
+    BLOCKED_BY_BUSINESS = "blocked_by_business"
+    MARKETING_MESSAGES_API = "marketing_messages_api"
 
 
 class RetryKind(enum.StrEnum):
@@ -83,6 +90,12 @@ class ErrorInfo:
     note: str = ""
 
 
+META_ERROR_CODES_PAGE: Final = (
+    "https://developers.facebook.com/documentation/business-messaging/whatsapp/support/error-codes"
+)
+META_ERROR_CODES_PAGE_DATE: Final = "2026-06-18"
+"""The "Updated" date of Meta's error-codes page this table was checked against."""
+
 _NEVER: Final = RetryAdvice(RetryKind.NEVER)
 _AFTER_24H: Final = RetryAdvice(RetryKind.NOT_BEFORE, 24)
 _BACKOFF: Final = RetryAdvice(RetryKind.BACKOFF)
@@ -94,7 +107,9 @@ _C = ErrorClass
 
 # fmt: off
 # The table. One row per code: (code, title, class, is_limit, retry, ambiguous, note).
-# Titles follow Meta's error-codes page (Cloud) and On-Premises docs; Meta may reword them.
+# Titles are Meta's, from its error-codes page (see META_ERROR_CODES_PAGE) for Cloud API codes
+# and from the On-Premises docs for On-Prem codes; Meta may reword them. A note says where a
+# title could not be confirmed against the page.
 _ROWS: Final[tuple[tuple[int, str, ErrorClass, bool, RetryAdvice, bool, str], ...]] = (
     # per-user marketing limit
     (131049, "This message was not delivered to maintain healthy ecosystem engagement.",
@@ -109,19 +124,26 @@ _ROWS: Final[tuple[tuple[int, str, ErrorClass, bool, RetryAdvice, bool, str], ..
     (498, "Unable to deliver the message. This recipient has chosen to stop receiving "
      "marketing messages on WhatsApp from your business", _C.OPT_OUT, False, _NEVER, False,
      "On-Prem twin of 131050."),
+    # blocked by the business
+    (130403, "Unable to deliver the message. This business has blocked the end user on WhatsApp",
+     _C.BLOCKED_BY_BUSINESS, False, _NEVER, False,
+     "The business blocked this user (Block Users API); never retry unless it unblocks them. "
+     "Title as Meta's details string."),
     # pair rate limit
     (131056, "(Business Account, Consumer Account) pair rate limit hit", _C.PAIR_RATE_LIMIT,
      True, _BACKOFF, False, "About 1 message per 6 s per sender-recipient pair; back off 4^n s."),
     # throughput
     (130429, "Rate limit hit", _C.THROUGHPUT, True, _SLOW, False,
-     "Cloud API throughput of the sending number (default 80 msg/s)."),
+     "Cloud API throughput of the sending number (default 80 msg/s); also in value.errors."),
+    (131064, "Message failed to send because this account has reached its messaging limit due "
+     "to template classification violations", _C.THROUGHPUT, True, _SLOW, False,
+     "Templates and direct sends alike; lifted automatically after the enforcement period. "
+     "Fix template categories. Title as Meta's details string."),
     # spam / number quality
     (131048, "Spam rate limit hit", _C.SPAM_QUALITY, True, _FIX, False,
      "Sending restricted because of low quality; no blind retry."),
     (471, "Spam Rate limit hit", _C.SPAM_QUALITY, True, _FIX, False, "On-Prem twin of 131048."),
     # account enforcement
-    (131064, "Account restricted by WhatsApp", _C.ACCOUNT_ENFORCEMENT, False, _FIX, False,
-     "Title unverified; listed as account enforcement in the project domain notes."),
     (368, "Temporarily blocked for policies violations", _C.ACCOUNT_ENFORCEMENT, False, _FIX,
      False, ""),
     (131031, "Business Account locked", _C.ACCOUNT_ENFORCEMENT, False, _FIX, False, ""),
@@ -129,6 +151,23 @@ _ROWS: Final[tuple[tuple[int, str, ErrorClass, bool, RetryAdvice, bool, str], ..
      _C.ACCOUNT_ENFORCEMENT, False, _FIX, False, ""),
     (131042, "Business eligibility payment issue", _C.ACCOUNT_ENFORCEMENT, False, _FIX, False,
      "Billing: every send fails until payment is fixed."),
+    (131063, "Marketing templates are disabled for Cloud API", _C.ACCOUNT_ENFORCEMENT, False,
+     _FIX, False, "Every marketing send fails: use the Marketing Messages API or turn the "
+     "Cloud API marketing setting back on."),
+    (33, "Parameter value is not valid", _C.ACCOUNT_ENFORCEMENT, False, _FIX, False,
+     "The business phone number has been deleted: every send from it fails."),
+    (134011, "Payments terms pending", _C.ACCOUNT_ENFORCEMENT, False, _FIX, False,
+     "Payment terms not accepted yet: sends fail until they are. Title unconfirmed."),
+    # Marketing Messages API (the short titles of these codes were not in the stored copy of
+    # Meta's page: the titles name the code's subject, the notes what Meta says it means)
+    (131055, "Marketing Messages API: request not allowed", _C.MARKETING_MESSAGES_API, False,
+     _FIX, False, "Title unconfirmed."),
+    (134100, "Marketing Messages API: not eligible", _C.MARKETING_MESSAGES_API, False, _FIX,
+     False, "Onboarding or eligibility for the Marketing Messages API. Title unconfirmed."),
+    (134101, "Marketing Messages API: template not ready", _C.MARKETING_MESSAGES_API, False,
+     _FIX, False, "Template not usable on the Marketing Messages API yet. Title unconfirmed."),
+    (134102, "Marketing Messages API: message not allowed", _C.MARKETING_MESSAGES_API, False,
+     _FIX, False, "Message type not accepted by the Marketing Messages API. Title unconfirmed."),
     # API rate
     (4, "API Too Many Calls", _C.API_RATE, True, _SLOW, False, ""),
     (80007, "Rate limit issues", _C.API_RATE, True, _SLOW, False, "WABA-level API rate limit."),
@@ -182,15 +221,30 @@ _ROWS: Final[tuple[tuple[int, str, ErrorClass, bool, RetryAdvice, bool, str], ..
     (131014, "Request for media URL failed", _C.PERMANENT, False, _FIX, False,
      "Title as BSP payloads show it (media URL fetch failed)."),
     (131021, "Recipient cannot be sender", _C.PERMANENT, False, _NEVER, False, ""),
+    (131030, "Recipient phone number not in allowed list", _C.PERMANENT, False, _FIX, False,
+     "Test numbers: add the recipient to the allowed list."),
     (131037, "WhatsApp provided number needs display name approval before message can be sent.",
      _C.PERMANENT, False, _FIX, False, ""),
     (131045, "Incorrect certificate", _C.PERMANENT, False, _FIX, False, ""),
-    (131051, "Unsupported message type", _C.PERMANENT, False, _FIX, False, ""),
+    (131051, "Unsupported message type", _C.PERMANENT, False, _FIX, False,
+     "Also on inbound messages the business cannot read (messages[].errors)."),
     (131052, "Media download error", _C.PERMANENT, False, _FIX, False, ""),
     (131053, "Media upload error", _C.PERMANENT, False, _FIX, False, ""),
+    (131062, "Business-scoped User ID (BSUID) recipients are not supported for this message",
+     _C.PERMANENT, False, _FIX, False, "Send to the phone number instead."),
     (133000, "Incomplete deregistration", _C.PERMANENT, False, _FIX, False, ""),
+    (133005, "Two step verification PIN Mismatch", _C.PERMANENT, False, _FIX, False, ""),
+    (133006, "Phone number re-verification needed", _C.PERMANENT, False, _FIX, False, ""),
+    (133008, "Too many two step verification PIN guesses for this phone number", _C.PERMANENT,
+     False, _FIX, False, ""),
+    (133009, "Two step verification PIN was entered too quickly", _C.PERMANENT, False, _FIX,
+     False, ""),
     (133010, "Phone number Not Registered", _C.PERMANENT, False, _FIX, False, ""),
+    (133015, "Please wait a few minutes before attempting to register this phone number",
+     _C.PERMANENT, False, _FIX, False, ""),
     (135000, "Generic user error", _C.PERMANENT, False, _FIX, False, ""),
+    (137000, "Recipient identity key mismatch", _C.PERMANENT, False, _FIX, False,
+     "The recipient reinstalled or changed devices: send without the identity key hash."),
     (1000, "Generic error", _C.PERMANENT, False, _FIX, False, "On-Prem."),
     (1005, "Access denied", _C.PERMANENT, False, _FIX, False, "On-Prem."),
     (1006, "Resource not found", _C.PERMANENT, False, _FIX, False, "On-Prem."),
@@ -295,6 +349,15 @@ _ACTIONS: Final[Mapping[ErrorClass, str]] = MappingProxyType(
         _C.TRANSIENT: "Transient WhatsApp error: retry with exponential backoff.",
         _C.PERMANENT: "Request error: fix the request; resending it unchanged fails again.",
         _C.UNKNOWN: "Unknown error code: check Meta's error-codes page and extend the catalog.",
+        _C.BLOCKED_BY_BUSINESS: (
+            "Blocked by the business: this business blocked these users; never retry unless "
+            "it unblocks them (Block Users API)."
+        ),
+        _C.MARKETING_MESSAGES_API: (
+            "Marketing Messages API error: check the business's onboarding, the template and "
+            "the message type against Meta's Marketing Messages API requirements; a blind "
+            "retry fails again."
+        ),
     }
 )
 

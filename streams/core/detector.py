@@ -389,7 +389,8 @@ _DIMENSION_KINDS = {
 
 
 def scope_of_bucket(dim: str, key: str) -> Scope:
-    """The scope of a minute bucket's dimension (``t`` template, ``s`` sender, ``c`` country)."""
+    """The scope of a minute bucket's dimension (``t`` template, ``s`` sender, ``c`` country,
+    ``g`` campaign)."""
     return Scope(_DIMENSION_KINDS[dim], key)
 
 

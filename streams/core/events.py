@@ -72,6 +72,8 @@ class StatusEvent(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="
     conversation_origin: str | None
     errors: tuple[StatusError, ...]
     error_class: ErrorClass | None
+    #: a group status: the BSUID of the participant it is about (never a metric label)
+    recipient_participant_user_id: str | None = None
 
     @property
     def primary_error(self) -> StatusError | None:
@@ -106,6 +108,8 @@ class InboundMessageEvent(
     system_type: str | None = None
     system_new_phone: str | None = None
     system_new_user_id: str | None = None
+    #: the message's own ``errors[]`` (e.g. 131051 unsupported message type)
+    errors: tuple[StatusError, ...] = ()
 
 
 class ContactLinkEvent(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="contact_link"):
@@ -173,6 +177,7 @@ class TemplateStatusEvent(
     category: str | None
     timestamp: int | None
     waba_id: str | None
+    disabled_at: int | None = None  # ``disable_info.disable_date`` of a DISABLED event
 
 
 class TemplateQualityEvent(
@@ -233,6 +238,8 @@ class AccountUpdateEvent(
     violation_type: str | None
     timestamp: int | None
     waba_id: str | None
+    restricted_until: int | None = None  # the latest ``restriction_info[].expiration``
+    ban_date: str | None = None  # ``ban_info.waba_ban_date``, as Meta words it
 
 
 Event = (

@@ -19,7 +19,6 @@ evaluation point (on a :data:`GRID` of seconds) that uses an input with a given 
 
 from __future__ import annotations
 
-import datetime
 import enum
 
 import msgspec
@@ -90,14 +89,3 @@ def refusal(what: str, ts: int, received: int, verdict: TimeVerdict, policy: Tim
 def visible_at(mark: int) -> int:
     """The first evaluation point that uses an input with this mark: the grid point after it."""
     return (mark // GRID + 1) * GRID
-
-
-def iso(ts: int | float | None) -> str:
-    """Unix seconds as ISO 8601 UTC (``2026-05-01T12:00:00Z``) for people; ``-`` for none."""
-    if ts is None:
-        return "-"
-    try:
-        moment = datetime.datetime.fromtimestamp(int(ts), tz=datetime.UTC)
-    except (OverflowError, OSError, ValueError):
-        return str(ts)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

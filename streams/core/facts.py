@@ -1,7 +1,8 @@
 """The records that travel between the monitor's stages, and the send-log schema.
 
 Stage 1 (parse) turns webhook bodies into :class:`StatusFact` batches for stage 2 (messages,
-keyed by wamid) and :class:`RecipientFact` batches for stage 3 (recipients, keyed by recipient).
+keyed by wamid; account-level errors as :class:`AccountErrorFact`, keyed by sending number) and
+:class:`RecipientFact` batches for stage 3 (recipients, keyed by recipient).
 Both are msgpack arrays (compact, fast) and carry a :data:`Position`: where they came from, so
 every stage can apply each input exactly once even when an at-least-once replay repeats it.
 
@@ -143,6 +144,21 @@ class TemplateFact(msgspec.Struct, array_like=True, frozen=True, gc=False):
     value: str
     timestamp: int
     reason: str | None = None
+    disabled_at: int | None = None  # a DISABLED status: when (``disable_info.disable_date``)
+
+
+class AccountErrorFact(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """``count`` account-level errors (``value.errors[]``: no message, no wamid) with one code
+    from sending number ``sender`` at ``timestamp``, from one raw webhook (``origin``: the
+    position of the first of them). Stage 2 applies each origin once: replays of the same raw
+    record carry the same origins."""
+
+    sender: str
+    code: int
+    error_class: str
+    timestamp: int
+    origin: Position
+    count: int = 1
 
 
 #: Facts per :class:`FactBatch` before its stage flushes (checked between input records, so one
@@ -165,6 +181,7 @@ class FactBatch(msgspec.Struct, array_like=True, gc=False):
     marks: dict[int, int] = {}
     idle: list[int] = []
     raw_partitions: int = 0
+    account_errors: list[AccountErrorFact] = []
 
 
 _batch_encoder = msgspec.msgpack.Encoder()

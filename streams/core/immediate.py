@@ -9,10 +9,14 @@ Immediate rules, fed by the WABA-level webhooks and by failure counts per error 
 - ``phone_quality``: a sending number FLAGGED or its messaging limit DOWNGRADEd; clears on
   UNFLAGGED / UPGRADE.
 - ``account_restriction``: an account restriction, violation or ban (``account_update``); clears
-  on a REINSTATE ban state, else expires after ``event_ttl_seconds`` without a resolve post.
+  on a REINSTATE ban state, else expires after ``event_ttl_seconds`` without a resolve post. The
+  evidence says until when (``restricted until <ISO 8601 UTC>``) and the ban date, when given.
 - ``billing_error``: any 131042 (business payment issue: every send fails) in the window.
 - ``spam_rate_limit_burst``: at least ``spam_burst_threshold`` 131048 / 471 failures from one
   sending number in the window.
+- ``throughput_burst``: at least ``throughput_burst_threshold`` throughput errors (130429, 131064)
+  from one sending number in the window. Fed by account-level errors (``value.errors``, no
+  message); failed statuses with those codes go to the spike detector instead.
 
 Resend storms: a marketing template re-sent to a recipient less than 24 h after that recipient's
 131049 (Meta: resending within 24 h can block the user for another 24 h). The recipients stage
@@ -50,6 +54,7 @@ from streams.core.alerts import (
     Verdict,
 )
 from streams.core.catalog import ErrorClass
+from streams.core.times import iso_utc
 
 DAY = 86_400
 
@@ -60,6 +65,7 @@ PHONE_QUALITY = "phone_quality"
 ACCOUNT_RESTRICTION = "account_restriction"
 BILLING_ERROR = "billing_error"
 SPAM_BURST = "spam_rate_limit_burst"
+THROUGHPUT_BURST = "throughput_burst"
 RESEND_STORM = "resend_storm"
 
 IMMEDIATE_RULES = frozenset(
@@ -71,11 +77,13 @@ IMMEDIATE_RULES = frozenset(
         ACCOUNT_RESTRICTION,
         BILLING_ERROR,
         SPAM_BURST,
+        THROUGHPUT_BURST,
     }
 )
 
 BILLING_CODES = frozenset({131042})
 SPAM_CODES = frozenset({131048, 471})
+THROUGHPUT_CODES = frozenset({130429, 131064})
 ACCOUNT_FIRING_EVENTS = frozenset({"ACCOUNT_RESTRICTION", "ACCOUNT_VIOLATION", "ACCOUNT_BANNED"})
 ACCOUNT_FIRING_BANS = frozenset({"DISABLE", "SCHEDULE_FOR_DISABLE"})
 
@@ -87,6 +95,7 @@ _TITLES = {
     ACCOUNT_RESTRICTION: "Account restricted or banned",
     BILLING_ERROR: "Billing error (131042): every send fails",
     SPAM_BURST: "Spam rate limit burst (131048)",
+    THROUGHPUT_BURST: "Throughput limit burst (130429 / 131064)",
     RESEND_STORM: "Resend storm: marketing resent < 24 h after 131049",
 }
 _CLASSES = {
@@ -97,6 +106,7 @@ _CLASSES = {
     ACCOUNT_RESTRICTION: ErrorClass.ACCOUNT_ENFORCEMENT,
     BILLING_ERROR: ErrorClass.ACCOUNT_ENFORCEMENT,
     SPAM_BURST: ErrorClass.SPAM_QUALITY,
+    THROUGHPUT_BURST: ErrorClass.THROUGHPUT,
     RESEND_STORM: ErrorClass.PER_USER_MARKETING_LIMIT,
 }
 
@@ -108,6 +118,7 @@ class TemplateStatusChange(msgspec.Struct, frozen=True):
     event: str
     ts: int
     reason: str | None = None
+    disabled_at: int | None = None  # DISABLED: when (``disable_info.disable_date``)
 
 
 class TemplateQualityChange(msgspec.Struct, frozen=True):
@@ -136,6 +147,8 @@ class AccountEvent(msgspec.Struct, frozen=True):
     restriction_types: tuple[str, ...] = ()
     ban_state: str | None = None
     violation_type: str | None = None
+    restricted_until: int | None = None  # unix seconds: when the last restriction expires
+    ban_date: str | None = None  # as Meta words it
 
 
 class ErrorCount(msgspec.Struct, frozen=True):
@@ -157,6 +170,16 @@ class ImmediateConfig(msgspec.Struct, frozen=True):
     spam_burst_threshold: int = 20
     billing_threshold: int = 1
     event_ttl_seconds: int = DAY
+    #: throughput errors (130429, 131064) from one sending number in the window
+    throughput_burst_threshold: int = 20
+
+    def threshold(self, rule: str) -> int:
+        """The count at which the error-count ``rule`` fires."""
+        if rule == BILLING_ERROR:
+            return self.billing_threshold
+        if rule == THROUGHPUT_BURST:
+            return self.throughput_burst_threshold
+        return self.spam_burst_threshold
 
 
 class _Active(msgspec.Struct):
@@ -262,7 +285,10 @@ class ImmediateRules:
 
     def _template_status(self, event: TemplateStatusChange) -> None:
         scope, name = Scope.for_template(event.template), event.event.upper()
-        evidence = Evidence(1, detail=f"{name}" + (f" ({event.reason})" if event.reason else ""))
+        detail = name + (f" ({event.reason})" if event.reason else "")
+        if event.disabled_at:
+            detail += f", disabled {iso_utc(event.disabled_at)}"
+        evidence = Evidence(1, detail=detail)
         if name == "PAUSED":
             self._set(TEMPLATE_PAUSED, scope, event.ts, evidence)
         elif name == "DISABLED":
@@ -282,6 +308,10 @@ class ImmediateRules:
             self._set(ACCOUNT_RESTRICTION, scope, event.ts, None)
         elif name in ACCOUNT_FIRING_EVENTS or ban in ACCOUNT_FIRING_BANS:
             parts = [name, *event.restriction_types, ban, event.violation_type or ""]
+            if event.restricted_until:
+                parts.append(f"restricted until {iso_utc(event.restricted_until)}")
+            if event.ban_date:
+                parts.append(f"ban date {event.ban_date}")
             detail = ", ".join(p for p in parts if p)
             evidence = Evidence(1, detail=detail)
             self._set(ACCOUNT_RESTRICTION, scope, event.ts, evidence, notify_resolve=False)
@@ -309,6 +339,8 @@ class ImmediateRules:
             key = (BILLING_ERROR, Scope.for_account())
         elif event.code in SPAM_CODES:
             key = (SPAM_BURST, Scope.for_sender(event.sender))
+        elif event.code in THROUGHPUT_CODES:
+            key = (THROUGHPUT_BURST, Scope.for_sender(event.sender))
         else:
             return
         minutes = self._errors[key]
@@ -338,7 +370,7 @@ class ImmediateRules:
                 del self._errors[(rule, scope)]
                 continue
             count = sum(n for m, n in minutes.items() if m < hi)
-            threshold = cfg.billing_threshold if rule == BILLING_ERROR else cfg.spam_burst_threshold
+            threshold = cfg.threshold(rule)
             if count >= threshold:
                 since = _burst_start(minutes, hi, threshold, cfg.window_seconds // 60)
                 evidence = Evidence(count, window_seconds=cfg.window_seconds)

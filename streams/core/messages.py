@@ -85,7 +85,9 @@ def failed_outcome(error_class: str | None) -> str:
 class Counted(msgspec.Struct, array_like=True, gc=False):
     """One outcome counted for a message: in which minute, under which template, from where;
     ``moved_at`` is the send-log input that moved it off template ``unknown``; ``mark`` is the
-    mark of the status that counted it (see :mod:`streams.core.eventtime`)."""
+    mark of the status that counted it (see :mod:`streams.core.eventtime`); ``campaigned_at``
+    the input that added it to the message's campaign (it was counted before the campaign was
+    known)."""
 
     minute: int
     outcome: str
@@ -93,6 +95,7 @@ class Counted(msgspec.Struct, array_like=True, gc=False):
     template: str
     moved_at: Position | None = None
     mark: int = 0
+    campaigned_at: Position | None = None
 
 
 class Seen(msgspec.Struct, array_like=True, gc=False):
@@ -122,11 +125,13 @@ class MessageState(msgspec.Struct, array_like=True, gc=False):
     applied: Applied = {}
     #: the mark of the send-log record that named the template (0: not named by the send log)
     log_mark: int = 0
+    #: the mark of the input that named the campaign
+    campaign_mark: int = 0
 
 
 class BucketDelta(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """+/- n of one outcome in one minute for one dimension value (t=template, s=sender,
-    c=country); ``visible`` is the first alert evaluation point that may use it
+    c=country, g=campaign); ``visible`` is the first alert evaluation point that may use it
     (:func:`streams.core.eventtime.visible_at` of the marks of the inputs it depends on)."""
 
     dim: str
@@ -152,20 +157,44 @@ def minute_of(ts: int) -> int:
     return ts // 60
 
 
-def _dims(state: MessageState, template: str) -> tuple[tuple[str, str], ...]:
-    return (("t", template), ("s", state.sender or "unknown"), ("c", state.country or "ZZ"))
+def _dims(state: MessageState, template: str, campaign: bool = True) -> tuple[tuple[str, str], ...]:
+    """The bucket dimensions an outcome of this message counts under (``campaign=False``: not
+    its campaign, the outcome was counted before the campaign was known)."""
+    dims = (("t", template), ("s", state.sender or "unknown"), ("c", state.country or "ZZ"))
+    if campaign and state.campaign:
+        return (*dims, ("g", state.campaign))
+    return dims
 
 
 def _deltas(
-    state: MessageState, template: str, minute: int, outcome: str, n: int, mark: int
+    state: MessageState,
+    template: str,
+    minute: int,
+    outcome: str,
+    n: int,
+    mark: int,
+    campaign: bool = True,
 ) -> list[BucketDelta]:
-    """The bucket deltas of one counted outcome. A count under a template the send log named
-    depends on the send-log record too: the detector may use it once both inputs are read."""
+    """The bucket deltas of one counted outcome. A count under a template or campaign another
+    input named (the send log, a later status) depends on that input too: the detector may use
+    it once both are read."""
     seen = visible_at(mark)
     named = visible_at(state.log_mark) if state.log_mark and template != UNKNOWN_TEMPLATE else 0
+    visible = {"t": max(seen, named), "g": max(seen, visible_at(state.campaign_mark))}
     return [
-        BucketDelta(dim, key, minute, outcome, n, max(seen, named) if dim == "t" else seen)
-        for dim, key in _dims(state, template)
+        BucketDelta(dim, key, minute, outcome, n, visible.get(dim, seen))
+        for dim, key in _dims(state, template, campaign)
+    ]
+
+
+def _campaign_deltas(state: MessageState, counted: list[Counted]) -> list[BucketDelta]:
+    """Outcomes counted before the campaign was known, added to it (usable by alerting once the
+    input that named it is read too)."""
+    named = visible_at(state.campaign_mark)
+    campaign = state.campaign or ""
+    return [
+        BucketDelta("g", campaign, c.minute, c.outcome, 1, max(visible_at(c.mark), named))
+        for c in counted
     ]
 
 
@@ -216,7 +245,8 @@ class MessageLedger:
         state.recipient = state.recipient or fact.recipient
         if state.template is None and template_from_opaque:
             state.template = template_from_opaque
-            state.campaign = state.campaign or campaign_from_opaque
+        if state.campaign is None and campaign_from_opaque:
+            self._attribute_campaign(state, campaign_from_opaque, position, fx, fact.mark)
         state.category = state.category or fact.category or category_from_opaque
 
         implied = _IMPLIES.get(fact.status, ATTEMPTED | OTHER)
@@ -275,9 +305,10 @@ class MessageLedger:
         if sent_at is not None:
             state.last_ts = max(state.last_ts, sent_at)
             state.first_ts = state.first_ts or sent_at
+        if state.campaign is None and record.campaign:
+            self._attribute_campaign(state, record.campaign, position, fx, mark)
         if state.template is None:
             state.template = record.template
-            state.campaign = state.campaign or record.campaign
             state.log_mark = mark
             moved = [c for c in state.counted if c.template == UNKNOWN_TEMPLATE]
             for c in moved:
@@ -287,6 +318,17 @@ class MessageLedger:
             fx.attributed_late = bool(moved)
         self._marketing_facts(state, fx, position)
         return state, fx
+
+    @staticmethod
+    def _attribute_campaign(
+        state: MessageState, campaign: str, position: Position, fx: Effects, mark: int
+    ) -> None:
+        """The message's campaign is ``campaign`` (first known now, at ``position``, whose mark
+        is ``mark``): what was counted before is added to the campaign's buckets."""
+        state.campaign, state.campaign_mark = campaign, mark
+        for c in state.counted:
+            c.campaigned_at = position
+        fx.deltas.extend(_campaign_deltas(state, state.counted))
 
     @staticmethod
     def _move(state: MessageState, moved: list[Counted], template: str) -> list[BucketDelta]:
@@ -343,10 +385,16 @@ class MessageLedger:
             if c.position == position:
                 # counted under "unknown" if a send-log record moved it later
                 template = UNKNOWN_TEMPLATE if c.moved_at is not None else c.template
-                fx.deltas.extend(_deltas(state, template, c.minute, c.outcome, 1, c.mark))
+                deltas = _deltas(
+                    state, template, c.minute, c.outcome, 1, c.mark, c.campaigned_at is None
+                )
+                fx.deltas.extend(deltas)
         moved = [c for c in state.counted if c.moved_at == position]
         if moved:
             fx.deltas.extend(self._move(state, moved, moved[0].template))
+        campaigned = [c for c in state.counted if c.campaigned_at == position]
+        if state.campaign and campaigned:
+            fx.deltas.extend(_campaign_deltas(state, campaigned))
         fx.facts.extend(
             f
             for f in state.emitted

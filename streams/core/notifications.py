@@ -9,9 +9,12 @@ changing, or an account restriction (every send fails).
 
 from __future__ import annotations
 
-from streams.core._wire import WireValue, ident
+import datetime as dt
+
+from streams.core._wire import MAX_UNIX_SECONDS, Ident, WireValue, ident
 from streams.core.events import (
     AccountUpdateEvent,
+    Defect,
     Event,
     PhoneNumberQualityEvent,
     TemplateCategoryEvent,
@@ -20,10 +23,45 @@ from streams.core.events import (
 )
 
 
+def unix_seconds(value: Ident | None) -> int | None:
+    """Unix seconds from an integer, a string of digits or an ISO 8601 date-time (UTC unless it
+    says otherwise); None when absent or not a plausible time."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        seconds = value
+    elif value.isdigit():
+        if len(value) > 20:  # no time has more digits (and int() refuses thousands of them)
+            return None
+        seconds = int(value)
+    else:
+        try:
+            parsed = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        seconds = int(parsed.timestamp())
+    return seconds if 0 <= seconds <= MAX_UNIX_SECONDS else None
+
+
+def _time(value: Ident | None, path: str, defects: list[Defect] | None) -> int | None:
+    seconds = unix_seconds(value)
+    if seconds is None and value not in (None, "") and defects is not None:
+        defects.append(Defect(path, "expected unix seconds or an ISO 8601 date-time"))
+    return seconds
+
+
 def notification_event(
-    field: str, value: WireValue, waba_id: str | None, time: int | None
+    field: str,
+    value: WireValue,
+    waba_id: str | None,
+    time: int | None,
+    defects: list[Defect] | None = None,
+    path: str = "$",
 ) -> Event:
-    """The single event of a template, phone-number-quality or account ``field`` change."""
+    """The single event of a template, phone-number-quality or account ``field`` change;
+    a time it cannot read is reported in ``defects`` (at ``path``, the change's value)."""
     template_id = ident(value.message_template_id)
     name, language = value.message_template_name, value.message_template_language
     if field == "message_template_status_update":
@@ -36,6 +74,11 @@ def notification_event(
             category=value.message_template_category,
             timestamp=time,
             waba_id=waba_id,
+            disabled_at=_time(
+                value.disable_info.disable_date if value.disable_info else None,
+                f"{path}.disable_info.disable_date",
+                defects,
+            ),
         )
     if field == "message_template_quality_update":
         return TemplateQualityEvent(
@@ -68,6 +111,12 @@ def notification_event(
             waba_id=waba_id,
         )
     ban = value.ban_info.waba_ban_state if value.ban_info is not None else None
+    ban_date = ident(value.ban_info.waba_ban_date) if value.ban_info is not None else None
+    expirations = [
+        _time(r.expiration, f"{path}.restriction_info[{k}].expiration", defects)
+        for k, r in enumerate(value.restriction_info or ())
+    ]
+    until = max((e for e in expirations if e is not None), default=None)
     return AccountUpdateEvent(
         event=value.event,
         phone_number=ident(value.phone_number),
@@ -78,4 +127,6 @@ def notification_event(
         violation_type=value.violation_info.violation_type if value.violation_info else None,
         timestamp=time,
         waba_id=waba_id,
+        restricted_until=until,
+        ban_date=ban_date[:64] if ban_date else None,
     )

@@ -86,6 +86,12 @@ def _error_details(error: w.WireError) -> str | None:
     return error.details
 
 
+def _errors(errors: list[w.WireError] | None) -> tuple[StatusError, ...]:
+    if not errors:
+        return ()
+    return tuple(StatusError(e.code, e.title or e.message, _error_details(e)) for e in errors)
+
+
 def _value_path(where: tuple[int, int] | None) -> str:
     """JSON path of a change's value (Cloud) or of the body (On-Prem); built only for defects."""
     return "$" if where is None else f"$.entry[{where[0]}].changes[{where[1]}].value"
@@ -168,7 +174,9 @@ class _Walker:
                     )
                 self._items(value, (i, j), "cloud", waba_id, pnid, display, entry.time)
             else:
-                self.events.append(notification_event(field, value, waba_id, entry.time))
+                path = _value_path((i, j))
+                event = notification_event(field, value, waba_id, entry.time, self.defects, path)
+                self.events.append(event)
 
     def _items(
         self,
@@ -271,6 +279,7 @@ class _Walker:
                 system_type=system.type if system is not None else None,
                 system_new_phone=_phone(system.wa_id or system.new_wa_id) if system else None,
                 system_new_user_id=(system.user_id or system.new_user_id) if system else None,
+                errors=_errors(message.errors),
             )
         )
 
@@ -300,9 +309,7 @@ class _Walker:
                 phone = phone_by_user.get(user_id)
         geo = self.geo.recipient(phone, user_id)
         if status.errors:
-            errors = tuple(
-                StatusError(e.code, e.title or e.message, _error_details(e)) for e in status.errors
-            )
+            errors = _errors(status.errors)
             error_class: ErrorClass | None = classify(errors[0].code, is_us=geo.is_us)
         else:
             errors, error_class = (), None
@@ -335,6 +342,7 @@ class _Walker:
             origin.type if origin is not None else None,  # conversation_origin
             errors,  # errors
             error_class,  # error_class
+            status.recipient_participant_user_id,  # recipient_participant_user_id
         )
 
 

@@ -43,6 +43,7 @@ class TemplateSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):
     value: str
     ts: int
     reason: str | None = None
+    disabled_at: int | None = None  # a DISABLED status: when Meta disabled it
 
 
 class ResendSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):

@@ -13,7 +13,6 @@ Names that come from webhooks (templates) are escaped for Slack mrkdwn, so a tem
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,6 +26,7 @@ from streams.core.alerts import (
     excess,
 )
 from streams.core.catalog import recommended_action
+from streams.core.times import iso_utc
 
 DEFAULT_DASHBOARD_PATH = "/d/whatsapp-delivery/whatsapp-delivery-monitor"
 TOP_N = 5
@@ -43,13 +43,6 @@ _STANDING_LABELS = {
     NotificationKind.UPDATED: (":no_entry:", "STANDING CONDITION"),
     NotificationKind.REPEAT: (":calendar:", "DAILY REMINDER"),
     NotificationKind.RESOLVED: (":white_check_mark:", "ENDED"),
-}
-
-_NOUNS = {
-    "template": "template",
-    "sender": "sending number",
-    "country": "country",
-    "campaign": "campaign",
 }
 
 _STORM_ACTION = (
@@ -88,9 +81,8 @@ def _truncate(text: str, limit: int) -> str:
 
 
 def _when(ts: int) -> str:
-    """Slack date formatting (shown in the reader's time zone), with a UTC fallback."""
-    fallback = dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"<!date^{ts}^{{date_short_pretty}} {{time}}|{fallback}>"
+    """ISO 8601 in UTC, as the log and the overview page show times."""
+    return iso_utc(ts)
 
 
 def _duration(seconds: int) -> str:
@@ -102,12 +94,20 @@ def _duration(seconds: int) -> str:
     return f"{minutes // 60} h {minutes % 60} min"
 
 
+_NOUNS = {
+    ScopeKind.TEMPLATE: "template",
+    ScopeKind.SENDER: "sending number",
+    ScopeKind.COUNTRY: "country",
+    ScopeKind.CAMPAIGN: "campaign",
+}
+
+
 def scope_label(snap: AlertSnapshot) -> str:
     """Plain words for a scope: ``template spring_sale on 1555...``, ``the whole account``."""
     scope = snap.scope
     if scope.kind is ScopeKind.ACCOUNT:
         return "the whole account"
-    label = f"{_NOUNS[scope.kind.value]} {scope.key}"
+    label = f"{_NOUNS[scope.kind]} {scope.key}"
     return f"{label} on sending number {scope.sender}" if scope.sender else label
 
 
@@ -115,7 +115,7 @@ def _scope_md(snap: AlertSnapshot) -> str:
     scope = snap.scope
     if scope.kind is ScopeKind.ACCOUNT:
         return "the whole account"
-    text = f"{_NOUNS[scope.kind.value]} {_code(scope.key)}"
+    text = f"{_NOUNS[scope.kind]} {_code(scope.key)}"
     return f"{text} on sending number {_code(scope.sender)}" if scope.sender else text
 
 
@@ -189,14 +189,14 @@ def carrying_campaign(n: Notification) -> tuple[str, float] | None:
 def _affected(snaps: list[AlertSnapshot]) -> list[str]:
     groups: dict[str, dict[str, int]] = {
         "Templates": {},
-        "Campaigns": {},
         "Sending numbers": {},
+        "Campaigns": {},
         "Countries": {},
     }
     names = {
         ScopeKind.TEMPLATE: "Templates",
-        ScopeKind.CAMPAIGN: "Campaigns",
         ScopeKind.SENDER: "Sending numbers",
+        ScopeKind.CAMPAIGN: "Campaigns",
         ScopeKind.COUNTRY: "Countries",
     }
     for s in snaps:

@@ -49,14 +49,26 @@ class StandingRule:
         self.config = config or StandingConfig()
         self._hours: dict[int, set[int]] = {}
         self._capped: set[int] = set()
+        self._changed: set[int] = set()  # hours changed since take_changes
+
+    def take_changes(self) -> set[int]:
+        """Hours changed or forgotten since the last call (to save)."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def touch_all(self) -> None:
+        self._changed |= set(self._hours)
 
     def record(self, minute: int, recipient: int) -> None:
         """A US-pause failure of ``recipient`` (a number of its digest) in ``minute``."""
         hour = minute // 60
         kept = self._hours.setdefault(hour, set())
+        if recipient in kept:
+            return
         if len(kept) < self.config.recipients_per_hour:
             kept.add(recipient)
-        elif recipient not in kept:
+            self._changed.add(hour)
+        else:
             self._capped.add(hour)
 
     def export(self) -> StandingState:
@@ -76,6 +88,7 @@ class StandingRule:
         for hour in [h for h in self._hours if (h + 1) * 60 <= lo]:
             del self._hours[hour]
             self._capped.discard(hour)
+            self._changed.add(hour)
         rules = frozenset({US_PAUSE})
         account = Scope.for_account()
         failures = detector.window(account, lo, hi).errors.get(_CLASS, 0)

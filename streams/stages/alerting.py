@@ -79,6 +79,10 @@ log = logging.getLogger(__name__)
 
 PARTITION = 0  # the alerting table has one partition
 STAGE_KEY = b"stage"
+BOOK_KEY = b"book"
+RESOLVED_KEY = b"resolved"
+RULES_KEY = b"rules"
+STANDING_KEY = b"standing"
 HOURS_KEY = b"detector"
 PENDING_KEY = b"pending"
 
@@ -98,6 +102,10 @@ def pending_key(point: int) -> bytes:
     return b"q\x1f%d" % point
 
 
+def standing_hour_key(hour: int) -> bytes:
+    return b"us\x1f%d" % hour
+
+
 class Channel(msgspec.Struct, array_like=True, gc=False):
     """One input as a messages partition reads it: its mark, whether it is idle, and (not
     saved: wall clock) when it last changed."""
@@ -107,17 +115,14 @@ class Channel(msgspec.Struct, array_like=True, gc=False):
 
 
 class StageState(msgspec.Struct, array_like=True, gc=False):
-    """The alert book, the clock and the rules' state, saved together."""
+    """The clock and the signal positions (small; saved with every batch)."""
 
-    book: BookState
     #: the next evaluation point (-1: none yet), the newest event time seen
     next_point: int = -1
     event_time: int = 0
     #: messages partition -> raw partition (-1: its send-log partition) -> channel
     channels: dict[int, dict[int, Channel]] = {}
     raw_partitions: int = 0
-    rules: ImmediateState | None = None
-    standing: StandingState | None = None
     #: per input source of the bucket signals, the last input offset absorbed (a signal
     #: re-derived from a replayed input at or before it was counted already)
     absorbed: dict[int, int] = {}
@@ -174,7 +179,9 @@ class AlertingStage:
         self._saved_index: dict[int, set[Scope]] = {}  # hour -> scopes, as saved
         self._saved_hours: set[int] = set()
         self._saved_points: set[int] = set()
-        self._saved_stage = b""
+        self._saved: dict[bytes, bytes] = {}  # key -> as last saved (small records)
+        self._saved_resolved = 0
+        self._last_resolved = ""
         self._dirty_points: set[int] = set()
         self._late: dict[Scope, int] = {}  # scope -> first minute with late counts
 
@@ -185,23 +192,36 @@ class AlertingStage:
         writes all of it again (the local store can be ahead of the changelog)."""
         snapshots = self._snapshots = Snapshots(kv, PARTITION)
         snapshots.restore()
-        raw = snapshots.get(STAGE_KEY)
         wall = self.clock()
+        raw = snapshots.get(STAGE_KEY)
         if raw is not None:
             state = decode(raw, StageState)
-            self.book = AlertBook(self.policy, state.book)
             self._next, self.event_time = state.next_point, state.event_time
             self._event_time_at = wall
             self._channels = {p: dict(ch) for p, ch in state.channels.items()}
             self._changed = {(p, i): wall for p, ch in self._channels.items() for i in ch}
             self._raw_partitions = state.raw_partitions
-            if state.rules is not None:
-                self.immediate.load(state.rules)
-                self.storms.load(state.rules)
-            if state.standing is not None:
-                self.standing.load(state.standing)
             self._absorbed = dict(state.absorbed)
             self._signal_offset = state.signal_offset
+        book = snapshots.get(BOOK_KEY)
+        if book is not None:
+            self.book = AlertBook(self.policy, decode(book, BookState))
+        resolved = snapshots.get(RESOLVED_KEY)
+        if resolved is not None:
+            self.book.state.resolved = decode(resolved, list[Notification])
+        rules = snapshots.get(RULES_KEY)
+        if rules is not None:
+            state_rules = decode(rules, ImmediateState)
+            self.immediate.load(state_rules)
+            self.storms.load(state_rules)
+        standing = snapshots.get(STANDING_KEY)
+        if standing is not None:
+            saved = decode(standing, StandingState)
+            us: dict[int, list[int]] = {}
+            for us_hour in saved.hours:
+                kept = snapshots.get(standing_hour_key(us_hour))
+                us[us_hour] = decode(kept, list[int]) if kept is not None else []
+            self.standing.load(StandingState(us, saved.capped))
         hours = snapshots.get(HOURS_KEY)
         for hour in sorted(set(decode(hours, list[int])) if hours is not None else ()):
             index = snapshots.get(hour_index_key(hour))
@@ -221,7 +241,8 @@ class AlertingStage:
         self._started = wall
         # written again by the first save (see the docstring)
         self._saved_hours, self._saved_points, self._saved_index = set(), set(), {}
-        self._saved_stage = b""
+        self._saved, self._saved_resolved = {}, -1
+        self.standing.touch_all()
         self._dirty_points = set(self._pending)
         self.detector.touch_all()
 
@@ -245,25 +266,46 @@ class AlertingStage:
         if set(self._pending) != self._saved_points:
             snapshots.set(PENDING_KEY, encode(sorted(self._pending)))
             self._saved_points = set(self._pending)
-        rules = ImmediateState()
-        self.immediate.export(rules)
-        self.storms.export(rules)
         stage = StageState(
-            self.book.state,
             self._next,
             self.event_time,
             self._channels,
             self._raw_partitions,
-            rules,
-            self.standing.export(),
             self._absorbed,
             self._signal_offset,
         )
-        encoded = encode(stage)
-        if encoded != self._saved_stage:
-            snapshots.set(STAGE_KEY, encoded)
-            self._saved_stage = encoded
+        rules = ImmediateState()
+        self.immediate.export(rules)
+        self.storms.export(rules)
+        book = self.book.state
+        resolved, book.resolved = book.resolved, []  # saved apart: it changes seldom
+        try:
+            records = {STAGE_KEY: stage, BOOK_KEY: book, RULES_KEY: rules}
+            self._save_changed(snapshots, {k: encode(v) for k, v in records.items()})
+        finally:
+            book.resolved = resolved
+        if len(resolved) != self._saved_resolved or (
+            resolved and resolved[-1].id != self._last_resolved
+        ):
+            snapshots.set(RESOLVED_KEY, encode(resolved))
+            self._saved_resolved = len(resolved)
+            self._last_resolved = resolved[-1].id if resolved else ""
+        standing = self.standing.export()
+        for hour in self.standing.take_changes():
+            if hour in standing.hours:
+                snapshots.set(standing_hour_key(hour), encode(standing.hours[hour]))
+            else:
+                snapshots.delete(standing_hour_key(hour))
+        index = StandingState({h: [] for h in standing.hours}, standing.capped)
+        self._save_changed(snapshots, {STANDING_KEY: encode(index)})
         return snapshots.commit()
+
+    def _save_changed(self, snapshots: Snapshots, records: dict[bytes, bytes]) -> None:
+        """Write the records whose encoding changed since the last save."""
+        for key, encoded in records.items():
+            if self._saved.get(key) != encoded:
+                snapshots.set(key, encoded)
+                self._saved[key] = encoded
 
     def _save_detector(self, snapshots: Snapshots) -> None:
         changed, dropped = self.detector.take_changes()
@@ -317,7 +359,9 @@ class AlertingStage:
                 self._pending_at(u.visible).us_paused.append((u.minute, u.recipient))
         for t in batch.templates:
             if t.field == "status":
-                self.immediate.observe(TemplateStatusChange(t.name, t.value, t.ts, t.reason))
+                self.immediate.observe(
+                    TemplateStatusChange(t.name, t.value, t.ts, t.reason, t.disabled_at)
+                )
             elif t.field == "quality":
                 self.immediate.observe(TemplateQualityChange(t.name, t.value, t.ts))
         for error in batch.errors:
@@ -491,6 +535,21 @@ class AlertingStage:
         return self.book.apply(msgspec.structs.replace(evaluation, findings=findings))
 
     # -- views -----------------------------------------------------------------------------
+
+    @staticmethod
+    def saved_book(kv: KeyValue) -> tuple[BookState, int]:
+        """The alert book and the event time judged, as last saved in ``kv`` (read by a worker
+        that does not run the stage)."""
+        snapshots = Snapshots(kv, PARTITION)
+        snapshots.restore()
+        raw = snapshots.get(BOOK_KEY)
+        book = decode(raw, BookState) if raw is not None else BookState()
+        resolved = snapshots.get(RESOLVED_KEY)
+        if resolved is not None:
+            book.resolved = decode(resolved, list[Notification])
+        clock = snapshots.get(STAGE_KEY)
+        next_point = decode(clock, StageState).next_point if clock is not None else -1
+        return book, max(0, next_point - GRID)
 
     @property
     def evaluated(self) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from streams.core import (
+    AccountErrorEvent,
     AccountUpdateEvent,
     ContactLinkEvent,
     InboundMessageEvent,
@@ -21,11 +22,13 @@ from streams.core import (
     TemplateQualityEvent,
     TemplateStatusEvent,
     UserPreferenceEvent,
+    classify,
     parse_webhook,
 )
 from streams.core.eventtime import TimeTrust, TimeVerdict, refusal, trust
 from streams.core.facts import (
     MAX_BATCH_FACTS,
+    AccountErrorFact,
     FactBatch,
     RecipientFact,
     RecipientFactKind,
@@ -33,6 +36,7 @@ from streams.core.facts import (
     TemplateFact,
     encode_batch,
     source_id,
+    source_partition,
 )
 from streams.core.immediate import AccountEvent, PhoneQualityChange
 from streams.core.signals import SignalBatch
@@ -79,6 +83,13 @@ class IngestStats:
     # (status, index of the first LAG_BUCKETS bound >= lag) and the sum of lags per status.
     lag_counts: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
     lag_sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    #: inbound messages' own errors (e.g. 131051), pending until ``take_inbound_errors``:
+    #: (error class, error code) -> count (the ingest stage counts at least once)
+    inbound_errors: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
+
+    def take_inbound_errors(self) -> dict[tuple[str, int], int]:
+        taken, self.inbound_errors = self.inbound_errors, defaultdict(int)
+        return taken
 
     def take_lag(self) -> tuple[dict[tuple[str, int], int], dict[str, float]]:
         counts, sums = self.lag_counts, self.lag_sums
@@ -138,6 +149,9 @@ class IngestStage:
         self._recipients: dict[int, FactBatch] = {}
         self._dead: list[DeadLetter] = []
         self._signals: SignalBatch | None = None
+        #: account errors of the record being handled, aggregated per (source, offset, sender,
+        #: code, time): the index of their fact in its batch (cleared by ``drain``)
+        self._account_facts: dict[tuple[int, int, str, int, int], tuple[FactBatch, int]] = {}
         self.stats = IngestStats()
         #: a destination batch reached MAX_BATCH_FACTS: drain before handling more input
         self.full = False
@@ -207,7 +221,9 @@ class IngestStage:
         batch = self._messages.get(p)
         if batch is None:
             batch = self._messages[p] = FactBatch()
-        elif len(batch.statuses) + len(batch.templates) >= MAX_BATCH_FACTS:
+        elif len(batch.statuses) + len(batch.templates) + len(batch.account_errors) >= (
+            MAX_BATCH_FACTS
+        ):
             self.full = True
         return batch
 
@@ -291,6 +307,12 @@ class IngestStage:
             who = event.from_phone or event.from_user_id
             if who:
                 self._recipient(RecipientFact(who, K.INBOUND_MESSAGE, event.timestamp, pos))
+            for error in event.errors:
+                self.stats.inbound_errors[
+                    (classify(error.code, is_us=False).value, error.code)
+                ] += 1
+        elif isinstance(event, AccountErrorEvent):
+            self._account_error(event, pos, body_ts)
         elif isinstance(event, ContactLinkEvent):
             ts = body_ts  # contacts[] carry no time of their own
             self._recipient(RecipientFact(event.phone, K.LINK, ts, pos, other=event.user_id))
@@ -313,12 +335,38 @@ class IngestStage:
                 tuple(event.restriction_types),
                 event.ban_state,
                 event.violation_type,
+                restricted_until=event.restricted_until,
+                ban_date=event.ban_date,
             )
             self._signal().accounts.append(account)
         elif isinstance(event, TemplateStatusEvent | TemplateQualityEvent | TemplateCategoryEvent):
             fact = template_fact(event)
             if fact is not None:
                 self._to_messages(fact.name).templates.append(fact)
+
+    def _account_error(
+        self, event: AccountErrorEvent, pos: tuple[int, int, int], body_ts: int
+    ) -> None:
+        """An account-level error becomes a fact for the sending number's messages partition;
+        identical ones of one record (same number, code and time) become one fact with a count,
+        so a body of thousands of errors stays one small record."""
+        sender = event.phone_number_id or "unknown"
+        # value.errors items carry no time: the entry's time, else the body's newest event
+        # time, else the newest trusted time of its raw partition (the wall clock would put
+        # an error of a replayed log at the time of the replay)
+        mark = self.marks.get(source_partition(pos[0]), 0)
+        ts = event.timestamp or body_ts or mark or int(self._clock())
+        key = (pos[0], pos[1], sender, event.code, ts)
+        found = self._account_facts.get(key)
+        if found is not None:
+            batch, i = found
+            fact = batch.account_errors[i]
+            batch.account_errors[i] = msgspec.structs.replace(fact, count=fact.count + 1)
+            return
+        batch = self._to_messages(sender)
+        fact = AccountErrorFact(sender, event.code, event.error_class.value, ts, pos)
+        self._account_facts[key] = (batch, len(batch.account_errors))
+        batch.account_errors.append(fact)
 
     def _signal(self) -> SignalBatch:
         if self._signals is None:
@@ -347,6 +395,7 @@ class IngestStage:
         recipients = {p: encode_batch(b) for p, b in self._recipients.items()}
         dead = self._dead
         self._messages, self._recipients, self._dead = {}, {}, []
+        self._account_facts = {}
         self.full = False
         return messages, recipients, dead
 
@@ -365,7 +414,7 @@ def template_fact(
     if isinstance(event, TemplateStatusEvent):
         if not event.event:
             return None
-        return TemplateFact(name, "status", event.event, ts, event.reason)
+        return TemplateFact(name, "status", event.event, ts, event.reason, event.disabled_at)
     if isinstance(event, TemplateQualityEvent):
         if not event.new_quality:
             return None

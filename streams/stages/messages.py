@@ -15,20 +15,24 @@ from streams.core.eventtime import TimeTrust, TimeVerdict, refusal, trust
 from streams.core.expiry import ExpiryIndex, SweepCursor
 from streams.core.facts import (
     MAX_BATCH_FACTS,
+    AccountErrorFact,
+    Applied,
     FactBatch,
     Position,
     RecipientFact,
     SendLogError,
     StatusFact,
     TemplateFact,
+    already_applied,
     decode_batch,
     decode_send_log,
     encode_batch,
+    mark_applied,
     source_id,
     source_partition,
 )
 from streams.core.immediate import ErrorCount
-from streams.core.messages import Effects, MessageLedger, MessageState
+from streams.core.messages import BucketDelta, Effects, MessageLedger, MessageState
 from streams.core.signals import (
     INCIDENT_CODES,
     BucketSignal,
@@ -79,10 +83,27 @@ class TemplateState(msgspec.Struct, array_like=True, gc=False):
     quality_ts: int = 0
     category: str | None = None
     category_ts: int = 0
+    disabled_at: int | None = None  # when Meta disabled it (``disable_info``), if it did
+
+
+class AccountErrorLedger(msgspec.Struct, array_like=True, gc=False):
+    """Per partition: the last raw-webhook origin whose account errors were counted, per raw
+    source. Facts of one raw partition reach a messages partition in origin order, so an origin
+    at or before it is a replay of the same raw record (counted already)."""
+
+    applied: Applied = {}
+
+
+#: Bucket outcome prefix of account-level errors (in the sender dimension only).
+ACCOUNT_ERROR = "account_error."
 
 
 def meta_key(partition: int) -> bytes:
     return f"\x00meta\x1f{partition}".encode()
+
+
+def account_ledger_key(partition: int) -> bytes:
+    return f"\x00acct\x1f{partition}".encode()
 
 
 def message_key(wamid: str) -> bytes:
@@ -122,6 +143,23 @@ class MessageStats:
         default_factory=lambda: defaultdict(int)
     )
 
+    # unattributed reason -> messages whose callback data named no template (on their first
+    # status; pending until ``take_unattributed``)
+    unattributed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    # (sending number, error class, error code) -> new account-level errors (``value.errors``)
+    account_errors: dict[tuple[str, str, int], int] = field(
+        default_factory=lambda: defaultdict(int)
+    )
+
+    def take_account_errors(self) -> dict[tuple[str, str, int], int]:
+        taken, self.account_errors = self.account_errors, defaultdict(int)
+        return taken
+
+    def take_unattributed(self) -> dict[str, int]:
+        taken, self.unattributed = self.unattributed, defaultdict(int)
+        return taken
+
     def take_metric_counts(
         self,
     ) -> tuple[
@@ -144,6 +182,8 @@ class Retention:
     sweep_budget: int = 5_000
 
 
+#: Bucket dimensions the recent window keeps (the ratio gauges): templates, sending numbers.
+_WINDOW_DIMS = frozenset({"t", "s"})
 #: Bucket outcomes the recent window keeps: index 0 attempted sends, 1 limit errors.
 _WINDOW_OUTCOMES = {"attempted": 0} | {f"failed.{c}": 1 for c in sorted(LIMIT_CLASSES)}
 
@@ -241,6 +281,11 @@ class MessageStage:
         #: input at or after it that comes again in the same batch (Kafka delivered it twice)
         #: is in the batch's signal already
         self._fresh: dict[int, int] = {}
+        #: told after each flush which (dim, hour) of a partition's buckets it changed, and
+        #: ``None`` when the partition is revoked (readers that cache hours: streams.rankings)
+        self.on_buckets_changed: Callable[[int, set[tuple[str, int]] | None], None] = (
+            lambda partition, hours: None
+        )
 
     # -- helpers ------------------------------------------------------------------------------
     def meta(self, partition: int) -> PartitionMeta:
@@ -343,6 +388,7 @@ class MessageStage:
             skey = "m\x1f" + fact.wamid  # message_key(wamid), as str for the expiry index
             key = skey.encode()
             state = state_store.get(partition, key, MessageState)
+            first_status = state is None or not state.seen
             attribution = decode_callback_data(fact.opaque, self.attribution)
             ts, origin = fact.timestamp, fact.origin[0]
             origin_mark = seen_marks.get(origin, 0)
@@ -362,6 +408,8 @@ class MessageStage:
             state_store.put(partition, key, state)
             if not (fx.duplicate or fx.replayed):
                 stats.unique_statuses[(fact.status, fact.category or state.category)] += 1
+                if first_status and attribution.unattributed is not None:
+                    stats.unattributed[attribution.unattributed] += 1
                 if fact.status == "failed":
                     stats.failures[(fact.error_class, fact.error_code)] += 1
                     if fact.error_code in INCIDENT_CODES:
@@ -377,6 +425,8 @@ class MessageStage:
         self._signals.watermarks[partition] = meta.watermark
         for template in batch.templates:
             self._template(partition, template)
+        if batch.account_errors:
+            self._account_errors(partition, batch.account_errors, meta)
         if batch.marks:
             marks, idle = meta.origin_marks, set(meta.origin_idle)
             for origin, mark in batch.marks.items():
@@ -423,15 +473,46 @@ class MessageStage:
             message_index.touch(key.decode(), ts, meta.messages)
         self._effects(partition, position, fx, meta)
 
+    def _account_errors(
+        self, partition: int, facts: list[AccountErrorFact], meta: PartitionMeta
+    ) -> None:
+        """Count account-level errors once per raw origin: in the sending number's minute
+        buckets (``account_error.<class>``), the stats for metrics, and ``ErrorCount`` signals
+        for the immediate rules. A replayed origin only re-adds its bucket delta, which the
+        bucket skips if it has it (buckets of these deltas are keyed by the origin too)."""
+        key = account_ledger_key(partition)
+        ledger = self.state.get(partition, key, AccountErrorLedger) or AccountErrorLedger()
+        writer = self._bucket_writer(partition)
+        bucket_index = self._indexes(partition)[1]
+        signals = self._signals
+        for fact in facts:
+            delta = BucketDelta(
+                "s", fact.sender, fact.timestamp // 60, ACCOUNT_ERROR + fact.error_class, fact.count
+            )
+            for bucket_id in writer.add(fact.origin, [delta]):
+                bucket_index.touch(bucket_id.encode(), bucket_id.minute * 60, meta.buckets)
+            if already_applied(ledger.applied, fact.origin):
+                self.stats.replays += 1
+                continue
+            mark_applied(ledger.applied, fact.origin)
+            self.stats.account_errors[(fact.sender, fact.error_class, fact.code)] += fact.count
+            signals.errors.append(ErrorCount(fact.code, fact.sender, fact.timestamp, fact.count))
+            if fact.timestamp > signals.max_ts:
+                signals.max_ts = fact.timestamp
+        self.state.put(partition, key, ledger)
+
     def _template(self, partition: int, fact: TemplateFact) -> None:
         self._signals.templates.append(
-            TemplateSignal(fact.name, fact.field, fact.value, fact.timestamp, fact.reason)
+            TemplateSignal(
+                fact.name, fact.field, fact.value, fact.timestamp, fact.reason, fact.disabled_at
+            )
         )
         key = template_key(fact.name)
         state = self.state.get(partition, key, TemplateState) or TemplateState()
         if fact.field == "status" and fact.timestamp >= state.status_ts:
             was_paused = state.status in PAUSED_STATUSES
             state.status, state.status_ts, state.reason = fact.value, fact.timestamp, fact.reason
+            state.disabled_at = fact.disabled_at
             self.meta(partition).paused_templates += (state.status in PAUSED_STATUSES) - was_paused
         elif fact.field == "quality" and fact.timestamp >= state.quality_ts:
             state.quality, state.quality_ts = fact.value, fact.timestamp
@@ -443,8 +524,7 @@ class MessageStage:
     def flush(self, partition: int) -> int:
         """Sweep expired state, write the partition's changed keys once; returns writes."""
         writer = self._buckets.get(partition)
-        if writer is not None:
-            writer.reset()
+        changed = writer.reset() if writer is not None else set()
         if partition in self._message_index:
             meta = self.meta(partition)
             message_index, bucket_index = self._indexes(partition)
@@ -462,6 +542,8 @@ class MessageStage:
 
             def expire_bucket(key: str) -> bool:
                 view.delete(key)
+                _, dim, _, minute, _ = key.split("\x1f", 4)
+                changed.add((dim, int(minute) // 60))
                 return True
 
             self.stats.expired_messages += message_index.sweep(
@@ -486,7 +568,9 @@ class MessageStage:
             bucket_index.flush(view.get, view.put)
             self.recent.advance(partition, meta.watermark)
             self.state.put(partition, meta_key(partition), meta)
-        return self.state.flush(partition)
+        writes = self.state.flush(partition)
+        self.on_buckets_changed(partition, changed)
+        return writes
 
     def drain_outbox(self) -> dict[int, bytes]:
         out = {p: encode_batch(b) for p, b in self._out.items()}
@@ -503,7 +587,7 @@ class MessageStage:
             if not any(counts.values()):
                 continue
             buckets.append(BucketSignal(dim, key, minute, counts, source, upto[0], visible))
-            if apart >= 0 or dim == "c":  # replayed: in the window already
+            if apart >= 0 or dim not in _WINDOW_DIMS:  # replayed: in the window already
                 continue
             for outcome, n in counts.items():
                 window = _WINDOW_OUTCOMES.get(outcome)
@@ -543,6 +627,7 @@ class MessageStage:
         self._message_index.pop(partition, None)
         self._bucket_index.pop(partition, None)
         self.recent.drop(partition)
+        self.on_buckets_changed(partition, None)
 
     def paused_templates(self, partitions: list[int]) -> int:
         """Templates now PAUSED or DISABLED on ``partitions``, from each partition's flushed

@@ -43,6 +43,7 @@ def assert_counts_equal_truth(worker: WorkerProcess, campaign: Campaign) -> None
         ("templates", truth.templates),
         ("senders", truth.senders),
         ("countries", truth.countries),
+        ("campaigns", truth.campaigns),
     ):
         for name, counts in expected.items():
             status, body = get_json(f"{worker.base_url}/v1/{path}/{name}")

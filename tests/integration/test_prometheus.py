@@ -96,7 +96,7 @@ def dashboards() -> dict[str, dict[str, Any]]:
 # -- promtool on the rules --------------------------------------------------------------------
 def test_promtool_check_rules_and_config() -> None:
     """rules.yml and the example prometheus.yml (which loads it) are valid."""
-    assert "SUCCESS: 11 rules found" in promtool("check", "rules", "rules.yml")
+    assert "SUCCESS: 12 rules found" in promtool("check", "rules", "rules.yml")
     assert "valid prometheus config" in promtool("check", "config", "prometheus.yml")
 
 
@@ -454,7 +454,7 @@ def test_rules_evaluate_cleanly_on_real_data(stack: Stack) -> None:
     """Prometheus loaded every rule of rules.yml and evaluates each without error."""
     body = stack.get("/api/v1/rules")
     rules = [r for group in body["data"]["groups"] for r in group["rules"]]
-    assert len(rules) == 11
+    assert len(rules) == 12
 
     def healthy() -> bool:
         body = stack.get("/api/v1/rules")

@@ -1,4 +1,5 @@
-"""The error catalog: every code of DOMAIN.md section 3 in its class, ranges, US split, advice."""
+"""The error catalog: every code of Meta's error-codes page with its class, limit flag and
+retry advice; ranges, the US split, recommended actions."""
 
 from __future__ import annotations
 
@@ -20,33 +21,138 @@ from streams.core import catalog as catalog_module
 
 C = ErrorClass
 
-# DOMAIN.md section 3, row by row (Cloud and On-Prem codes).
-DOMAIN_TABLE: list[tuple[ErrorClass, tuple[int, ...]]] = [
-    (C.PER_USER_MARKETING_LIMIT, (131049, 1026)),
-    (C.OPT_OUT, (131050, 498)),
-    (C.PAIR_RATE_LIMIT, (131056,)),
-    (C.THROUGHPUT, (130429,)),
-    (C.SPAM_QUALITY, (131048, 471)),
-    (C.ACCOUNT_ENFORCEMENT, (131064, 368, 131031, 130497, 131042)),
-    (C.API_RATE, (4, 80007, 133016)),
-    (C.CSW_RULE, (131047, 470)),
-    (C.TEMPLATE, (132000, 132015, 132016, 132069)),
-    (C.EXPERIMENT, (130472, 472)),
-    (C.UNDELIVERABLE, (131026,)),
-    (C.TRANSIENT, (131000, 131016, 131057, 133004, 1, 2)),
-    (C.PERMANENT, (131014, 131008, 131009, 131021, 131051, 131052, 131053, 100, 190)),
+N = RetryAdvice(RetryKind.NEVER)
+H24 = RetryAdvice(RetryKind.NOT_BEFORE, 24)
+B = RetryAdvice(RetryKind.BACKOFF)
+S = RetryAdvice(RetryKind.SLOW_DOWN)
+F = RetryAdvice(RetryKind.FIX)
+
+# Every code of Meta's error-codes page (and the On-Prem codes), one row each, written out by
+# hand from the page and DOMAIN.md section 3 (not generated from the catalog): code, class,
+# is_limit, retry advice.
+EXPECTED: list[tuple[int, ErrorClass, bool, RetryAdvice]] = [
+    # per-user marketing limit
+    (131049, C.PER_USER_MARKETING_LIMIT, True, H24),
+    (1026, C.PER_USER_MARKETING_LIMIT, True, H24),
+    # opt-out
+    (131050, C.OPT_OUT, False, N),
+    (498, C.OPT_OUT, False, N),
+    # blocked by the business: never retry
+    (130403, C.BLOCKED_BY_BUSINESS, False, N),
+    # pair rate limit
+    (131056, C.PAIR_RATE_LIMIT, True, B),
+    # throughput (131064 is throttling on Meta's page, lifted automatically)
+    (130429, C.THROUGHPUT, True, S),
+    (131064, C.THROUGHPUT, True, S),
+    # spam / number quality
+    (131048, C.SPAM_QUALITY, True, F),
+    (471, C.SPAM_QUALITY, True, F),
+    # account enforcement
+    (368, C.ACCOUNT_ENFORCEMENT, False, F),
+    (131031, C.ACCOUNT_ENFORCEMENT, False, F),
+    (130497, C.ACCOUNT_ENFORCEMENT, False, F),
+    (131042, C.ACCOUNT_ENFORCEMENT, False, F),
+    (131063, C.ACCOUNT_ENFORCEMENT, False, F),
+    (33, C.ACCOUNT_ENFORCEMENT, False, F),
+    (134011, C.ACCOUNT_ENFORCEMENT, False, F),
+    # Marketing Messages API
+    (131055, C.MARKETING_MESSAGES_API, False, F),
+    (134100, C.MARKETING_MESSAGES_API, False, F),
+    (134101, C.MARKETING_MESSAGES_API, False, F),
+    (134102, C.MARKETING_MESSAGES_API, False, F),
+    # API rate
+    (4, C.API_RATE, True, S),
+    (80007, C.API_RATE, True, S),
+    (133016, C.API_RATE, True, S),
+    (1015, C.API_RATE, True, S),
+    # customer-service window
+    (131047, C.CSW_RULE, False, F),
+    (470, C.CSW_RULE, False, F),
+    # template
+    (132000, C.TEMPLATE, False, F),
+    (132001, C.TEMPLATE, False, F),
+    (132005, C.TEMPLATE, False, F),
+    (132007, C.TEMPLATE, False, F),
+    (132012, C.TEMPLATE, False, F),
+    (132015, C.TEMPLATE, False, F),
+    (132016, C.TEMPLATE, False, N),
+    (132068, C.TEMPLATE, False, F),
+    (132069, C.TEMPLATE, False, S),
+    # experiment holdout
+    (130472, C.EXPERIMENT, False, N),
+    (472, C.EXPERIMENT, False, N),
+    # undeliverable
+    (131026, C.UNDELIVERABLE, False, H24),
+    # transient
+    (131000, C.TRANSIENT, False, B),
+    (131016, C.TRANSIENT, False, B),
+    (131057, C.TRANSIENT, False, B),
+    (133004, C.TRANSIENT, False, B),
+    (1, C.TRANSIENT, False, B),
+    (2, C.TRANSIENT, False, B),
+    (1011, C.TRANSIENT, False, B),
+    (1014, C.TRANSIENT, False, B),
+    (1016, C.TRANSIENT, False, B),
+    # request errors
+    (0, C.PERMANENT, False, F),
+    (3, C.PERMANENT, False, F),
+    (10, C.PERMANENT, False, F),
+    (100, C.PERMANENT, False, F),
+    (190, C.PERMANENT, False, F),
+    (131005, C.PERMANENT, False, F),
+    (131008, C.PERMANENT, False, F),
+    (131009, C.PERMANENT, False, F),
+    (131014, C.PERMANENT, False, F),
+    (131021, C.PERMANENT, False, N),
+    (131030, C.PERMANENT, False, F),
+    (131037, C.PERMANENT, False, F),
+    (131045, C.PERMANENT, False, F),
+    (131051, C.PERMANENT, False, F),
+    (131052, C.PERMANENT, False, F),
+    (131053, C.PERMANENT, False, F),
+    (131062, C.PERMANENT, False, F),
+    (133000, C.PERMANENT, False, F),
+    (133005, C.PERMANENT, False, F),
+    (133006, C.PERMANENT, False, F),
+    (133008, C.PERMANENT, False, F),
+    (133009, C.PERMANENT, False, F),
+    (133010, C.PERMANENT, False, F),
+    (133015, C.PERMANENT, False, F),
+    (135000, C.PERMANENT, False, F),
+    (137000, C.PERMANENT, False, F),
+    (1000, C.PERMANENT, False, F),
+    (1005, C.PERMANENT, False, F),
+    (1006, C.PERMANENT, False, F),
+    (1008, C.PERMANENT, False, F),
+    (1009, C.PERMANENT, False, F),
+    (1013, C.PERMANENT, False, N),
+    (1021, C.PERMANENT, False, N),
 ]
 
 
-@pytest.mark.parametrize(
-    ("code", "error_class"),
-    [(code, cls) for cls, codes in DOMAIN_TABLE for code in codes],
-)
-def test_domain_code_has_its_class(code: int, error_class: ErrorClass) -> None:
+@pytest.mark.parametrize(("code", "error_class", "is_limit", "retry"), EXPECTED)
+def test_catalog_code(
+    code: int, error_class: ErrorClass, is_limit: bool, retry: RetryAdvice
+) -> None:
     info = lookup(code)
-    assert (info.code, info.error_class) == (code, error_class)
-    assert info.title
+    assert (info.code, info.error_class, info.is_limit, info.retry) == (
+        code,
+        error_class,
+        is_limit,
+        retry,
+    )
+    assert info.title and info.title != "Unknown error code"
     assert classify(code, is_us=False) is error_class
+
+
+def test_the_expected_table_and_the_catalog_list_the_same_codes() -> None:
+    """A code added to the catalog without a row here (or the reverse) fails."""
+    assert sorted(code for code, *_ in EXPECTED) == sorted(CATALOG)
+
+
+def test_the_catalog_names_the_page_and_its_date() -> None:
+    assert catalog_module.META_ERROR_CODES_PAGE.startswith("https://developers.facebook.com/")
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", catalog_module.META_ERROR_CODES_PAGE_DATE)
 
 
 def test_every_table_row_is_a_distinct_code() -> None:
@@ -71,6 +177,8 @@ def test_error_class_values_are_the_stable_prometheus_labels() -> None:
         "transient",
         "permanent",
         "unknown",
+        "blocked_by_business",
+        "marketing_messages_api",
     ]
     assert all(re.fullmatch(r"[a-z_]+", c.value) for c in ErrorClass)
 
@@ -111,31 +219,6 @@ def test_1026_is_flagged_ambiguous_and_131049_is_not() -> None:
     assert lookup(1026).ambiguous
     assert lookup(1026).title == "Receiver Incapable"
     assert not lookup(131049).ambiguous
-
-
-@pytest.mark.parametrize(
-    ("code", "is_limit"),
-    [(131049, True), (1026, True), (131056, True), (130429, True), (4, True), (131048, True),
-     (131050, False), (131047, False), (131026, False), (132015, False), (131000, False)],
-)  # fmt: skip
-def test_limit_errors_are_marked(code: int, is_limit: bool) -> None:
-    assert lookup(code).is_limit is is_limit
-
-
-@pytest.mark.parametrize(
-    ("code", "advice"),
-    [
-        (131049, RetryAdvice(RetryKind.NOT_BEFORE, 24)),
-        (131050, RetryAdvice(RetryKind.NEVER)),
-        (131056, RetryAdvice(RetryKind.BACKOFF)),
-        (130429, RetryAdvice(RetryKind.SLOW_DOWN)),
-        (131047, RetryAdvice(RetryKind.FIX)),
-        (130472, RetryAdvice(RetryKind.NEVER)),
-        (131000, RetryAdvice(RetryKind.BACKOFF)),
-    ],
-)
-def test_retry_advice_follows_the_domain_table(code: int, advice: RetryAdvice) -> None:
-    assert lookup(code).retry == advice
 
 
 def test_only_not_before_advice_carries_hours() -> None:

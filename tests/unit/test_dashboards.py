@@ -17,6 +17,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from streams.ingress import IngressMetrics
+from streams.lag import LagReport, PartitionLag
 from streams.metrics import MonitorMetrics, StateSnapshot
 from streams.stages.messages import MessageStats
 
@@ -54,6 +55,8 @@ def exposition_names() -> set[str]:
     metrics = MonitorMetrics(registry)
     metrics.watch_state(lambda: StateSnapshot(1, 1, 1, {("t", "a"): (2, 1), ("s", "b"): (2, 1)}))
     metrics.precreate(["whatsapp.webhooks.raw"])
+    lag = LagReport(1.0, (PartitionLag("app", "app-messages", 0, 5, 2.5),))
+    metrics.watch_lag(lambda: lag)
     stats = MessageStats()
     stats.counted["c", "BR", "failed.opt_out"] = 1
     metrics.observe_messages(stats)
@@ -111,12 +114,12 @@ def test_every_panel_uses_the_datasource_variable_a_unit_and_a_description() -> 
                 assert re.fullmatch(r"label_values\(\w+, \w+\)", v["query"]["query"])
 
 
-def test_delivery_overview_has_the_sender_template_and_error_class_variables() -> None:
+def test_delivery_overview_has_the_sender_template_campaign_and_error_class_variables() -> None:
     board = dict(boards())["delivery-overview.json"]
     names = [v["name"] for v in board["templating"]["list"]]
-    assert names == ["datasource", "sender", "template", "error_class"]
+    assert names == ["datasource", "sender", "template", "campaign", "error_class"]
     exprs = " ".join(e for _, e, _ in generator.iter_queries(board))
-    for variable in ("$sender", "$template", "$error_class"):
+    for variable in ("$sender", "$template", "$campaign", "$error_class"):
         assert variable in exprs
     titles = {p["title"] for p in board["panels"]}
     for expected in (
@@ -124,6 +127,7 @@ def test_delivery_overview_has_the_sender_template_and_error_class_variables() -
         "Failure ratio by error class",
         "131049: per-user limit vs US marketing pause",
         "Top templates by limit errors",
+        "Top campaigns by limit errors",
         "Failure ratio by recipient country",
         "Recipients in 131049 cool-down",
         "Recipients opted out",

@@ -206,4 +206,34 @@ def test_templates_are_counted_from_callback_data(
     assert main(["--summary-only", str(path)]) == 0
     assert "template     spring_sale 2" in capsys.readouterr().err
     assert main(["--summary-only", "--no-raw-template", str(path)]) == 0
-    assert "template     spring_sale 1, (none) 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "template     spring_sale 1, (unattributed: not_a_template_name) 1" in err
+
+
+def test_tracking_ids_are_unattributed_unless_the_operator_format_names_a_template(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = json.loads(BATCHED.read_bytes())
+    items = document["entry"][0]["changes"][0]["value"]["statuses"]
+    items[0]["biz_opaque_callback_data"] = "3f2b1c9e-4d5a-4b6c-8d7e-9f0a1b2c3d4e"
+    items[1]["biz_opaque_callback_data"] = "order:12345|spring_sale"
+    path = tmp_path / "ids.json"
+    path.write_text(json.dumps(document))
+    assert main(["--summary-only", str(path)]) == 0
+    assert "template     (unattributed: not_a_template_name) 2" in capsys.readouterr().err
+    pattern = r"order:\d+\|(?P<template>\w+)"
+    assert main(["--summary-only", "--template-pattern", pattern, str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "spring_sale 1" in err and "(unattributed: not_a_template_name) 1" in err
+    with pytest.raises(SystemExit):
+        main(["--template-pattern", "order:(\\d+)", str(path)])
+    assert "needs a named group 'template'" in capsys.readouterr().err
+
+
+def test_inbound_message_errors_are_listed_in_the_summary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert (
+        main(["--summary-only", str(FIXTURES / "SYNTHETIC_inbound_unsupported_131051.json")]) == 0
+    )
+    assert "inbound err  131051 1" in capsys.readouterr().err

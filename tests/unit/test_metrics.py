@@ -17,6 +17,7 @@ from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
 from streams.core.catalog import CATALOG
 from streams.core.facts import FactBatch, RecipientFact, RecipientFactKind, TemplateFact
 from streams.core.facts import encode_batch as encode_facts
+from streams.lag import LagReport, PartitionLag
 from streams.metrics import (
     FUNNEL,
     OTHER,
@@ -102,7 +103,8 @@ def run(campaign: Campaign, clock_s: float) -> Pipeline:
 
 @pytest.fixture(scope="module")
 def campaign() -> Campaign:
-    return generate(CampaignSpec(messages=1_500, failure_ratio=0.3), seed=5)
+    spec = CampaignSpec(messages=1_500, failure_ratio=0.3, campaigns=("spring", "fall", ""))
+    return generate(spec, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +116,16 @@ def pipeline(campaign: Campaign) -> Pipeline:
 def test_dimension_counters_equal_the_campaign_truth(
     campaign: Campaign, pipeline: Pipeline
 ) -> None:
-    """Per sending number, template and country: every funnel outcome and every failure class
-    is counted once per message (duplicates dropped), exactly as the generator's truth says."""
+    """Per sending number, template, country and campaign: every funnel outcome and every
+    failure class is counted once per message (duplicates dropped), exactly as the generator's
+    truth says."""
     truth = campaign.truth
+    assert set(truth.campaigns) == {"spring", "fall"}
     for dim, expected in (
         ("sender", truth.senders),
         ("template", truth.templates),
         ("country", truth.countries),
+        ("campaign", truth.campaigns),
     ):
         for key, counts in expected.items():
             failed = {k[7:]: v for k, v in counts.items() if k.startswith("failed.")}
@@ -290,6 +295,50 @@ def test_template_label_cap_folds_the_rest_into_other() -> None:
     assert registry.get_sample_value(P + "template_label_overflow_total") == len(names) - K
 
 
+def test_campaign_label_cap_folds_the_rest_into_other() -> None:
+    """Campaign ids are capped like templates: K names, the rest under __other__, counted
+    once each in the campaign overflow counter."""
+    K = 3
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry, campaign_label_cap=K)
+    stats = MessageStats()
+    for i in range(10):
+        stats.counted["g", f"c-{i}", "attempted"] += 1
+    metrics.observe_messages(stats)
+    samples = {f.name: f for f in registry.collect()}[P + "campaign_messages"].samples
+    assert {s.labels["campaign"] for s in samples} == {"c-0", "c-1", "c-2", OTHER}
+    assert (
+        registry.get_sample_value(
+            P + "campaign_messages_total", {"campaign": OTHER, "outcome": "attempted"}
+        )
+        == 7
+    )
+    assert registry.get_sample_value(P + "campaign_label_overflow_total") == 7
+    assert registry.get_sample_value(P + "template_label_overflow_total") == 0
+
+
+def test_consumer_lag_gauges_show_the_last_measurement() -> None:
+    """Per group, topic and partition, as last measured; nothing before the first one."""
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry)
+    report: list[LagReport | None] = [None]
+    metrics.watch_lag(lambda: report[0])
+    assert registry.get_sample_value(P + "consumer_lag_measured_timestamp_seconds") is None
+    report[0] = LagReport(
+        T0,
+        (
+            PartitionLag("app-ingest", "raw", 0, 12, 4.5),
+            PartitionLag("app", "app-messages", 3, 0, 0.0),
+        ),
+    )
+    labels = {"group": "app-ingest", "topic": "raw", "partition": "0"}
+    assert registry.get_sample_value(P + "consumer_lag_records", labels) == 12
+    assert registry.get_sample_value(P + "consumer_lag_seconds", labels) == 4.5
+    labels = {"group": "app", "topic": "app-messages", "partition": "3"}
+    assert registry.get_sample_value(P + "consumer_lag_records", labels) == 0
+    assert registry.get_sample_value(P + "consumer_lag_measured_timestamp_seconds") == T0
+
+
 def test_known_label_sets_exist_at_zero_before_any_event() -> None:
     """increase() sees the first alert, Slack outcome, 131049 or limit error of a new template."""
     registry = CollectorRegistry()
@@ -447,6 +496,8 @@ def test_exposition_names_follow_prometheus_conventions() -> None:
     registry = CollectorRegistry()
     metrics = MonitorMetrics(registry)
     metrics.watch_state(lambda: StateSnapshot(recent={("t", "x"): (1, 0), ("s", "y"): (1, 0)}))
+    lag = LagReport(T0, (PartitionLag("app", "app-messages", 0, 1, 1.0),))
+    metrics.watch_lag(lambda: lag)
     labels: set[str] = set()
     for family in registry.collect():
         assert family.name.startswith("whatsapp_monitor_"), family.name
@@ -471,5 +522,9 @@ def test_exposition_names_follow_prometheus_conventions() -> None:
         "sender",
         "country",
         "verdict",
+        "campaign",
+        "group",
+        "partition",
         "le",
+        "reason",  # unattributed callback data: a closed set, never the value
     }

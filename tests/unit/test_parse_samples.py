@@ -15,6 +15,7 @@ import pytest
 
 from streams.core import (
     AccountErrorEvent,
+    AccountUpdateEvent,
     ContactLinkEvent,
     ErrorClass,
     InboundMessageEvent,
@@ -87,6 +88,67 @@ EXPECTED: dict[str, list[tuple[type[Any], dict[str, Any]]]] = {
     "SYNTHETIC_batched_two_statuses_one_change_from_meta_examples.json": [
         (StatusEvent, SENT_MARKETING_PMP),
         (StatusEvent, FAILED_131049_US),
+    ],
+    "SYNTHETIC_account_update_restriction_with_expiration.json": [
+        (
+            AccountUpdateEvent,
+            {
+                "event": "ACCOUNT_RESTRICTION",
+                "restriction_types": (
+                    "RESTRICTED_ADD_PHONE_NUMBER_ACTION",
+                    "RESTRICTED_BIZ_INITIATED_MESSAGING",
+                ),
+                "restricted_until": 1767830400,  # the later of the two expirations
+                "ban_date": None,
+                "timestamp": 1767225600,
+            },
+        )
+    ],
+    "SYNTHETIC_account_update_schedule_for_disable_ban_date.json": [
+        (
+            AccountUpdateEvent,
+            {
+                "event": "DISABLED_UPDATE",
+                "ban_state": "SCHEDULE_FOR_DISABLE",
+                "ban_date": "January 9, 2026",
+                "restricted_until": None,
+            },
+        )
+    ],
+    "SYNTHETIC_group_status_read_with_participant_bsuid.json": [
+        (
+            StatusEvent,
+            {
+                "wamid": "wamid.GROUP-READ-1",
+                "status": Status.READ,
+                "recipient_type": "group",
+                "recipient_key": "120363025555555555",
+                "recipient_phone": None,
+                "recipient_participant_id": "16505551234",
+                "recipient_participant_user_id": BSUID,
+            },
+        )
+    ],
+    "SYNTHETIC_inbound_unsupported_131051.json": [
+        (
+            InboundMessageEvent,
+            {
+                "wamid": "wamid.INBOUND-UNSUPPORTED-1",
+                "message_type": "unsupported",
+                "user_key": "16505551234",
+                "errors": (
+                    StatusError(
+                        131051, "Message type unknown", "Message type is currently not supported."
+                    ),
+                ),
+            },
+        ),
+    ],
+    "SYNTHETIC_message_template_status_update_disabled_disable_info.json": [
+        (
+            TemplateStatusEvent,
+            {"event": "DISABLED", "template_name": "spring_sale", "disabled_at": 1767225540},
+        )
     ],
     "bsp_enablex_status_failed_131047.json": [
         (
