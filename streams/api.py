@@ -473,6 +473,7 @@ class Api:
                     "applied": self.m.recipients.stats.applied,
                 },
                 "consumer_lag": self.consumer_lag(),
+                "alerting": self.m.alerting.progress() if 0 in self.m.alerting_kv.events else None,
                 "state": self.local_state(),
             }
         )

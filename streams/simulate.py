@@ -364,6 +364,7 @@ def spike_campaign(
     names = [f"promo_{i:02d}" for i in range(templates - 1)] + [spike_template]
     countries = [c for c in COUNTRY_PREFIXES if c != "US"]
     messages: list[Message] = []
+    recipients: set[str] = set()
     n = 0
     for minute in range(minutes):
         for name in names:
@@ -378,12 +379,16 @@ def spike_campaign(
                     statuses: list[tuple[str, int, int | None]] = [("failed", t0, 131049)]
                 else:
                     statuses = [("sent", t0, None), ("delivered", t0 + rng.randint(1, 20), None)]
+                recipient = phone_for(country, rng)
+                while recipient in recipients:  # one message each: no resends to anyone
+                    recipient = phone_for(country, rng)
+                recipients.add(recipient)
                 messages.append(
                     Message(
                         wamid=f"wamid.SPK{seed:03d}{n:09d}",
                         sender="106540352242922",
                         display="15550783881",
-                        recipient=phone_for(country, rng),
+                        recipient=recipient,
                         country=country,
                         template=name,
                         category="marketing",

@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -450,8 +451,8 @@ class AlertingStage:
             return min(waited)
         if not self.event_time:
             return 0
-        quiet = max(self._event_time_at, max(self._changed.values(), default=self._started))
-        return self.event_time + max(0, int(wall - quiet - self.idle_s))
+        # every input read to its end: time goes on as the wall clock does since the last event
+        return self.event_time + max(0, int(wall - self._event_time_at))
 
     # -- evaluation ----------------------------------------------------------------------------
 
@@ -551,6 +552,33 @@ class AlertingStage:
         next_point = decode(clock, StageState).next_point if clock is not None else -1
         return book, max(0, next_point - GRID)
 
+    def progress(self) -> dict[str, object]:
+        """The clock for operators (``/v1/health``): how far it judged and what it waits for."""
+        wall = self.clock()
+        waiting: list[dict[str, Any]] = []
+        for p in range(self.partitions):
+            channels = self._channels.get(p, {})
+            for source in [*range(self._raw_partitions), LOG]:
+                channel = channels.get(source)
+                changed = self._changed.get((p, source), self._started)
+                quiet = wall - changed >= (self.idle_s if source == LOG else self.max_wait_s)
+                if channel is None or not (channel.idle or quiet):
+                    waiting.append(
+                        {
+                            "messages_partition": p,
+                            "input": "send_log" if source == LOG else f"raw/{source}",
+                            "mark": channel.mark if channel is not None else None,
+                        }
+                    )
+        return {
+            "evaluated": self.evaluated or None,
+            "now": self.now() or None,
+            "event_time": self.event_time or None,
+            "pending_points": len(self._pending),
+            "late_counts": self.late,
+            "waiting_for": sorted(waiting, key=lambda w: w["mark"] or 0)[:10],
+        }
+
     @property
     def evaluated(self) -> int:
         """The last evaluation point judged (0: none yet)."""
@@ -579,15 +607,6 @@ class AlertingStage:
                             cls = self.detector.classes[name[7:]]
                             errors[cls] = errors.get(cls, 0) + n
         return MinuteTally(attempts, errors)
-
-    def progress(self) -> dict[str, object]:
-        """The clock for operators (``/v1/health``)."""
-        return {
-            "next_evaluation": self._next if self._next >= 0 else None,
-            "event_time": self.event_time or None,
-            "pending_points": len(self._pending),
-            "late_counts": self.late,
-        }
 
 
 __all__ = ["AlertingStage", "ScopeKind"]

@@ -430,7 +430,7 @@ class MessageStage:
         if batch.marks:
             marks, idle = meta.origin_marks, set(meta.origin_idle)
             for origin, mark in batch.marks.items():
-                if mark > marks.get(origin, 0):
+                if mark >= marks.get(origin, 0):  # a partition read from nothing yet too
                     marks[origin] = mark
                 if origin in batch.idle:
                     idle.add(origin)

@@ -198,3 +198,18 @@ def test_send_log_marks_use_sent_at_else_the_receive_time() -> None:
     assert stage.meta(0).log_mark == RECEIVED - 50
     stage.handle_send_log(0, 2, orjson.dumps({"wamid": "w3", "template": "t"}), RECEIVED - 10)
     assert stage.meta(0).log_mark == RECEIVED - 10
+
+
+def test_a_raw_partition_with_nothing_read_yet_is_reported_too() -> None:
+    """Alerting must hear of every raw partition, an empty one included (to learn it is
+    idle), or it waits for it until its longest wait."""
+    ingest = IngestStage(1, 1, clock=lambda: RECEIVED)
+    ingest.assign([0, 1], 2)
+    ingest.handle("raw", 1, 0, status_body(("w1", RECEIVED - 5)), RECEIVED)
+    messages = MessageStage(DictKeyValue(), 1, clock=lambda: RECEIVED)
+    messages.handle_batch(0, 0, ingest.drain()[0][0])
+    messages.flush(0)
+    signals = messages.drain_signals()
+    assert signals is not None
+    (report,) = signals.reports
+    assert report.marks == {0: 0, 1: RECEIVED - 5}
