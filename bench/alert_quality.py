@@ -54,7 +54,7 @@ from sections import row  # noqa: E402
 from support import wait_drained  # noqa: E402
 
 from streams.asyncutil import run_sync  # noqa: E402
-from streams.feed import notifications, produce  # noqa: E402
+from streams.feed import notifications, produce, wait_quiet, worker_inputs  # noqa: E402
 from streams.incidents import Incident, compare, incidents_of, score  # noqa: E402
 from streams.scenarios import MODES, SCENARIOS, SPIKE, SUITE, Scenario, build, feed_order  # noqa: E402
 from streams.settings import Settings  # noqa: E402
@@ -168,27 +168,12 @@ class Run:
 
     def settle(self, worker: WorkerProcess, settings: Settings, out: dict[str, Any]) -> None:
         """Until the worker has handled every input, then until no notification came for
-        ``--quiet-s`` (at most ``--settle-s``): the last minutes are judged once the wall clock
-        moves event time past the end of the data."""
-        topics = [
-            settings.topic_raw,
-            settings.topic_send_log,
-            f"{settings.app_id}-messages",
-            f"{settings.app_id}-recipients",
-            f"{settings.app_id}-signals",
-        ]
+        ``--quiet-s`` (at most ``--settle-s``)."""
         t = time.monotonic()
-        wait_drained(self.bootstrap, settings.app_id, topics, 900, "(alert quality)")
+        wait_drained(self.bootstrap, settings.app_id, worker_inputs(settings), 900, "(alerts)")
         out["drained_s"] = round(time.monotonic() - t, 1)
         t = time.monotonic()
-        seen, last_change = -1, t
-        while time.monotonic() - t < self.args.settle_s:
-            n = len(asyncio.run(notifications(self.bootstrap, settings, idle_s=0.5)))
-            if n != seen:
-                seen, last_change = n, time.monotonic()
-            elif time.monotonic() - last_change >= self.args.quiet_s:
-                break
-            time.sleep(2.0)
+        asyncio.run(wait_quiet(self.bootstrap, settings, self.args.quiet_s, self.args.settle_s))
         out["settled_s"] = round(time.monotonic() - t, 1)
         if worker.proc is not None and worker.proc.poll() is not None:
             raise RuntimeError(f"the worker exited with {worker.proc.returncode}")
@@ -279,6 +264,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row(
             "runs raising the same incidents as the paced run",
             same,
+            op=">=",
+            limit=len(compared) or None,
             target_text=f"all {len(compared)}",
         ),
     ]

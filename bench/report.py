@@ -309,7 +309,8 @@ def details(name: str, s: dict[str, Any]) -> list[str]:
         )
     elif name == "alert_quality":
         out.append(
-            f"Paced modes at {s.get('compression')}x; {s.get('kills')} SIGKILLs per sigkill run. "
+            f"Paced modes at {fmt_value(s.get('compression'), 'x')}; {s.get('kills')} SIGKILLs "
+            "per sigkill run (detection and resolve in minutes of event time). "
             "Scenarios:"
         )
         for scenario, info in (s.get("scenarios") or {}).items():
@@ -414,7 +415,7 @@ def alert_quality_table(section: dict[str, Any]) -> list[str]:
 
 def _signatures(items: Any, start: int) -> str:
     """(incident, kind, headline, firing minute) tuples, minutes from the scenario's start."""
-    out = [f"{k} {i} {h} @{m - start // 60}" for i, k, h, m in items or []]
+    out = [f"{i} ({k}) {h} at minute {m - start // 60}" for i, k, h, m in items or []]
     return ", ".join(out) or "none"
 
 
@@ -432,6 +433,45 @@ def merge_results(primary: dict[str, Any], *others: dict[str, Any]) -> dict[str,
         for name, section in (other.get("sections") or {}).items():
             merged["sections"][name] = {**section, "source": source}
     return merged
+
+
+def render_section(results: dict[str, Any], name: str, section: dict[str, Any]) -> list[str]:
+    """One section of ``BENCHMARKS.md``: its heading, method, figures, details and load."""
+    lines = [f"## {TITLES.get(name, name)}", ""]
+    if name in NOTES:
+        lines += [NOTES[name], ""]
+    if section.get("status") != "ok":
+        return [*lines, f"Not measured: {short_error(section)}", ""]
+    lines += [*table(section_rows(section)), ""]
+    code = code_note(results, section)
+    if code:
+        lines += [code, ""]
+    extra = details(name, section)
+    if extra:
+        lines += [*extra, ""]
+    load = load_text(section.get("machine_load"))
+    if load:
+        lines += [f"Machine load during the section: {load}.", ""]
+    return lines
+
+
+def splice_section(page: str, name: str, text: str) -> str:
+    """``page`` (a BENCHMARKS.md) with the section ``name`` replaced by ``text``, or inserted
+    before the hand-written part (or at the end) when the page has no such section."""
+    heading = f"## {TITLES.get(name, name)}"
+    lines = page.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    body = text.rstrip() + "\n\n"
+    for k, i in enumerate(starts):
+        if lines[i].rstrip() == heading:
+            end = starts[k + 1] if k + 1 < len(starts) else len(lines)
+            return "".join(lines[:i]) + body + "".join(lines[end:])
+    hand = [i for i in starts if "hand-written" in lines[i].lower()]
+    at = hand[0] if hand else len(lines)
+    before = "".join(lines[:at])
+    if before and not before.endswith("\n\n"):
+        before += "\n"
+    return before + body + "".join(lines[at:])
 
 
 def render_benchmarks_md(results: dict[str, Any]) -> str:
@@ -456,27 +496,5 @@ def render_benchmarks_md(results: dict[str, Any]) -> str:
         "",
     ]
     for name, section in (results.get("sections") or {}).items():
-        lines.append(f"## {TITLES.get(name, name)}")
-        lines.append("")
-        if name in NOTES:
-            lines.append(NOTES[name])
-            lines.append("")
-        if section.get("status") != "ok":
-            lines.append(f"Not measured: {short_error(section)}")
-            lines.append("")
-            continue
-        lines.extend(table(section_rows(section)))
-        lines.append("")
-        code = code_note(results, section)
-        if code:
-            lines.append(code)
-            lines.append("")
-        extra = details(name, section)
-        if extra:
-            lines.extend(extra)
-            lines.append("")
-        load = load_text(section.get("machine_load"))
-        if load:
-            lines.append(f"Machine load during the section: {load}.")
-            lines.append("")
+        lines.extend(render_section(results, name, section))
     return "\n".join(lines).rstrip() + "\n"

@@ -145,3 +145,39 @@ async def consume_all_async(
 async def notifications(bootstrap: str, settings: Settings, idle_s: float = 1.0) -> list[bytes]:
     """The values of the alerts topic so far (notifications as JSON)."""
     return [v for _, v, _ in await consume_all_async(bootstrap, settings.topic_alerts, idle_s)]
+
+
+def worker_inputs(settings: Settings) -> list[str]:
+    """The topics a worker reads (the raw topic by its ingest group, the others by its Faust
+    group): all consumed means every input reached the alerting stage."""
+    app = settings.app_id
+    return [
+        settings.topic_raw,
+        settings.topic_send_log,
+        f"{app}-messages",
+        f"{app}-recipients",
+        f"{app}-signals",
+    ]
+
+
+async def wait_quiet(
+    bootstrap: str,
+    settings: Settings,
+    quiet_s: float,
+    max_s: float,
+    poll_s: float = 2.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[bytes]:
+    """The alerts topic once no new notification came for ``quiet_s`` (or after ``max_s``):
+    after a worker drained its inputs, its last minutes are judged only when the wall clock
+    moves event time past the end of the data."""
+    t0 = clock()
+    seen: list[bytes] = []
+    changed = t0
+    while True:
+        now = await notifications(bootstrap, settings, idle_s=0.5)
+        if len(now) != len(seen):
+            seen, changed = now, clock()
+        elif clock() - changed >= quiet_s or clock() - t0 >= max_s:
+            return seen
+        await asyncio.sleep(poll_s)

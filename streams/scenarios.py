@@ -169,7 +169,7 @@ class _Builder:
         self.rng = random.Random(f"{name}/{seed}")
         spec = LiveSpec(
             senders=SENDERS,
-            recipients=25_000,
+            recipients=12_000,
             countries=DEMO_COUNTRIES,
             duplicate_ratio=0.10,
             batch_ratio=0.15,
@@ -438,36 +438,45 @@ def _combine(*parts: Labels) -> Labels:
     return labels
 
 
+SPIKE_MINUTES = (20, 32)  # the spikes of the suite (minutes from the start; sends go on to 60)
+RAMP_MINUTES = (12, 42)
 SMALL = ("promo_small", "marketing", "flash", 12.0)  # ~60 sends per 5 minutes
 LARGE = ("promo_large", "marketing", "flash", 50.0)
 SPARSE = [(f"sparse_{i:02d}", "marketing", "long_tail", 0.2 + 0.03 * i) for i in range(30)]
 
 
 def _small_spike(start: int) -> tuple[_Plan, Labels]:
-    plan = _Plan(templates=[SMALL], limit_ratio=_spike("promo_small", 0.45, 20, 32))
-    return plan, _spike_labels("spike on promo_small", "template", "promo_small", 20, 32, True)
+    plan = _Plan(templates=[SMALL], limit_ratio=_spike("promo_small", 0.45, *SPIKE_MINUTES))
+    labels = _spike_labels("spike on promo_small", "template", "promo_small", *SPIKE_MINUTES, True)
+    return plan, labels
 
 
 def _large_spike(start: int) -> tuple[_Plan, Labels]:
-    plan = _Plan(templates=[LARGE], limit_ratio=_spike("promo_large", 0.30, 20, 32))
-    return plan, _spike_labels("spike on promo_large", "template", "promo_large", 20, 32, True)
+    plan = _Plan(templates=[LARGE], limit_ratio=_spike("promo_large", 0.30, *SPIKE_MINUTES))
+    labels = _spike_labels("spike on promo_large", "template", "promo_large", *SPIKE_MINUTES, True)
+    return plan, labels
 
 
 def _sender_spike(start: int) -> tuple[_Plan, Labels]:
+    first, last = SPIKE_MINUTES
+
     def limit(t: str, s: int, m: int) -> float | None:
-        return 0.30 if s == 1 and 20 <= m < 32 else None
+        return 0.30 if s == 1 and first <= m < last else None
 
     key = sender_id(1)
-    return _Plan(limit_ratio=limit), _spike_labels(f"spike on {key}", "sender", key, 20, 32, True)
+    labels = _spike_labels(f"spike on {key}", "sender", key, first, last, True)
+    return _Plan(limit_ratio=limit), labels
 
 
 def _slow_ramp(start: int) -> tuple[_Plan, Labels]:
-    def limit(t: str, s: int, m: int) -> float | None:
-        if t != "new_arrivals" or not 12 <= m < 42:
-            return None
-        return min(0.30, 0.016 + (0.30 - 0.016) * (m - 12) / 28)
+    first, last = RAMP_MINUTES
 
-    labels = _spike_labels("ramp on new_arrivals", "template", "new_arrivals", 12, 42, False)
+    def limit(t: str, s: int, m: int) -> float | None:
+        if t != "new_arrivals" or not first <= m < last:
+            return None
+        return min(0.30, 0.016 + (0.30 - 0.016) * (m - first) / (last - first - 2))
+
+    labels = _spike_labels("ramp on new_arrivals", "template", "new_arrivals", first, last, False)
     return _Plan(limit_ratio=limit), labels
 
 
