@@ -40,16 +40,9 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from _broker import benchmark_broker_info  # noqa: E402
-from harness import (  # noqa: E402
-    LoadMeter,
-    WorkerProcess,
-    git_info,
-    machine_info,
-    unique_env,
-    wait_assigned,
-)
+from harness import LoadMeter, WorkerProcess, unique_env, wait_assigned  # noqa: E402
 from report import alert_quality_table, render_summary  # noqa: E402
-from run import log, now_iso, streams_digest  # noqa: E402
+from run import log, new_results, now_iso  # noqa: E402
 from sections import row  # noqa: E402
 from support import wait_drained  # noqa: E402
 
@@ -320,18 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in MODES if m in (args.mode or MODES)]
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     tmp = Path(tempfile.mkdtemp(prefix="bench-alerts-"))
-    results: dict[str, Any] = {
-        "schema": 1,
-        "started_at": now_iso(),
-        "finished_at": None,
-        "command": " ".join(["python bench/alert_quality.py", *(argv or sys.argv[1:])]),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": machine_info(),
-        "git": git_info(),
-        "streams_digest": streams_digest(),
-        "kafka": {},
-        "sections": {},
-    }
+    results = new_results("bench/alert_quality.py", argv, args)
     runs: list[dict[str, Any]] = []
     scenarios: dict[str, Scenario] = {}
     failed = False

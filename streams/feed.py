@@ -33,12 +33,14 @@ class FeedStats:
     behind_s: float = 0.0  # a paced producer's worst lag behind its schedule (wall seconds)
 
 
-def _producer(bootstrap: str) -> Any:
+def kafka_producer(bootstrap: str, client_id: str = "whatsapp-delivery-monitor-feed") -> Any:
+    """An idempotent ``acks=all`` producer for webhook bodies (up to 4 MB) and send-log
+    records; start and stop it yourself."""
     from aiokafka import AIOKafkaProducer
 
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
-        client_id="whatsapp-delivery-monitor-feed",
+        client_id=client_id,
         enable_idempotence=True,
         acks="all",
         linger_ms=5,
@@ -59,7 +61,7 @@ async def produce(
     otherwise unpaced. ``on_time`` is called with the event time of every batch sent (paced:
     the schedule's event time), e.g. to kill a worker at a chosen moment; it must not block."""
     stats = FeedStats()
-    producer = _producer(bootstrap)
+    producer = kafka_producer(bootstrap)
     await producer.start()
     t0 = clock()
     pending: list[asyncio.Future[Any]] = []
