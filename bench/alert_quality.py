@@ -186,6 +186,7 @@ class Killer:
         self.moments = [s.start + span * (0.15 + 0.7 * (k + rng.random()) / n) for k in range(n)]
         self.worker, self.log, self.start = worker, log_, s.start
         self.thread: threading.Thread | None = None
+        self.failed = ""
 
     def at(self, event_time: float) -> None:
         busy = self.thread is not None and self.thread.is_alive()
@@ -198,7 +199,11 @@ class Killer:
     def _kill(self, event_time: float) -> None:
         t = time.monotonic()
         code = self.worker.kill()
-        self.worker.start(timeout_s=180)
+        try:
+            self.worker.start(timeout_s=180)
+        except AssertionError as exc:  # support.WorkerProcess: exited or not ready in time
+            self.failed = str(exc)[-1500:]
+            return
         entry = {
             "event_minute": round((event_time - self.start) / 60, 1),
             "exit_code": code,
@@ -208,8 +213,11 @@ class Killer:
         log(f"  SIGKILL at event minute {entry['event_minute']}, back in {entry['restart_s']} s")
 
     def join(self) -> None:
+        """Wait for a restart under way; a worker that did not come back fails the run."""
         if self.thread is not None:
             self.thread.join(240)
+        if self.failed:
+            raise RuntimeError(f"the worker did not restart after a SIGKILL: {self.failed}")
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

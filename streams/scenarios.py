@@ -190,7 +190,8 @@ class _Builder:
         people = self.traffic.people
         self.non_us = [p for p in people if p[1] != "US"]
         self.messages: list[Message] = []
-        self.limit_failed: list[tuple[int, str, str]] = []  # (ts, phone, country) of 131049s
+        #: (time of the failed status, phone, country) of every 131049 (US pause excepted)
+        self.limit_failed: list[tuple[int, str, str]] = []
         self.resends: list[Message] = []
         self._retried = 0  # recipients of limit_failed the retry job resent to
 
@@ -268,19 +269,22 @@ class _Builder:
                 if who is None:
                     continue
                 code = self.outcome(template, sender, ts, who[1])
-                self.send(ts, template, sender, who, code)
+                m = self.send(ts, template, sender, who, code)
                 if code == 131049 and who[1] != "US":
-                    self.limit_failed.append((int(ts), *who))
+                    failed = max(t for status, t, _ in m.statuses if status == "failed")
+                    self.limit_failed.append((failed, *who))
             for template in sparse.get(minute, ()):
                 self._burst(template, minute)
 
     def _retry_job(self, sender: int, minute: int) -> None:
         """Number ``sender`` resends marketing, on a random template, to recipients whose
-        131049 came in an earlier minute (each once): premature resends (< 24 h)."""
+        131049 came before this minute (each once): premature resends (< 24 h)."""
         for _ in range(self.plan.storm_per_minute):
             if self._retried >= len(self.limit_failed):
                 return
-            _, phone, country = self.limit_failed[self._retried]
+            failed, phone, country = self.limit_failed[self._retried]
+            if failed >= self.start + minute * MINUTE:
+                return  # its 131049 comes later in this minute than the resend may
             self._retried += 1
             ts = self.start + minute * MINUTE + self.rng.random() * MINUTE
             code = 131049 if self.rng.random() < 0.5 else None

@@ -61,12 +61,14 @@ def advice_at(worker: WorkerProcess, recipients: list[str], at: int) -> dict[str
         answers = json.loads(resp.read())["advice"]
     if all(a.get("as_of") == at for a in answers):
         return dict(zip(recipients, answers, strict=True))
-    out: dict[str, Any] = {}
-    for r in recipients:
+
+    def one(r: str) -> Any:
         status, body = get_json(f"{worker.base_url}/v1/recipients/{r}/advice?at={at}")
         assert status == 200, (r, body)
-        out[r] = body
-    return out
+        return body
+
+    with ThreadPoolExecutor(8) as pool:
+        return dict(zip(recipients, pool.map(one, recipients), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +113,26 @@ def fed(
             produced["paced"] = {"raw": stats.raw, "send_log": stats.send_log}
 
         asyncio.run(live())
+        for feed in FEEDS:
+            s = settings[feed]
+            wait_drained(kafka_bootstrap, s.app_id, worker_inputs(s), 300, f"({feed} feed)")
+
+        async def quiet() -> list[list[bytes]]:
+            waits = (wait_quiet(kafka_bootstrap, settings[f], 20, 90) for f in FEEDS)
+            return list(await asyncio.gather(*waits))
+
         at = int(campaign.end) + 60
         recipients = campaign.recipients()
-        out: dict[str, Fed] = {}
-        for feed in FEEDS:
-            s, w = settings[feed], workers[feed]
-            wait_drained(kafka_bootstrap, s.app_id, worker_inputs(s), 300, f"({feed} feed)")
-        for feed in FEEDS:
-            s, w = settings[feed], workers[feed]
-            raw = asyncio.run(wait_quiet(kafka_bootstrap, s, quiet_s=20, max_s=90))
-            out[feed] = Fed(w, s, produced[feed], incidents_of(raw), advice_at(w, recipients, at))
-        yield out
+        yield {
+            feed: Fed(
+                workers[feed],
+                settings[feed],
+                produced[feed],
+                incidents_of(raw),
+                advice_at(workers[feed], recipients, at),
+            )
+            for feed, raw in zip(FEEDS, asyncio.run(quiet()), strict=True)
+        }
     finally:
         for w in workers.values():
             w.stop()

@@ -135,6 +135,7 @@ def test_the_storm_is_one_numbers_resends_over_many_templates(built: Built, name
     s = built[name]
     (label,) = [e for e in s.expected if e.kind == STORM]
     resends = premature_resends(s)
+    assert len(resends) == s.facts["resends"]  # each one after its recipient's 131049
     assert {m.sender for m in resends} == {label.scope_key}
     assert len({m.template for m in resends}) >= 10
     in_first_hour = {m.recipient for m in resends if m.sent_at <= label.onset}
