@@ -9,7 +9,7 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install tools run test test-kafka4 lint format bench clean
+.PHONY: help install tools run test test-kafka4 lint format bench bench-alerts clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -53,6 +53,9 @@ format: install ## Apply ruff's formatter and safe fixes
 
 bench: install ## Benchmark sections on the real broker (bench/run.py, BENCH_ARGS="..."); bench/results/
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-alerts: install ## Alert-quality benchmark: labelled scenarios x feeding modes (bench/alert_quality.py, BENCH_ARGS="...")
+	$(PY) bench/alert_quality.py $(BENCH_ARGS)
 
 clean: ## Remove the virtualenv and caches (not the Kafka jar cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -125,6 +125,22 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 
+def new_results(script: str, argv: list[str] | None, args: argparse.Namespace) -> dict[str, Any]:
+    """A results file before its sections: the command, options, machine, commit and code."""
+    return {
+        "schema": 1,
+        "started_at": now_iso(),
+        "finished_at": None,
+        "command": " ".join([f"python {script}", *(argv if argv is not None else sys.argv[1:])]),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": machine_info(),
+        "git": git_info(),
+        "streams_digest": streams_digest(),
+        "kafka": {},
+        "sections": {},
+    }
+
+
 def write(results: dict[str, Any], out: Path, stamp: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=1, default=str)
@@ -146,18 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     tmp = Path(tempfile.mkdtemp(prefix="bench-run-"))
-    results: dict[str, Any] = {
-        "schema": 1,
-        "started_at": now_iso(),
-        "finished_at": None,
-        "command": " ".join(["python bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": machine_info(),
-        "git": git_info(),
-        "streams_digest": streams_digest(),
-        "kafka": {},
-        "sections": {},
-    }
+    results = new_results("bench/run.py", argv, args)
     failed = False
     try:
         with benchmark_broker_info(tmp) as broker:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from streams.core.times import iso_utc
+from streams.feed import kafka_producer
 from streams.settings import Settings
 from streams.simulate import LiveRecord, LiveSpec, LiveTraffic
 
@@ -235,16 +236,7 @@ async def produce_traffic(
     monotonic: Callable[[], float] = time.monotonic,
 ) -> DemoStats:
     """Send the traffic to Kafka in real time until ``stop`` is set or the duration is over."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        client_id="whatsapp-delivery-monitor-demo",
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=5,
-        max_request_size=4 * 1024 * 1024,
-    )
+    producer = kafka_producer(bootstrap, "whatsapp-delivery-monitor-demo")
     await producer.start()
     stats = DemoStats()
     wall0 = monotonic()

@@ -167,7 +167,7 @@ def generate(spec: CampaignSpec = CampaignSpec(), seed: int = 7) -> Campaign:
             )
         )
     payloads = _bodies(messages, spec, rng)
-    garbage = [_garbage(rng, k) for k in range(int(len(payloads) * spec.garbage_ratio))]
+    garbage = [garbage_body(rng, k) for k in range(int(len(payloads) * spec.garbage_ratio))]
     for g in garbage:
         payloads.insert(rng.randrange(len(payloads) + 1), g)
     send_log = [
@@ -318,7 +318,9 @@ def _bodies(messages: list[Message], spec: CampaignSpec, rng: random.Random) -> 
     return bodies
 
 
-def _garbage(rng: random.Random, k: int) -> bytes:
+def garbage_body(rng: random.Random, k: int) -> bytes:
+    """The ``k``-th of a few kinds of bodies the monitor must dead-letter (not JSON, cut off,
+    not a webhook, a status without its fields, random bytes)."""
     kinds = [
         lambda: b"not json at all %d" % k,
         lambda: b'{"object": "whatsapp_business_account", "entry": [%d' % k,
@@ -674,23 +676,7 @@ class LiveTraffic:
         if picked is None:
             return None
         phone, country = picked
-        sender, display = self.senders[rng.randrange(len(self.senders))]
-        message = Message(
-            wamid=f"wamid.DEMO{self.seed:03d}{self.messages:010d}",
-            sender=sender,
-            display=display,
-            recipient=phone,
-            country=country,
-            template=template.name,
-            category=template.category,
-            sent_at=int(ts),
-            statuses=[],
-            opaque=rng.random() < spec.opaque_ratio,
-            campaign=template.campaign,
-        )
-        self.messages += 1
-        if not message.opaque:
-            self._push(ts, _Due("send_log", message))
+        message = self._message(ts, template, rng.randrange(len(self.senders)), phone, country)
         code = forced
         if code is None and spiking and rng.random() < spec.spike_ratio:
             code = 131049
@@ -699,15 +685,76 @@ class LiveTraffic:
             # the spike (other classes on the same scope would make incidents of their own).
             mix = SPIKE_TEMPLATE_FAILURES if spike_template else DEMO_FAILURES[template.category]
             code = _weighted(rng, mix)
+        self._launch(message, template, ts, code, spiking, send_log=not message.opaque)
+        return message
+
+    def send_chosen(
+        self,
+        ts: float,
+        template: TemplatePlan,
+        sender: int,
+        recipient: tuple[str, str],
+        code: int | None,
+        campaign: str = "demo",
+    ) -> Message:
+        """Start a message the caller chose (template, sending number by index, recipient and
+        country, failure code or ``None`` for a delivery) at event time ``ts``: its lifecycle,
+        replies and webhooks are made as :meth:`send` makes them, and it is in the send log
+        whether it carries ``biz_opaque_callback_data`` or not (a sender logs every send)."""
+        message = self._message(ts, template, sender, *recipient, campaign=campaign)
+        self._launch(message, template, ts, code, spiking=False, send_log=True)
+        return message
+
+    def on_hold(self, phone: str, ts: float) -> bool:
+        """Whether a behaving sender holds marketing to ``phone`` at ``ts`` (a 131049 less than
+        24 h ago, or an opt-out)."""
+        return self._blocked_until.get(phone, 0.0) > ts
+
+    def _message(
+        self,
+        ts: float,
+        template: TemplatePlan,
+        sender: int,
+        phone: str,
+        country: str,
+        campaign: str | None = None,
+    ) -> Message:
+        number, display = self.senders[sender]
+        message = Message(
+            wamid=f"wamid.DEMO{self.seed:03d}{self.messages:010d}",
+            sender=number,
+            display=display,
+            recipient=phone,
+            country=country,
+            template=template.name,
+            category=template.category,
+            sent_at=int(ts),
+            statuses=[],
+            opaque=self.rng.random() < self.spec.opaque_ratio,
+            campaign=template.campaign if campaign is None else campaign,
+        )
+        self.messages += 1
+        return message
+
+    def _launch(
+        self,
+        message: Message,
+        template: TemplatePlan,
+        ts: float,
+        code: int | None,
+        spiking: bool,
+        send_log: bool,
+    ) -> None:
+        if send_log:
+            self._push(ts, _Due("send_log", message))
         if code is not None:
             self._fail(message, ts, code, spiking)
         else:
             self._deliver(message, template, ts)
         for status, at, error in message.statuses:
             due = _Due("status", message, status, at, error)
-            self._push(at + rng.uniform(0.0, spec.max_delay), due)
+            self._push(at + self.rng.uniform(0.0, self.spec.max_delay), due)
             self.scheduled_statuses += 1
-        return message
 
     def _fail(self, message: Message, ts: float, code: int, spiking: bool) -> None:
         if self.rng.random() < 0.3:

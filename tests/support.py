@@ -20,6 +20,7 @@ from typing import Self, TypeVar
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.asyncutil import run_sync
+from streams.feed import consume_all_async
 from streams.raw_consumer import ingest_group
 from streams.settings import Settings
 from streams.simulate import Campaign, spike_campaign
@@ -224,36 +225,6 @@ async def list_topics_async(bootstrap: str) -> list[str]:
 
 def list_topics(bootstrap: str) -> list[str]:
     return asyncio.run(list_topics_async(bootstrap))
-
-
-async def consume_all_async(
-    bootstrap: str, topic: str, idle_s: float = 2.0
-) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
-    """Every record of ``topic`` from the beginning: (key, value, headers)."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        fetch_max_bytes=8 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    await consumer.start()
-    out: list[tuple[bytes | None, bytes, dict[str, bytes]]] = []
-    try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
-            if not batch:
-                break
-            for records in batch.values():
-                for r in records:
-                    out.append((r.key, r.value, dict(r.headers or ())))
-    finally:
-        await consumer.stop()
-    return out
 
 
 def consume_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:

@@ -324,3 +324,87 @@ def test_the_hand_written_tail_of_benchmarks_md_is_kept() -> None:
         "## Reading these figures (hand-written, today)\n\n- x\n"
     )
     assert write_benchmarks_md.hand_written("# Benchmarks\n## Throughput\n") == ""
+
+
+def alert_quality_results() -> dict[str, object]:
+    start = 1_767_225_600
+    incident = {
+        "key": f"spike:per_user_marketing_limit@{start + 1320}",
+        "kind": "spike",
+        "rule": "spike",
+        "error_class": "per_user_marketing_limit",
+        "fired_at": start + 1320,
+        "headline_at_firing": "sender:n1",
+        "headline_at_end": "template:promo_small",
+    }
+    match = {
+        "label": "spike on promo_small",
+        "kind": "spike",
+        "end": start + 1920,
+        "detected": True,
+        "incident": incident["key"],
+        "detection_s": 120,
+        "resolve_s": None,
+    }
+    false = {**incident, "key": f"spike:us_marketing_pause@{start}", "fired_at": start, "why": "w"}
+    score = {"expected": 1, "raised": 2, "false_incidents": 1, "recall": 1.0, "precision": 0.5}
+    run = {"status": "ok", "scenario": "small_spike", "mode": "backlog"}
+    run["score"] = {**score, "matches": [match], "incidents": [incident], "false": [false]}
+    run["vs_paced"] = {"same": False, "missing": [], "extra": [["x", "spike", "account", 0]]}
+    failed = {"status": "error", "scenario": "small_spike", "mode": "sigkill", "error": "E: boom"}
+    section = {
+        "status": "ok",
+        "compression": 60.0,
+        "kills": 2,
+        "scenarios": {"small_spike": {"description": "d", "start": start, "expected": ["e"]}},
+        "runs": [run, failed],
+        "rows": [row("false incidents", 1, op="<=", limit=0)],
+    }
+    return {
+        "started_at": "2026-12-06T05:00:00+00:00",
+        "finished_at": "2026-12-06T05:50:00+00:00",
+        "command": "python bench/alert_quality.py",
+        "git": {"commit": "def5678", "dirty": False},
+        "sections": {"alert_quality": section},
+    }
+
+
+def test_alert_quality_table_has_a_line_per_run_and_the_false_incidents() -> None:
+    results = alert_quality_results()
+    lines = report.alert_quality_table(results["sections"]["alert_quality"])  # type: ignore[index]
+    text = "\n".join(lines)
+    assert (
+        "| small_spike | backlog | 1 | 2 | 1 | 100 % | 50 % | +2.0 min | no | "
+        "sender:n1 -> template:promo_small | no |" in text
+    )
+    assert "| small_spike | sigkill | not measured: E: boom |" in text
+    assert (
+        "- small_spike / backlog: false spike incident `spike:us_marketing_pause` (spike, "
+        "per_user_marketing_limit), fired at minute 0.0 naming sender:n1, ended naming "
+        "template:promo_small: w" in text
+    )
+    assert "extra x (spike) account at minute" in text
+
+
+def test_a_merged_or_spliced_section_says_which_run_it_comes_from() -> None:
+    import write_benchmarks_md
+
+    merged = report.merge_results(results_fixture(), alert_quality_results())
+    text = report.render_benchmarks_md(merged)
+    assert "## Alert quality" in text and "## Memory per tracked recipient" in text
+    assert "From a separate run: `python bench/alert_quality.py`" in text
+    assert "commit def5678." in text
+    page = "# Benchmarks\n\n## Memory\n\nold\n\n## Notes (hand-written)\n\n- kept\n"
+    section = merged["sections"]["alert_quality"]
+    new = "\n".join(report.render_section(merged, "alert_quality", section))
+    spliced = report.splice_section(page, "alert_quality", new)
+    assert (
+        spliced.index("## Memory") < spliced.index("## Alert quality") < spliced.index("## Notes")
+    )
+    again = report.splice_section(
+        spliced,
+        "alert_quality",
+        "## Alert quality (labelled scenarios, four feeding modes)\n\nnew\n",
+    )
+    assert again.count("## Alert quality") == 1 and "\nnew\n" in again and "old" in again
+    assert write_benchmarks_md.hand_written(again).endswith("- kept\n")
