@@ -473,6 +473,8 @@ class AlertingStage:
             else:
                 out.extend(self._evaluate_partial(point))
             self._next = point + GRID
+        if self._late:  # late counts with no minute to judge yet: judged at the last point
+            out.extend(self._judge_late(self._next - GRID))
         return out
 
     def _release(self, point: int) -> None:

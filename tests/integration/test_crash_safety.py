@@ -418,8 +418,10 @@ def expected_incidents(c: CrashCampaign, send_log: bool = True) -> set[bytes]:
     Kafka), the send log first (or none), every rule evaluated as the batches come."""
     n = 4
     ingest, recipients = IngestStage(n, n), RecipientStage(DictKeyValue())
+    ingest.assign(range(n), n)
     messages = MessageStage(DictKeyValue(), n)
-    alerting = AlertingStage(clock=lambda: 0.0, partitions=n)
+    # the send log is read whole first: alerting need not wait for it (idle_s=0)
+    alerting = AlertingStage(clock=lambda: 0.0, partitions=n, idle_s=0)
     offsets: Counter[tuple[str, int]] = Counter()
     incidents: set[bytes] = set()
     for key, value in c.send_log if send_log else []:
