@@ -187,6 +187,30 @@ class BatchedTableKV:
         values: list[bytes | None] = db.get(keys)
         return values
 
+    def scan(self, partition: int, start: bytes, stop: bytes, limit: int) -> list[bytes]:
+        """Values of the keys in ``[start, stop)`` of one local partition, in key order, at
+        most ``limit``, as last flushed (web views; a RocksDB iterator, no full read)."""
+        dbs = getattr(self.table.data, "_dbs", None)
+        out: list[bytes] = []
+        if dbs is not None:
+            db = dbs.get(partition)
+            if db is None:
+                return out
+            it = db.iter()
+            it.seek(start)
+            while it.valid() and len(out) < limit:
+                if it.key() >= stop:
+                    break
+                out.append(it.value())
+                it.next()
+            return out
+        store = self.table.data  # the memory store: one dict, keys' partitions kept apart
+        owner = store._key_partition
+        keys = sorted(
+            k for k in store.data if start <= k < stop and owner.get(k, partition) == partition
+        )
+        return [store.data[k] for k in keys[:limit]]
+
     def discard(self, partition: int) -> None:
         self._pending.pop(partition, None)
 

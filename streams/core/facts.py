@@ -109,6 +109,9 @@ class RecipientFactKind(enum.IntEnum):
     PREFERENCE_STOP = 8  # user_preferences stop
     PREFERENCE_RESUME = 9  # user_preferences resume
     LINK = 10  # phone <-> BSUID pair; ``other`` holds the other id
+    MARKETING_READ = 11  # a marketing template was read (engagement)
+    SEND_ATTEMPT = 12  # a non-marketing message was sent (cancels retry plans of its template)
+    RETRYABLE_FAILURE = 13  # a failure a retry plan is made for (throughput, backoff; ``code``)
 
 
 class RecipientFact(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -121,6 +124,10 @@ class RecipientFact(msgspec.Struct, array_like=True, frozen=True, gc=False):
     other: str | None = None
     template: str | None = None
     wamid: str | None = None
+    #: the sending number (phone_number_id) and campaign, on attempts and failures only
+    sender: str | None = None
+    campaign: str | None = None
+    code: int | None = None  # the error code, on failures
 
 
 class TemplateFact(msgspec.Struct, array_like=True, frozen=True, gc=False):

@@ -30,6 +30,7 @@ from streams.core.facts import (
     already_applied,
     mark_applied,
 )
+from streams.core.retries import is_retryable
 
 UNKNOWN_TEMPLATE = "unknown"
 MARKETING_CATEGORIES = frozenset({"marketing", "marketing_lite", "group_marketing"})
@@ -41,6 +42,7 @@ ATTEMPTED, SENT, DELIVERED, READ, PLAYED, FAILED, DELETED, WARNING, OTHER = (
 _FLAG_MKT_DELIVERED_FACT = 1 << 16
 _FLAG_MKT_ATTEMPT_FACT = 1 << 17
 _FLAG_LINKED = 1 << 18
+_FLAG_MKT_READ_FACT = 1 << 19
 
 STAGE_OUTCOMES: tuple[tuple[int, str], ...] = (
     (ATTEMPTED, "attempted"),
@@ -72,7 +74,17 @@ _FAILURE_FACTS: dict[str, RecipientFactKind] = {
 }
 
 
-#: Sub-positions per input item for the recipient facts it yields (at most 4 today).
+#: Fact kinds that carry the sending number and campaign (premature-resend signals, retry plans).
+_DETAILED_FACTS = frozenset(
+    {
+        RecipientFactKind.MARKETING_ATTEMPT,
+        RecipientFactKind.SEND_ATTEMPT,
+        RecipientFactKind.LIMIT_FAILURE,
+        RecipientFactKind.RETRYABLE_FAILURE,
+    }
+)
+
+#: Sub-positions per input item for the recipient facts it yields (at most 5 today).
 FACTS_PER_ITEM = 16
 
 
@@ -117,6 +129,7 @@ class MessageState(msgspec.Struct, array_like=True, gc=False):
     first_ts: int = 0
     last_ts: int = 0
     applied: Applied = {}
+    read_ts: int = 0
 
 
 class BucketDelta(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -217,8 +230,14 @@ class MessageLedger:
                 fx.deltas.append(BucketDelta(dim, key, minute, label, 1))
         if new & DELIVERED:
             state.delivered_ts = fact.timestamp
-        if new & FAILED and fact.error_class in _FAILURE_FACTS:
-            self._emit(state, fx, _FAILURE_FACTS[fact.error_class], fact.timestamp, position)
+        if new & READ:
+            state.read_ts = fact.timestamp
+        if new & FAILED:
+            kind = _FAILURE_FACTS.get(fact.error_class or "")
+            if kind is None and fact.error_code is not None and is_retryable(fact.error_code):
+                kind = RecipientFactKind.RETRYABLE_FAILURE
+            if kind is not None:
+                self._emit(state, fx, kind, fact.timestamp, position, code=fact.error_code)
         if fact.phone and fact.user_id and not state.stages & _FLAG_LINKED:
             state.stages |= _FLAG_LINKED
             self._emit(
@@ -269,7 +288,14 @@ class MessageLedger:
         return out
 
     def _marketing_facts(self, state: MessageState, fx: Effects, position: Position) -> None:
-        if not _is_marketing(state.category) or not state.recipient:
+        if state.category is None or not state.recipient:
+            return
+        if not _is_marketing(state.category):
+            # other categories tell the recipient stage only that a message went out (it
+            # cancels retry plans of the same template)
+            if state.first_ts and not state.stages & _FLAG_MKT_ATTEMPT_FACT:
+                state.stages |= _FLAG_MKT_ATTEMPT_FACT
+                self._emit(state, fx, RecipientFactKind.SEND_ATTEMPT, state.first_ts, position)
             return
         if state.first_ts and not state.stages & _FLAG_MKT_ATTEMPT_FACT:
             state.stages |= _FLAG_MKT_ATTEMPT_FACT
@@ -279,6 +305,9 @@ class MessageLedger:
             self._emit(
                 state, fx, RecipientFactKind.MARKETING_DELIVERED, state.delivered_ts, position
             )
+        if state.stages & READ and not state.stages & _FLAG_MKT_READ_FACT:
+            state.stages |= _FLAG_MKT_READ_FACT
+            self._emit(state, fx, RecipientFactKind.MARKETING_READ, state.read_ts, position)
 
     @staticmethod
     def _emit(
@@ -289,10 +318,12 @@ class MessageLedger:
         position: Position,
         recipient: str | None = None,
         other: str | None = None,
+        code: int | None = None,
     ) -> None:
         # Several facts can come from one input item: each gets its own sub-position, so the
         # recipient stage (which applies each position once) keeps them all.
         sub = sum(1 for f in fx.facts if f.position[:2] == position[:2])
+        detailed = kind in _DETAILED_FACTS  # sender and campaign only where stage 3 keeps them
         fact = RecipientFact(
             recipient=recipient or state.recipient,
             kind=kind,
@@ -301,6 +332,9 @@ class MessageLedger:
             other=other,
             template=state.template,
             wamid=state.wamid,
+            sender=(state.sender or None) if detailed else None,
+            campaign=state.campaign if detailed else None,
+            code=code,
         )
         if fact.recipient:
             state.emitted.append(fact)

@@ -1,4 +1,13 @@
-"""Stage 3: per-recipient state (keyed by recipient: phone number, else BSUID)."""
+"""Stage 3: per-recipient state (keyed by recipient: phone number, else BSUID).
+
+Besides each recipient's state (:mod:`streams.core.recipients`) the stage keeps, in the same
+table partition, the retry plans of failed messages (:mod:`streams.core.retries`, one key per
+plan, sorted by due time) and an event-time timer index of them: when the partition's event
+time (the newest fact it applied) passes a plan's due time plus ``RetryPolicy.settle_s``, the
+flush publishes it as ``due``. Nothing but facts advances that time: when traffic stops, plans
+come due with the next facts of their partition. The index and its cursor are table state, so
+timers survive restarts and move with the partition in a rebalance.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +17,25 @@ from dataclasses import dataclass
 import msgspec
 
 from streams.core.expiry import ExpiryIndex, SweepCursor
-from streams.core.facts import RecipientFactKind, decode_batch
-from streams.core.recipients import RecipientState, apply_fact, is_idle
+from streams.core.facts import RecipientFact, RecipientFactKind, decode_batch
+from streams.core.recipients import (
+    OpenPlan,
+    RecipientState,
+    Windows,
+    apply_fact,
+    is_idle,
+    premature_resends,
+    wamid_hash,
+)
+from streams.core.retries import DEFAULT_POLICY as DEFAULT_RETRY_POLICY
+from streams.core.retries import (
+    PlanStatus,
+    RetryPlan,
+    RetryPolicy,
+    cancels,
+    make_plan,
+    plan_record,
+)
 from streams.core.signals import ResendSignal, SignalBatch, recipient_digest
 from streams.state import KeyValue, WriteBack, decode
 
@@ -26,6 +52,7 @@ class RecipientMeta(msgspec.Struct, array_like=True, gc=False):
     # 131049 cool-downs by the slot in which they end (see cooldown_slot); slots at or before
     # the watermark are over and pruned at flush, so at most a day of slots is kept.
     cooldown_slots: dict[int, int] = {}
+    retries: SweepCursor = msgspec.field(default_factory=SweepCursor)  # the retry timers
 
     def in_cooldown(self) -> int:
         """Recipients whose last 131049 is less than 24 h before the watermark."""
@@ -77,6 +104,27 @@ def recipient_key(recipient: str) -> bytes:
     return recipient.encode()
 
 
+#: Prefix of retry-plan keys; the due time is zero-padded so keys sort by it.
+PLAN_PREFIX = b"R\x1f"
+
+
+def plan_key(due: int, wamid: str) -> bytes:
+    return PLAN_PREFIX + b"%012d\x1f" % due + wamid.encode()
+
+
+#: Fact kinds that are sends of a message: they cancel retry plans of the same template.
+_SENDS = frozenset(
+    {
+        RecipientFactKind.MARKETING_ATTEMPT,
+        RecipientFactKind.SEND_ATTEMPT,
+        RecipientFactKind.MARKETING_DELIVERED,
+    }
+)
+_FAILURES = frozenset({RecipientFactKind.LIMIT_FAILURE, RecipientFactKind.RETRYABLE_FAILURE})
+#: A per-user limit failure without a code (a fact written before codes were carried).
+_DEFAULT_LIMIT_CODE = 131049
+
+
 def recipient_meta_key(partition: int) -> bytes:
     return f"\x00rmeta\x1f{partition}".encode()
 
@@ -88,24 +136,50 @@ class RecipientStats:
     replays: int = 0
     expired: int = 0
     premature_resends: int = 0
+    plans: int = 0  # retry plans made (cancelled ones included)
+    plans_due: int = 0
+    plans_cancelled: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class RecipientRetention:
-    windows: int = 7 * DAY  # the longest window counted (7 d)
-    idle: int = 8 * DAY  # an idle recipient is removed after this
+    windows: int = 7 * DAY  # failures (131049, 131026) are counted over 7 d
+    idle: int = 8 * DAY  # a recipient without events is removed after this...
+    engaged: int = 30 * DAY  # ... unless engagement (the last 30 d) still counts its events
     opted_out: int = 400 * DAY  # opt-outs are kept longer: they last until resume
     sweep_budget: int = 5_000
 
+    def expires(self, state: RecipientState) -> int:
+        """Event time from which ``state`` is idle (see :func:`is_idle`)."""
+        if state.opted_out:
+            return state.last_ts + self.opted_out
+        return max(state.last_ts + self.idle, state.last_engagement + self.engaged)
+
+
+#: Prefix of the retry timer index's records (see streams.core.expiry; a "day" is a minute).
+_TIMER_PREFIX = "xq"
+_TIMER_UNIT = 60
+
 
 class RecipientStage:
-    def __init__(self, kv: KeyValue, retention: RecipientRetention = RecipientRetention()) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        retention: RecipientRetention = RecipientRetention(),
+        retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+    ) -> None:
         self.state = WriteBack(kv)
         self.retention = retention
+        self.windows = Windows(failures=retention.windows, engagement=retention.engaged)
+        self.retry_policy = retry_policy
         self.stats = RecipientStats()
         self._index: dict[int, ExpiryIndex] = {}
-        self._resends: list[ResendSignal] = []
+        self._timers: dict[int, ExpiryIndex] = {}
+        # outputs of the current batch, per partition (a revoked partition's are dropped: its
+        # next owner handles those facts again)
+        self._resends: dict[int, list[ResendSignal]] = {}
         self._changed: dict[int, set[str]] = {}
+        self._retries: dict[int, list[tuple[str, bytes]]] = {}  # (wamid, record) to publish
         self._max_ts = 0
 
     def meta(self, partition: int) -> RecipientMeta:
@@ -122,6 +196,12 @@ class RecipientStage:
             index = self._index[partition] = ExpiryIndex("xr", partition)
         return index
 
+    def _timers_for(self, partition: int) -> ExpiryIndex:
+        timers = self._timers.get(partition)
+        if timers is None:
+            timers = self._timers[partition] = ExpiryIndex(_TIMER_PREFIX, partition, _TIMER_UNIT)
+        return timers
+
     def handle_batch(self, partition: int, offset: int, raw: bytes) -> None:
         batch = decode_batch(raw)
         meta = self.meta(partition)
@@ -130,32 +210,169 @@ class RecipientStage:
             self.stats.facts += 1
             key = recipient_key(fact.recipient)
             state = self.state.get(partition, key, RecipientState)
-            last_limit = state.last_limit_failure if state is not None else 0
-            gauge_before = _gauge_view(state) if fact.kind in _GAUGE_KINDS else None
-            state, changed = apply_fact(state, fact, self.retention.windows)
-            if (
-                changed
-                and fact.kind == RecipientFactKind.MARKETING_ATTEMPT
-                and last_limit
-                and 0 < fact.timestamp - last_limit < DAY
-                and fact.template
-            ):
-                self.stats.premature_resends += 1
-                self._resends.append(
-                    ResendSignal(fact.template, fact.timestamp, recipient_digest(fact.recipient))
-                )
             self._max_ts = max(self._max_ts, fact.timestamp)
+            if state is None and fact.kind == RecipientFactKind.SEND_ATTEMPT:
+                continue  # a non-marketing send matters only to a recipient already tracked
+            gauge_before = _gauge_view(state) if fact.kind in _GAUGE_KINDS else None
+            state, changed = apply_fact(state, fact, self.retention.windows, self.windows)
             if not changed:
                 self.stats.replays += 1
                 continue
             self.stats.applied += 1
             self._changed.setdefault(partition, set()).add(fact.recipient)
             meta.watermark = max(meta.watermark, fact.timestamp)
+            for attempt in premature_resends(state, fact):
+                self.stats.premature_resends += 1
+                self._resends.setdefault(partition, []).append(
+                    ResendSignal(
+                        attempt.template or "unknown",
+                        attempt.ts,
+                        recipient_digest(fact.recipient),
+                        attempt.sender or "",
+                        attempt.campaign or "",
+                    )
+                )
+            if fact.kind in _FAILURES:
+                self._plan(partition, state, fact, meta)
+            elif fact.kind in _SENDS and state.plans:
+                self._cancel(partition, state, fact.timestamp, fact.template, fact.wamid)
             self.state.put(partition, key, state)
             if gauge_before is not None:
                 _track_gauges(meta, gauge_before, state)
             index.touch("r\x1f" + fact.recipient, state.last_ts, meta.cursor)
         self.state.put(partition, recipient_meta_key(partition), meta)
+
+    # -- retry plans ----------------------------------------------------------------------------
+    def _publish(self, partition: int, plan: RetryPlan) -> None:
+        record = msgspec.json.encode(plan_record(plan))
+        self._retries.setdefault(partition, []).append((plan.wamid, record))
+
+    def _plan(
+        self, partition: int, state: RecipientState, fact: RecipientFact, meta: RecipientMeta
+    ) -> None:
+        if not fact.wamid:
+            return
+        limit = fact.kind == RecipientFactKind.LIMIT_FAILURE
+        code = fact.code if fact.code is not None else _DEFAULT_LIMIT_CODE
+        plan = make_plan(
+            fact.wamid,
+            fact.recipient,
+            code,
+            fact.timestamp,
+            limit=limit,
+            template=fact.template,
+            sender=fact.sender,
+            campaign=fact.campaign,
+            policy=self.retry_policy,
+        )
+        if plan is None:
+            return
+        key = plan_key(plan.due, plan.wamid)
+        if self.state.get(partition, key, RetryPlan) is not None:
+            return  # made already (the same failure reached the stage twice)
+        own = wamid_hash(plan.wamid)
+        # a later send of the same template that arrived first cancels the plan from the start
+        later = [
+            a.ts for a in state.attempts if a.wamid_hash != own and cancels(plan, a.ts, a.template)
+        ]
+        if later:
+            plan.status, plan.cancelled_at = PlanStatus.CANCELLED, min(later)
+            self.stats.plans_cancelled += 1
+        else:
+            state.plans.append(OpenPlan(plan.due, plan.wamid, plan.template, plan.failed_at))
+        self.stats.plans += 1
+        self.state.put(partition, key, plan)
+        self._publish(partition, plan)
+        cursor = meta.retries
+        if cursor.next_day < 0:  # timers start at the partition's time, not at the first due
+            cursor.next_day = min(meta.watermark, fact.timestamp) // _TIMER_UNIT
+        at = plan.due if plan.status == PlanStatus.PLANNED else plan.due + self.retry_policy.keep_s
+        self._timers_for(partition).touch(key.decode(), at, cursor)
+
+    def _cancel(
+        self,
+        partition: int,
+        state: RecipientState,
+        ts: int,
+        template: str | None,
+        wamid: str | None,
+    ) -> None:
+        own = wamid_hash(wamid)
+        for open_plan in list(state.plans):
+            if ts <= open_plan.failed_at or own == wamid_hash(open_plan.wamid):
+                continue
+            if open_plan.template is not None and template != open_plan.template:
+                continue
+            key = plan_key(open_plan.due, open_plan.wamid)
+            plan = self.state.get(partition, key, RetryPlan)
+            state.plans.remove(open_plan)
+            if plan is None or not cancels(plan, ts, template):
+                continue
+            plan.status, plan.cancelled_at = PlanStatus.CANCELLED, ts
+            self.stats.plans_cancelled += 1
+            self.state.put(partition, key, plan)
+            self._publish(partition, plan)
+
+    def _fire(self, partition: int, meta: RecipientMeta) -> None:
+        """Publish the plans whose due time the partition's event time has passed (plus the
+        settle time) as due; delete closed plans ``keep_s`` after their due time."""
+        timers = self._timers_for(partition)
+        policy = self.retry_policy
+        now = meta.watermark - policy.settle_s
+        view = self.state.view(partition)
+        later: list[tuple[str, int]] = []
+
+        def visit(indexed: str) -> bool:
+            key = indexed.encode()
+            plan = self.state.get(partition, key, RetryPlan)
+            if plan is None:
+                return False
+            if plan.status == PlanStatus.PLANNED:
+                if plan.due > now:
+                    later.append((indexed, plan.due))
+                    return False
+                plan.status = PlanStatus.DUE
+                self.stats.plans_due += 1
+                self.state.put(partition, key, plan)
+                self._publish(partition, plan)
+                self._close(partition, plan)
+                later.append((indexed, plan.due + policy.keep_s))
+                return False
+            if plan.due + policy.keep_s > now:
+                later.append((indexed, plan.due + policy.keep_s))
+                return False
+            view.delete(indexed)
+            return True
+
+        timers.sweep(
+            meta.retries,
+            meta.watermark,
+            policy.settle_s,
+            self.retention.sweep_budget,
+            view.get,
+            view.delete,
+            visit,
+        )
+        for indexed, at in later:
+            timers.touch(indexed, at, meta.retries)
+        timers.flush(view.get, view.put)
+
+    def _close(self, partition: int, plan: RetryPlan) -> None:
+        """Forget a plan that came due in its recipient's open plans."""
+        key = recipient_key(plan.recipient)
+        state = self.state.get(partition, key, RecipientState)
+        if state is not None:
+            kept = [p for p in state.plans if p.wamid != plan.wamid]
+            if len(kept) != len(state.plans):
+                state.plans = kept
+                self.state.put(partition, key, state)
+
+    def drain_retries(self) -> list[tuple[str, bytes]]:
+        """(wamid, JSON record) of the retry plans made, come due or cancelled since the last
+        call, in order (the retries topic, keyed by wamid)."""
+        out = [record for records in self._retries.values() for record in records]
+        self._retries = {}
+        return out
 
     def flush(self, partition: int) -> int:
         index = self._index.get(partition)
@@ -172,11 +389,15 @@ class RecipientStage:
                 state = self.state.get(partition, key, RecipientState)
                 if state is None:
                     return False
-                if is_idle(state, meta.watermark, r.idle, r.opted_out):
+                if is_idle(state, meta.watermark, r.idle, r.opted_out, r.engaged):
                     meta.opted_out -= state.opted_out
                     self.state.delete(partition, key)
                     return True
-                kept.append((indexed, max(state.last_ts, meta.watermark)))
+                # visited again on the day it may expire (the sweep runs at the idle
+                # retention); an opt-out, kept for a year, every idle retention as before (an
+                # index chunk a year ahead per flush would pile up)
+                at = meta.watermark if state.opted_out else r.expires(state) - r.idle
+                kept.append((indexed, max(at, meta.watermark - r.idle)))
                 return False
 
             self.stats.expired += index.sweep(
@@ -191,6 +412,7 @@ class RecipientStage:
             for indexed, ts in kept:
                 index.touch(indexed, ts, meta.cursor)
             index.flush(view.get, view.put)
+            self._fire(partition, meta)
             over = [slot for slot in meta.cooldown_slots if slot * COOLDOWN_SLOT <= meta.watermark]
             for slot in over:
                 del meta.cooldown_slots[slot]
@@ -221,11 +443,11 @@ class RecipientStage:
         return out
 
     def drain_signals(self) -> SignalBatch | None:
-        if not self._resends:
+        resends = [signal for signals in self._resends.values() for signal in signals]
+        self._resends = {}
+        if not resends:
             return None
-        batch = SignalBatch(resends=self._resends, max_ts=self._max_ts)
-        self._resends = []
-        return batch
+        return SignalBatch(resends=resends, max_ts=self._max_ts)
 
     def gauges(self, partitions: list[int]) -> tuple[int, int]:
         """(recipients in a 131049 cool-down, recipients opted out) on ``partitions``, from
@@ -242,7 +464,13 @@ class RecipientStage:
     def read(self, partition: int, recipient: str) -> RecipientState | None:
         return self.state.get(partition, recipient_key(recipient), RecipientState)
 
+    def read_plan(self, partition: int, key: bytes) -> RetryPlan | None:
+        return self.state.get(partition, key, RetryPlan)
+
     def revoke(self, partition: int) -> None:
         self.state.discard(partition)
         self._changed.pop(partition, None)
         self._index.pop(partition, None)
+        self._timers.pop(partition, None)
+        self._retries.pop(partition, None)
+        self._resends.pop(partition, None)
