@@ -84,7 +84,7 @@ def storm_until(state: RecipientState, now: int, cooldown: int, extension: int) 
         return 0
     sends = [a.ts for a in state.attempts if a.marketing and a.ts <= now]
     sends += [t for t in state.marketing_attempts if t <= now]  # states written before attempts
-    until = max((t + extension for t in state.premature_resends if t <= now), default=0)
+    until = 0
     for t in sends:
         if t + extension > until and any(0 < t - f < cooldown for f in failures):
             until = t + extension

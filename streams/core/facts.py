@@ -8,9 +8,11 @@ every stage can apply each input exactly once even when an at-least-once replay 
 The send log is the sender's own record of what it sent (JSON, keyed by wamid):
 
     {"wamid": "wamid.HBg...", "recipient": "16505551234", "template": "spring_sale",
-     "category": "marketing", "campaign": "2026-05", "sent_at": 1751142880}
+     "category": "marketing", "campaign": "2026-05", "sent_at": 1751142880,
+     "phone_number_id": "106540352242922"}
 
-``wamid`` and ``template`` are required; ``sent_at`` is unix seconds (int or numeric string).
+``wamid`` and ``template`` are required; ``sent_at`` is unix seconds (int or numeric string);
+``phone_number_id`` is the sending number (known before the message's first status).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class SendLogRecord(msgspec.Struct, frozen=True, gc=False):
     category: str | None = None
     campaign: str | None = None
     sent_at: int | str | None = None
+    phone_number_id: str | None = None
 
     def sent_at_seconds(self) -> int | None:
         if self.sent_at is None:

@@ -43,6 +43,8 @@ _FLAG_MKT_DELIVERED_FACT = 1 << 16
 _FLAG_MKT_ATTEMPT_FACT = 1 << 17
 _FLAG_LINKED = 1 << 18
 _FLAG_MKT_READ_FACT = 1 << 19
+_FLAG_ATTEMPT_SENDER = 1 << 20  # the send's recipient fact carried the sending number
+_FLAG_ATTEMPT_TEMPLATE = 1 << 21  # ... and the template
 
 STAGE_OUTCOMES: tuple[tuple[int, str], ...] = (
     (ATTEMPTED, "attempted"),
@@ -130,6 +132,7 @@ class MessageState(msgspec.Struct, array_like=True, gc=False):
     last_ts: int = 0
     applied: Applied = {}
     read_ts: int = 0
+    attempt_ts: int = 0  # the time the send's recipient fact carried (see _attempt_fact)
 
 
 class BucketDelta(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -202,7 +205,7 @@ class MessageLedger:
             return state, fx
         state.seen[fact.status] = Seen(position, fact.origin)
         state.last_ts = max(state.last_ts, fact.timestamp)
-        if not state.first_ts:
+        if not state.first_ts or fact.timestamp < state.first_ts:
             state.first_ts = fact.timestamp
         state.sender = state.sender or fact.sender
         state.country = state.country or fact.country
@@ -262,11 +265,12 @@ class MessageLedger:
         mark_applied(state.applied, position)
         state.wamid = record.wamid
         state.recipient = state.recipient or (record.recipient or "")
+        state.sender = state.sender or (record.phone_number_id or "")
         state.category = state.category or record.category
         sent_at = record.sent_at_seconds()
         if sent_at is not None:
             state.last_ts = max(state.last_ts, sent_at)
-            state.first_ts = state.first_ts or sent_at
+            state.first_ts = min(state.first_ts, sent_at) if state.first_ts else sent_at
         if state.template is None:
             state.template = record.template
             state.campaign = state.campaign or record.campaign
@@ -290,16 +294,10 @@ class MessageLedger:
     def _marketing_facts(self, state: MessageState, fx: Effects, position: Position) -> None:
         if state.category is None or not state.recipient:
             return
-        if not _is_marketing(state.category):
-            # other categories tell the recipient stage only that a message went out (it
-            # cancels retry plans of the same template)
-            if state.first_ts and not state.stages & _FLAG_MKT_ATTEMPT_FACT:
-                state.stages |= _FLAG_MKT_ATTEMPT_FACT
-                self._emit(state, fx, RecipientFactKind.SEND_ATTEMPT, state.first_ts, position)
+        marketing = _is_marketing(state.category)
+        self._attempt_fact(state, fx, position, marketing)
+        if not marketing:
             return
-        if state.first_ts and not state.stages & _FLAG_MKT_ATTEMPT_FACT:
-            state.stages |= _FLAG_MKT_ATTEMPT_FACT
-            self._emit(state, fx, RecipientFactKind.MARKETING_ATTEMPT, state.first_ts, position)
         if state.stages & DELIVERED and not state.stages & _FLAG_MKT_DELIVERED_FACT:
             state.stages |= _FLAG_MKT_DELIVERED_FACT
             self._emit(
@@ -308,6 +306,29 @@ class MessageLedger:
         if state.stages & READ and not state.stages & _FLAG_MKT_READ_FACT:
             state.stages |= _FLAG_MKT_READ_FACT
             self._emit(state, fx, RecipientFactKind.MARKETING_READ, state.read_ts, position)
+
+    def _attempt_fact(
+        self, state: MessageState, fx: Effects, position: Position, marketing: bool
+    ) -> None:
+        """The send, at its earliest known time (the send log's ``sent_at`` or the first
+        status), whichever input came first: an earlier time, the sending number or the
+        template learned later is sent again (the recipient stage keeps the earliest per
+        message, with what it learns), so the recipient's history does not depend on the
+        arrival order. Non-marketing sends only cancel retry plans."""
+        if not state.first_ts:
+            return
+        kind = RecipientFactKind.MARKETING_ATTEMPT if marketing else RecipientFactKind.SEND_ATTEMPT
+        stages = state.stages
+        known = (_FLAG_ATTEMPT_SENDER if state.sender else 0) | (
+            _FLAG_ATTEMPT_TEMPLATE if state.template else 0
+        )
+        if stages & _FLAG_MKT_ATTEMPT_FACT:
+            earlier = 0 < state.first_ts < state.attempt_ts
+            if not (earlier or known & ~stages):
+                return
+        state.stages |= _FLAG_MKT_ATTEMPT_FACT | known
+        state.attempt_ts = state.first_ts
+        self._emit(state, fx, kind, state.first_ts, position)
 
     @staticmethod
     def _emit(

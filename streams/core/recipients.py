@@ -89,7 +89,8 @@ class RecipientState(msgspec.Struct, array_like=True, gc=False):
     link: str | None = None
     last_ts: int = 0
     applied: Applied = {}
-    premature_resends: list[int] = []  # premature marketing sends signalled (their times)
+    # premature marketing sends already reported (wamid_hash of each; before: their times)
+    premature_resends: list[int] = []
     advice_signature: str = ""  # of the advice last published to the advice topic
     marketing_read: list[int] = []
     last_inbound: int = 0
@@ -133,16 +134,17 @@ def count_since(times: list[int], since: int, until: int) -> int:
 
 def _add_attempt(state: RecipientState, fact: RecipientFact, marketing: bool, horizon: int) -> None:
     attempts = state.attempts
-    attempts.append(
-        Attempt(
-            fact.timestamp,
-            fact.template,
-            fact.sender,
-            fact.campaign,
-            marketing,
-            wamid_hash(fact.wamid),
+    wh = wamid_hash(fact.wamid)
+    same = next((a for a in attempts if wh and a.wamid_hash == wh), None)
+    if same is not None:  # the same send at an earlier time learned later: keep the earliest
+        same.ts = min(same.ts, fact.timestamp)
+        same.template = same.template or fact.template
+        same.sender = same.sender or fact.sender
+        same.campaign = same.campaign or fact.campaign
+    else:
+        attempts.append(
+            Attempt(fact.timestamp, fact.template, fact.sender, fact.campaign, marketing, wh)
         )
-    )
     attempts.sort(key=lambda a: a.ts)
     while attempts and (attempts[0].ts < horizon or len(attempts) > MAX_EVENTS):
         attempts.pop(0)
@@ -198,31 +200,28 @@ def premature_resends(
 ) -> list[Attempt]:
     """Marketing sends that ``fact`` (just applied) shows to be premature resends (less than
     ``cooldown`` after a 131049 of this recipient) and that were not reported before; marks
-    them reported. The attempt or the failure may come first: each is reported once."""
+    them reported (by message). The send or the failure may come first: each is reported
+    once, as soon as its template and sending number are known (the messages stage sends a
+    send again when it learns them)."""
     if fact.kind == K.MARKETING_ATTEMPT:
-        t = fact.timestamp
-        if not any(0 < t - f < cooldown for f in state.limit_failures):
-            return []
-        candidates = [a for a in state.attempts if a.marketing and a.ts == t]
+        wh = wamid_hash(fact.wamid)
+        candidates = [
+            a
+            for a in state.attempts
+            if a.wamid_hash == wh and any(0 < a.ts - f < cooldown for f in state.limit_failures)
+        ]
     elif fact.kind == K.LIMIT_FAILURE:
         f = fact.timestamp
-        candidates = [a for a in state.attempts if a.marketing and 0 < a.ts - f < cooldown]
+        candidates = [a for a in state.attempts if 0 < a.ts - f < cooldown]
     else:
         return []
-    found: list[Attempt] = []
+    candidates = [a for a in candidates if a.marketing and a.template and a.sender]
     reported = state.premature_resends
-    for t in sorted({a.ts for a in candidates}):
-        at_t = [a for a in candidates if a.ts == t]
-        # same-second sends are told apart by count: those not yet reported are reported now
-        fresh = len(at_t) - reported.count(t)
-        if fresh > 0:
-            found.extend(at_t[-fresh:])
-            reported.extend([t] * fresh)
+    found = [a for a in candidates if a.wamid_hash not in reported]
     if found:
-        reported.sort()
-        oldest = state.attempts[0].ts if state.attempts else 0
-        while reported and (reported[0] < oldest or len(reported) > MAX_EVENTS):
-            reported.pop(0)
+        reported.extend(a.wamid_hash for a in found)
+        live = {a.wamid_hash for a in state.attempts}  # sends that left the window are done
+        state.premature_resends = [h for h in reported if h in live][-MAX_EVENTS:]
     return found
 
 

@@ -236,9 +236,16 @@ class RecipientStage:
                 self._plan(partition, state, fact, meta)
             elif fact.kind in _SENDS and state.plans:
                 self._cancel(partition, state, fact.timestamp, fact.template, fact.wamid)
-            self.state.put(partition, key, state)
             if gauge_before is not None:
                 _track_gauges(meta, gauge_before, state)
+            r = self.retention
+            if is_idle(state, meta.watermark, r.idle, r.opted_out, r.engaged):
+                # facts older than the retention (a backlog, a late send log) would make a
+                # state the sweep already passed: gone, as if they had come in time
+                meta.opted_out -= state.opted_out
+                self.state.delete(partition, key)
+                continue
+            self.state.put(partition, key, state)
             index.touch("r\x1f" + fact.recipient, state.last_ts, meta.cursor)
         self.state.put(partition, recipient_meta_key(partition), meta)
 
@@ -278,14 +285,17 @@ class RecipientStage:
         if later:
             plan.status, plan.cancelled_at = PlanStatus.CANCELLED, min(later)
             self.stats.plans_cancelled += 1
-        else:
-            state.plans.append(OpenPlan(plan.due, plan.wamid, plan.template, plan.failed_at))
         self.stats.plans += 1
         self.state.put(partition, key, plan)
         self._publish(partition, plan)
         cursor = meta.retries
         if cursor.next_day < 0:  # timers start at the partition's time, not at the first due
             cursor.next_day = min(meta.watermark, fact.timestamp) // _TIMER_UNIT
+        if plan.status == PlanStatus.PLANNED:
+            if plan.due <= meta.watermark - self.retry_policy.settle_s:
+                self._come_due(partition, key, plan)  # a late failure: due already
+            else:
+                state.plans.append(OpenPlan(plan.due, plan.wamid, plan.template, plan.failed_at))
         at = plan.due if plan.status == PlanStatus.PLANNED else plan.due + self.retry_policy.keep_s
         self._timers_for(partition).touch(key.decode(), at, cursor)
 
@@ -331,11 +341,8 @@ class RecipientStage:
                 if plan.due > now:
                     later.append((indexed, plan.due))
                     return False
-                plan.status = PlanStatus.DUE
-                self.stats.plans_due += 1
-                self.state.put(partition, key, plan)
-                self._publish(partition, plan)
-                self._close(partition, plan)
+                self._come_due(partition, key, plan)
+                self._close(partition, plan, meta)
                 later.append((indexed, plan.due + policy.keep_s))
                 return False
             if plan.due + policy.keep_s > now:
@@ -357,15 +364,30 @@ class RecipientStage:
             timers.touch(indexed, at, meta.retries)
         timers.flush(view.get, view.put)
 
-    def _close(self, partition: int, plan: RetryPlan) -> None:
-        """Forget a plan that came due in its recipient's open plans."""
+    def _come_due(self, partition: int, key: bytes, plan: RetryPlan) -> None:
+        plan.status = PlanStatus.DUE
+        self.stats.plans_due += 1
+        self.state.put(partition, key, plan)
+        self._publish(partition, plan)
+
+    def _close(self, partition: int, plan: RetryPlan, meta: RecipientMeta) -> None:
+        """Forget a plan that came due in its recipient's open plans (a recipient kept only
+        for its plan goes with it)."""
         key = recipient_key(plan.recipient)
         state = self.state.get(partition, key, RecipientState)
-        if state is not None:
-            kept = [p for p in state.plans if p.wamid != plan.wamid]
-            if len(kept) != len(state.plans):
-                state.plans = kept
-                self.state.put(partition, key, state)
+        if state is None:
+            return
+        kept = [p for p in state.plans if p.wamid != plan.wamid]
+        if len(kept) == len(state.plans):
+            return
+        state.plans = kept
+        r = self.retention
+        if is_idle(state, meta.watermark, r.idle, r.opted_out, r.engaged):
+            meta.opted_out -= state.opted_out
+            self.state.delete(partition, key)
+            self.stats.expired += 1
+        else:
+            self.state.put(partition, key, state)
 
     def drain_retries(self) -> list[tuple[str, bytes]]:
         """(wamid, JSON record) of the retry plans made, come due or cancelled since the last

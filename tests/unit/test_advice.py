@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from streams.core.advice import AdvicePolicy, AdviceReason, advise
 from streams.core.facts import RecipientFact, RecipientFactKind
-from streams.core.recipients import RecipientState, apply_fact, premature_resends
+from streams.core.recipients import RecipientState, apply_fact
 
 K = RecipientFactKind
 T = 1_767_225_600
@@ -43,7 +43,6 @@ def test_cooldown_is_configurable() -> None:
 
 def test_a_resend_inside_the_cooldown_extends_the_block() -> None:
     s = state_of((K.LIMIT_FAILURE, T), (K.MARKETING_ATTEMPT, T + 10 * H))
-    assert premature_resends(s, RecipientFact("r", K.LIMIT_FAILURE, T, (1, 0, 0))) != []
     a = advise(s, "r", T + 25 * H, is_us=False)
     assert not a.may_send_marketing
     assert a.reasons == (AdviceReason.RESEND_STORM,)
