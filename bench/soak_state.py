@@ -73,6 +73,7 @@ from streams.stages.recipients import (
     RecipientStage,
     recipient_key,
     recipient_meta_key,
+    timer_clock,
 )
 from streams.state import DictKeyValue, decode
 
@@ -668,7 +669,7 @@ class Soak:
             "messages": max(lag(m.messages, m.watermark, r.messages, DAY) for m in mm),
             "bucket_minutes": max(lag(m.buckets, m.watermark, r.buckets, 60) for m in mm),
             "recipients": max(lag(m.cursor, m.watermark, rr.idle, DAY) for m in rm),
-            "retry_minutes": max(lag(m.retries, m.watermark, rp.settle_s, 60) for m in rm),
+            "retry_minutes": max(lag(m.retries, timer_clock(m), rp.settle_s, 60) for m in rm),
         }
 
     def stale(self) -> dict[str, int]:
@@ -709,7 +710,7 @@ class Soak:
                     out[family] += int(key.split(b"\x1f")[2]) < cursor.next_day
             horizon = (rmeta.watermark - rr.idle) // DAY
             # a closed retry plan is deleted keep_s after its due time (settled, minute index)
-            plans_horizon = rmeta.watermark - rp.settle_s - rp.keep_s - 60
+            plans_horizon = timer_clock(rmeta) - rp.settle_s - rp.keep_s - 60
             for key, raw in self.rkv.items(p):
                 family = recipient_family(key)
                 if family == "recipients":

@@ -94,10 +94,14 @@ class ExpectedPlan:
     due: int
     template: str
     cancelled: bool  # a later send of its template came before it was due
+    #: ... and that send's template is in its webhooks (biz_opaque_callback_data): known when
+    #: it arrives, not only once the send log comes
+    cancelled_by_opaque: bool
 
 
 def expected_plans(history: History) -> dict[str, ExpectedPlan]:
     """Every retryable failure's plan (README: retry plans), by wamid."""
+    opaque = {m.wamid: m.opaque for m in history.messages}
     out = {}
     for t in history.truth.values():
         for f in t.failures:
@@ -107,22 +111,32 @@ def expected_plans(history: History) -> dict[str, ExpectedPlan]:
                 due = f.ts + DAY + plan_jitter(f.wamid, HOUR)
             else:
                 due = f.ts + 60 + plan_jitter(f.wamid, 60)
-            cancelled = any(f.ts < s < due and tpl == f.template for s, tpl, _ in t.sends)
+            by = [w for s, tpl, w in t.sends if f.ts < s < due and tpl == f.template]
             out[f.wamid] = ExpectedPlan(
-                f.wamid, t.recipient, f.code, f.ts, due, f.template, cancelled
+                f.wamid,
+                t.recipient,
+                f.code,
+                f.ts,
+                due,
+                f.template,
+                bool(by),
+                any(opaque[w] for w in by),
             )
     return out
 
 
 def partition_clock(history: History, partitions: int) -> dict[int, int]:
-    """The newest event time of each recipients partition once the whole history is in."""
-    marks: dict[int, int] = defaultdict(int)
-    for t in history.truth.values():
-        times = [*t.delivered, *t.read, *t.inbound, *(s for s, _, _ in t.sends)]
-        times += [f.ts for f in t.failures]
-        p = partition_for(t.recipient, partitions)
-        marks[p] = max(marks[p], *times)
-    return dict(marks)
+    """The retry timers' clock of each recipients partition once the whole history is in:
+    per stage-2 partition the newest status time of its messages to the partition's
+    recipients, and the slowest of those (README: retry plans)."""
+    newest: dict[tuple[int, int], int] = defaultdict(int)
+    for m in history.messages:
+        key = (partition_for(m.recipient, partitions), partition_for(m.wamid, partitions))
+        newest[key] = max(newest[key], *(ts for _, ts, _ in m.statuses))
+    clock: dict[int, int] = {}
+    for (p, _), ts in newest.items():
+        clock[p] = min(clock.get(p, ts), ts)
+    return clock
 
 
 # -- the stages in process -----------------------------------------------------------------

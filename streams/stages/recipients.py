@@ -2,11 +2,14 @@
 
 Besides each recipient's state (:mod:`streams.core.recipients`) the stage keeps, in the same
 table partition, the retry plans of failed messages (:mod:`streams.core.retries`, one key per
-plan, sorted by due time) and an event-time timer index of them: when the partition's event
-time (the newest fact it applied) passes a plan's due time plus ``RetryPolicy.settle_s``, the
-flush publishes it as ``due``. Nothing but facts advances that time: when traffic stops, plans
-come due with the next facts of their partition. The index and its cursor are table state, so
-timers survive restarts and move with the partition in a rebalance.
+plan, sorted by due time) and an event-time timer index of them. Timers run on the webhooks'
+event time: per stage-2 partition, the newest status time of the facts it sent here, and the
+slowest of those (a backlog read faster on one partition, or a send log ahead of the
+webhooks, does not fire a plan before a resend that cancels it has arrived). When that time
+passes a plan's due time plus ``RetryPolicy.settle_s``, the flush publishes the plan as
+``due``. Nothing but facts advances it: when traffic stops, plans come due with the next
+statuses. The index, its cursor and the marks are table state, so timers survive restarts and
+move with the partition in a rebalance.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from streams.core.retries import (
     plan_record,
 )
 from streams.core.signals import ResendSignal, SignalBatch, recipient_digest
+from streams.stages import MESSAGES
 from streams.state import KeyValue, WriteBack, decode
 
 DAY = 86_400
@@ -53,12 +57,21 @@ class RecipientMeta(msgspec.Struct, array_like=True, gc=False):
     # the watermark are over and pruned at flush, so at most a day of slots is kept.
     cooldown_slots: dict[int, int] = {}
     retries: SweepCursor = msgspec.field(default_factory=SweepCursor)  # the retry timers
+    #: newest event time of the facts each stage-2 partition derived from webhook statuses;
+    #: the retry timers run on the slowest (see RecipientStage.timer_clock)
+    status_marks: dict[int, int] = {}
 
     def in_cooldown(self) -> int:
         """Recipients whose last 131049 is less than 24 h before the watermark."""
         return sum(
             n for slot, n in self.cooldown_slots.items() if slot * COOLDOWN_SLOT > self.watermark
         )
+
+
+def timer_clock(meta: RecipientMeta) -> int:
+    """Event time of the partition's retry timers: the slowest stage-2 partition's newest
+    status time (0 before any status)."""
+    return min(meta.status_marks.values(), default=0)
 
 
 def cooldown_slot(last_limit_failure: int) -> int:
@@ -221,6 +234,9 @@ class RecipientStage:
             self.stats.applied += 1
             self._changed.setdefault(partition, set()).add(fact.recipient)
             meta.watermark = max(meta.watermark, fact.timestamp)
+            source = fact.position[0]
+            if source // 100_000 == MESSAGES and fact.timestamp > meta.status_marks.get(source, 0):
+                meta.status_marks[source] = fact.timestamp
             for attempt in premature_resends(state, fact):
                 self.stats.premature_resends += 1
                 self._resends.setdefault(partition, []).append(
@@ -289,10 +305,11 @@ class RecipientStage:
         self.state.put(partition, key, plan)
         self._publish(partition, plan)
         cursor = meta.retries
+        clock = timer_clock(meta)
         if cursor.next_day < 0:  # timers start at the partition's time, not at the first due
-            cursor.next_day = min(meta.watermark, fact.timestamp) // _TIMER_UNIT
+            cursor.next_day = min(clock or fact.timestamp, fact.timestamp) // _TIMER_UNIT
         if plan.status == PlanStatus.PLANNED:
-            if plan.due <= meta.watermark - self.retry_policy.settle_s:
+            if plan.due <= clock - self.retry_policy.settle_s:
                 self._come_due(partition, key, plan)  # a late failure: due already
             else:
                 state.plans.append(OpenPlan(plan.due, plan.wamid, plan.template, plan.failed_at))
@@ -309,7 +326,11 @@ class RecipientStage:
     ) -> None:
         own = wamid_hash(wamid)
         for open_plan in list(state.plans):
-            if ts <= open_plan.failed_at or own == wamid_hash(open_plan.wamid):
+            if own == wamid_hash(open_plan.wamid):
+                if open_plan.template is None and template:
+                    self._learn_template(partition, open_plan, template)
+                continue
+            if ts <= open_plan.failed_at:
                 continue
             if open_plan.template is not None and template != open_plan.template:
                 continue
@@ -323,14 +344,30 @@ class RecipientStage:
             self.state.put(partition, key, plan)
             self._publish(partition, plan)
 
+    def _learn_template(self, partition: int, open_plan: OpenPlan, template: str) -> None:
+        """The failed message's template, learned after its plan was made (the send log came
+        later): the plan keeps it (its due or cancelled record carries it) and only a send of
+        that template cancels it from now on."""
+        open_plan.template = template
+        key = plan_key(open_plan.due, open_plan.wamid)
+        plan = self.state.get(partition, key, RetryPlan)
+        if plan is not None and plan.template is None:
+            plan.template = template
+            self.state.put(partition, key, plan)
+
     def _fire(self, partition: int, meta: RecipientMeta) -> None:
         """Publish the plans whose due time the partition's event time has passed (plus the
         settle time) as due; delete closed plans ``keep_s`` after their due time."""
         timers = self._timers_for(partition)
         policy = self.retry_policy
-        now = meta.watermark - policy.settle_s
+        clock = timer_clock(meta)
+        now = clock - policy.settle_s
         view = self.state.view(partition)
         later: list[tuple[str, int]] = []
+        # this batch's new timers first, into their minutes: a sweep that passes a minute
+        # before they are written would carry them past it to where it stops, and a
+        # partition whose event time then stops would never fire them
+        timers.flush(view.get, view.put)
 
         def visit(indexed: str) -> bool:
             key = indexed.encode()
@@ -353,7 +390,7 @@ class RecipientStage:
 
         timers.sweep(
             meta.retries,
-            meta.watermark,
+            clock,
             policy.settle_s,
             self.retention.sweep_budget,
             view.get,
