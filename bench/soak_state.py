@@ -554,7 +554,9 @@ class Soak:
         # the documented retention: the stages' defaults, as the worker uses them (the
         # recipients' can be shortened, to see their plateau in fewer days)
         self.messages = MessageStage(messages_kv, partitions, Retention())
-        self.recipients = RecipientStage(recipients_kv, recipient_retention)
+        self.recipients = RecipientStage(
+            recipients_kv, recipient_retention, status_sources=partitions
+        )
         self._raw_offsets = [0] * partitions
         self._message_offsets = [0] * partitions
         self._recipient_offsets = [0] * partitions
@@ -626,6 +628,11 @@ class Soak:
     def watermark(self) -> int:
         return max(m.watermark for m in self.metas()[0])
 
+    def expiry_day(self) -> int:
+        """The day of the recipients stage's expiry clock (its slowest partition's): daily
+        rows taken when it changes are all at the same phase of the recipients' sweep."""
+        return min(timer_clock(m, self.partitions) for m in self.metas()[1]) // DAY
+
     def families(self) -> dict[str, int]:
         """Live keys per family, counted by listing the stores."""
         out = dict.fromkeys(FAMILIES, 0)
@@ -653,7 +660,8 @@ class Soak:
             # judged as if its last event were (when it may expire - the idle retention): the
             # index sweeps at the idle retention and visits a kept recipient again then
             last = oracle.recipient_expires(recipient, rr) - rr.idle
-            _judge(out["recipients"], present, last, rm[p].watermark, rr.idle, rm[p].cursor)
+            now = timer_clock(rm[p], self.partitions)  # the stage's event time for expiry
+            _judge(out["recipients"], present, last, now, rr.idle, rm[p].cursor)
         return out
 
     def sweep_lag_days(self) -> dict[str, int]:
@@ -662,14 +670,17 @@ class Soak:
         rp = self.recipients.retry_policy
         mm, rm = self.metas()
 
+        def clock(meta: RecipientMeta) -> int:
+            return timer_clock(meta, self.partitions)
+
         def lag(cursor: SweepCursor, watermark: int, retention: int, unit: int) -> int:
             return max(0, (watermark - retention) // unit - cursor.next_day)
 
         return {
             "messages": max(lag(m.messages, m.watermark, r.messages, DAY) for m in mm),
             "bucket_minutes": max(lag(m.buckets, m.watermark, r.buckets, 60) for m in mm),
-            "recipients": max(lag(m.cursor, m.watermark, rr.idle, DAY) for m in rm),
-            "retry_minutes": max(lag(m.retries, timer_clock(m), rp.settle_s, 60) for m in rm),
+            "recipients": max(lag(m.cursor, clock(m), rr.idle, DAY) for m in rm),
+            "retry_minutes": max(lag(m.retries, clock(m), rp.settle_s, 60) for m in rm),
         }
 
     def stale(self) -> dict[str, int]:
@@ -708,16 +719,17 @@ class Soak:
                 elif family in ("message_index", "bucket_index"):
                     cursor = m.messages if family == "message_index" else m.buckets
                     out[family] += int(key.split(b"\x1f")[2]) < cursor.next_day
-            horizon = (rmeta.watermark - rr.idle) // DAY
+            now = timer_clock(rmeta, self.partitions)
+            horizon = (now - rr.idle) // DAY
             # a closed retry plan is deleted keep_s after its due time (settled, minute index)
-            plans_horizon = timer_clock(rmeta) - rp.settle_s - rp.keep_s - 60
+            plans_horizon = now - rp.settle_s - rp.keep_s - 60
             for key, raw in self.rkv.items(p):
                 family = recipient_family(key)
                 if family == "recipients":
                     state = decode(raw, RecipientState)
                     out["recipients"] += (rr.expires(state) - rr.idle) // DAY < horizon
                     if not state.opted_out:
-                        older = rr.expires(state) < rmeta.watermark
+                        older = rr.expires(state) < now
                         out["recipients_older_than_retention"] += older
                 elif family == "recipient_index":
                     out[family] += int(key.split(b"\x1f")[2]) < rmeta.cursor.next_day
@@ -847,7 +859,8 @@ def main() -> int:
         row = snapshot(s, t - started)
         if not hours or row["event_time"] // HOUR > hours[-1]["event_time"] // HOUR:
             hours.append(row)
-        if not days or row["event_time"] // DAY > days[-1]["event_time"] // DAY:
+        if not days or s.expiry_day() > days[-1]["expiry_day"]:
+            row["expiry_day"] = s.expiry_day()
             days.append(row | daily(s))
             print(_row(days[-1]), file=sys.stderr, flush=True)
         measure_s += time.perf_counter() - t

@@ -161,7 +161,9 @@ class Monitor:
         self._partition_counts: dict[str, int] = {}
         self.ingest = IngestStage(n, n)
         self.messages = MessageStage(self.messages_kv, n, Retention())
-        self.recipients = RecipientStage(self.recipients_kv, retry_policy=self.retry_policy)
+        self.recipients = RecipientStage(
+            self.recipients_kv, retry_policy=self.retry_policy, status_sources=n
+        )
         self.metrics.watch(self)  # scrape-time gauges from the stages' state
         policy = BatchPolicy()
         commit, seek, committed = faust_committer(app), faust_seeker(app), faust_committed(app)

@@ -151,7 +151,7 @@ class Pipeline:
         self.ingest = IngestStage(partitions, partitions, clock=lambda: 0.0)
         self.mkv, self.rkv = DictKeyValue(), DictKeyValue()
         self.messages = MessageStage(self.mkv, partitions)
-        self.recipients = RecipientStage(self.rkv)
+        self.recipients = RecipientStage(self.rkv, status_sources=partitions)
         self._offsets: dict[tuple[str, int], int] = defaultdict(int)
         self.retries: list[dict[str, object]] = []
         self.signals: list[ResendSignal] = []

@@ -63,6 +63,9 @@ class RetryPolicy:
     settle_s: int = 120
     #: closed plans (due or cancelled) stay listed this long after their due time
     keep_s: int = 2 * DAY
+    #: minutes of the timer index (and plans in them) visited per flush at most: a backlog
+    #: that moves event time by weeks in one batch is caught up over the next flushes
+    sweep_budget: int = 100_000
 
 
 DEFAULT_POLICY = RetryPolicy()

@@ -68,10 +68,17 @@ class RecipientMeta(msgspec.Struct, array_like=True, gc=False):
         )
 
 
-def timer_clock(meta: RecipientMeta) -> int:
-    """Event time of the partition's retry timers: the slowest stage-2 partition's newest
-    status time (0 before any status)."""
-    return min(meta.status_marks.values(), default=0)
+def timer_clock(meta: RecipientMeta, sources: int) -> int:
+    """Event time of the partition's retry timers and expiry: the slowest stage-2
+    partition's newest status time, once ``sources`` stage-2 partitions have sent statuses
+    here (0 before: the first one to report would run ahead of the others). A send log ahead
+    of the webhooks, or a backlog read faster on one partition, moves it no further than the
+    slowest webhooks. ``sources`` 0: the newest fact of any kind (a stage not told how many
+    stage-2 partitions there are)."""
+    if not sources:
+        return meta.watermark
+    marks = meta.status_marks
+    return min(marks.values()) if len(marks) >= sources else 0
 
 
 def cooldown_slot(last_limit_failure: int) -> int:
@@ -162,6 +169,11 @@ class RecipientRetention:
     opted_out: int = 400 * DAY  # opt-outs are kept longer: they last until resume
     sweep_budget: int = 5_000
 
+    @property
+    def idle_args(self) -> tuple[int, int, int]:
+        """The retentions :func:`is_idle` takes after the time."""
+        return self.idle, self.opted_out, self.engaged
+
     def expires(self, state: RecipientState) -> int:
         """Event time from which ``state`` is idle (see :func:`is_idle`)."""
         if state.opted_out:
@@ -180,8 +192,13 @@ class RecipientStage:
         kv: KeyValue,
         retention: RecipientRetention = RecipientRetention(),
         retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+        status_sources: int = 0,
     ) -> None:
+        """``status_sources``: the stage-2 (messages topic) partitions, each of which sends
+        this stage statuses; expiry and retry timers wait for all of them (see
+        :func:`timer_clock`; 0: they follow the newest fact)."""
         self.state = WriteBack(kv)
+        self.status_sources = status_sources
         self.retention = retention
         self.windows = Windows(failures=retention.windows, engagement=retention.engaged)
         self.retry_policy = retry_policy
@@ -255,7 +272,7 @@ class RecipientStage:
             if gauge_before is not None:
                 _track_gauges(meta, gauge_before, state)
             r = self.retention
-            if is_idle(state, meta.watermark, r.idle, r.opted_out, r.engaged):
+            if is_idle(state, timer_clock(meta, self.status_sources), *r.idle_args):
                 # facts older than the retention (a backlog, a late send log) would make a
                 # state the sweep already passed: gone, as if they had come in time
                 meta.opted_out -= state.opted_out
@@ -305,7 +322,7 @@ class RecipientStage:
         self.state.put(partition, key, plan)
         self._publish(partition, plan)
         cursor = meta.retries
-        clock = timer_clock(meta)
+        clock = timer_clock(meta, self.status_sources)
         if cursor.next_day < 0:  # timers start at the partition's time, not at the first due
             cursor.next_day = min(clock or fact.timestamp, fact.timestamp) // _TIMER_UNIT
         if plan.status == PlanStatus.PLANNED:
@@ -360,7 +377,7 @@ class RecipientStage:
         settle time) as due; delete closed plans ``keep_s`` after their due time."""
         timers = self._timers_for(partition)
         policy = self.retry_policy
-        clock = timer_clock(meta)
+        clock = timer_clock(meta, self.status_sources)
         now = clock - policy.settle_s
         view = self.state.view(partition)
         later: list[tuple[str, int]] = []
@@ -380,8 +397,6 @@ class RecipientStage:
                     return False
                 self._come_due(partition, key, plan)
                 self._close(partition, plan, meta)
-                later.append((indexed, plan.due + policy.keep_s))
-                return False
             if plan.due + policy.keep_s > now:
                 later.append((indexed, plan.due + policy.keep_s))
                 return False
@@ -392,7 +407,7 @@ class RecipientStage:
             meta.retries,
             clock,
             policy.settle_s,
-            self.retention.sweep_budget,
+            policy.sweep_budget,
             view.get,
             view.delete,
             visit,
@@ -419,7 +434,7 @@ class RecipientStage:
             return
         state.plans = kept
         r = self.retention
-        if is_idle(state, meta.watermark, r.idle, r.opted_out, r.engaged):
+        if is_idle(state, timer_clock(meta, self.status_sources), *r.idle_args):
             meta.opted_out -= state.opted_out
             self.state.delete(partition, key)
             self.stats.expired += 1
@@ -439,6 +454,7 @@ class RecipientStage:
             meta = self.meta(partition)
             r = self.retention
             view = self.state.view(partition)
+            clock = timer_clock(meta, self.status_sources)
             # Opted-out recipients stay indexed under their day; the sweep runs at the shorter
             # idle retention and is_idle() decides; a kept key is re-indexed below.
             kept: list[tuple[str, int]] = []
@@ -448,20 +464,20 @@ class RecipientStage:
                 state = self.state.get(partition, key, RecipientState)
                 if state is None:
                     return False
-                if is_idle(state, meta.watermark, r.idle, r.opted_out, r.engaged):
+                if is_idle(state, clock, *r.idle_args):
                     meta.opted_out -= state.opted_out
                     self.state.delete(partition, key)
                     return True
                 # visited again on the day it may expire (the sweep runs at the idle
                 # retention); an opt-out, kept for a year, every idle retention as before (an
                 # index chunk a year ahead per flush would pile up)
-                at = meta.watermark if state.opted_out else r.expires(state) - r.idle
-                kept.append((indexed, max(at, meta.watermark - r.idle)))
+                at = clock if state.opted_out else r.expires(state) - r.idle
+                kept.append((indexed, max(at, clock - r.idle)))
                 return False
 
             self.stats.expired += index.sweep(
                 meta.cursor,
-                meta.watermark,
+                clock,
                 r.idle,
                 r.sweep_budget,
                 view.get,

@@ -41,8 +41,8 @@ def soak() -> tuple[Soak, list[dict[str, Any]]]:
     days: list[dict[str, Any]] = []
 
     def on_round(s: Soak) -> None:
-        day = (s.watermark() - T0) // DAY
-        if not days or day > days[-1]["day"]:
+        day = s.expiry_day() - T0 // DAY  # rows at the same phase of the recipients' sweep
+        if day >= 0 and (not days or day > days[-1]["day"]):
             days.append(
                 {
                     "day": day,
