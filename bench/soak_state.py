@@ -480,6 +480,19 @@ FAMILIES = (
 )
 
 
+#: Families whose keys :meth:`Soak.stale` checks against their retention (all must be 0).
+SWEPT_FAMILIES = (
+    "messages",
+    "buckets",
+    "message_index",
+    "bucket_index",
+    "recipients",
+    "recipient_index",
+    "retry_plans",
+    "retry_index",
+)
+
+
 def message_family(key: bytes) -> str:
     if key.startswith(b"m\x1f"):
         return "messages"
@@ -691,14 +704,7 @@ class Soak:
         mm, rm = self.metas()
         out = dict.fromkeys(
             (
-                "messages",
-                "buckets",
-                "message_index",
-                "bucket_index",
-                "recipients",
-                "recipient_index",
-                "retry_plans",
-                "retry_index",
+                *SWEPT_FAMILIES,
                 "messages_older_than_retention",
                 "recipients_older_than_retention",
             ),

@@ -403,18 +403,37 @@ class RecipientStage:
             view.delete(indexed)
             return True
 
-        timers.sweep(
+        self._sweep(
+            partition,
+            timers,
             meta.retries,
             clock,
             policy.settle_s,
             policy.sweep_budget,
-            view.get,
-            view.delete,
             visit,
+            later,
         )
-        for indexed, at in later:
-            timers.touch(indexed, at, meta.retries)
-        timers.flush(view.get, view.put)
+
+    def _sweep(
+        self,
+        partition: int,
+        index: ExpiryIndex,
+        cursor: SweepCursor,
+        clock: int,
+        retention: int,
+        budget: int,
+        visit: Callable[[str], bool],
+        later: list[tuple[str, int]],
+    ) -> int:
+        """Sweep ``index`` up to ``clock - retention`` (at most ``budget`` visits), index again
+        the keys ``visit`` put in ``later`` (key, time), write the index; returns the keys
+        deleted."""
+        view = self.state.view(partition)
+        deleted = index.sweep(cursor, clock, retention, budget, view.get, view.delete, visit)
+        for key, at in later:
+            index.touch(key, at, cursor)
+        index.flush(view.get, view.put)
+        return deleted
 
     def _come_due(self, partition: int, key: bytes, plan: RetryPlan) -> None:
         plan.status = PlanStatus.DUE
@@ -453,7 +472,6 @@ class RecipientStage:
         if index is not None:
             meta = self.meta(partition)
             r = self.retention
-            view = self.state.view(partition)
             clock = timer_clock(meta, self.status_sources)
             # Opted-out recipients stay indexed under their day; the sweep runs at the shorter
             # idle retention and is_idle() decides; a kept key is re-indexed below.
@@ -475,18 +493,9 @@ class RecipientStage:
                 kept.append((indexed, max(at, clock - r.idle)))
                 return False
 
-            self.stats.expired += index.sweep(
-                meta.cursor,
-                clock,
-                r.idle,
-                r.sweep_budget,
-                view.get,
-                view.delete,
-                expire_or_keep,
+            self.stats.expired += self._sweep(
+                partition, index, meta.cursor, clock, r.idle, r.sweep_budget, expire_or_keep, kept
             )
-            for indexed, ts in kept:
-                index.touch(indexed, ts, meta.cursor)
-            index.flush(view.get, view.put)
             self._fire(partition, meta)
             over = [slot for slot in meta.cooldown_slots if slot * COOLDOWN_SLOT <= meta.watermark]
             for slot in over:

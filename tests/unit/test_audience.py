@@ -6,12 +6,12 @@ from __future__ import annotations
 import io
 
 import pytest
+from test_advice import state_of
 
 from streams.audience import AudienceError, ListStats, _check, entries, parse_at
-from streams.core.advice import advise
+from streams.core.advice import Advice, advise
 from streams.core.audience import AudienceSummary, Group, Verdict, verdict
-from streams.core.facts import RecipientFact, RecipientFactKind
-from streams.core.recipients import apply_fact
+from streams.core.facts import RecipientFactKind
 from streams.sender_api import valid_recipient
 
 T = 1_767_225_600
@@ -101,11 +101,8 @@ def test_at_takes_unix_seconds_or_iso_8601() -> None:
     assert parse_at("2026-01-01T00:00:00") == T  # UTC when no zone is given
 
 
-def _advice(*facts: tuple[RecipientFactKind, int], at: int, is_us: bool = False):  # type: ignore[no-untyped-def]
-    state = None
-    for i, (kind, ts) in enumerate(facts):
-        state, _ = apply_fact(state, RecipientFact("5511987654321", kind, ts, (1, i, 0)))
-    return advise(state, "5511987654321", at, is_us=is_us)
+def _advice(*facts: tuple[RecipientFactKind, int], at: int, is_us: bool = False) -> Advice:
+    return advise(state_of(*facts) if facts else None, "5511987654321", at, is_us=is_us)
 
 
 K = RecipientFactKind

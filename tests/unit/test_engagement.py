@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from test_advice import state_of
 
 from streams.core.engagement import EngagementPolicy, EngagementTier, engagement
-from streams.core.facts import RecipientFact, RecipientFactKind
-from streams.core.recipients import RecipientState, apply_fact
+from streams.core.facts import RecipientFactKind
 
 K = RecipientFactKind
 T = 1_767_225_600 + 60 * 86_400
 H = 3_600
 DAY = 24 * H
-
-
-def state_of(*facts: tuple[RecipientFactKind, int]) -> RecipientState:
-    state = None
-    for i, (kind, ts) in enumerate(facts):
-        state, _ = apply_fact(state, RecipientFact("5511987654321", kind, ts, (1, i, 0)))
-    assert state is not None
-    return state
 
 
 D, R, IN = K.MARKETING_DELIVERED, K.MARKETING_READ, K.INBOUND_MESSAGE

@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from soak_state import DAY, T0, MemoryKeyValue, Soak, Traffic
+from soak_state import DAY, SWEPT_FAMILIES, T0, MemoryKeyValue, Soak, Traffic
 
 from streams.stages.messages import Retention
 from streams.stages.recipients import RecipientRetention
@@ -84,19 +84,7 @@ def test_state_leaves_exactly_as_documented(soak: tuple[Soak, list[dict[str, Any
     stale = run.stale()
     assert {
         k: v for k, v in stale.items() if not k.endswith("older_than_retention")
-    } == dict.fromkeys(
-        (
-            "messages",
-            "buckets",
-            "message_index",
-            "bucket_index",
-            "recipients",
-            "recipient_index",
-            "retry_plans",
-            "retry_index",
-        ),
-        0,
-    )
+    } == dict.fromkeys(SWEPT_FAMILIES, 0)
     assert run.messages.stats.expired_messages > 0
     assert run.messages.stats.expired_buckets > 0
     assert run.recipients.stats.expired > 0
