@@ -39,6 +39,11 @@ def source_partition(source: int) -> int:
     return source % 100_000
 
 
+def source_topic(source: int) -> int:
+    """The topic code of a :func:`source_id`."""
+    return source // 100_000
+
+
 Applied = dict[int, tuple[int, int]]
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import msgspec
 
 from streams.core.expiry import ExpiryIndex, SweepCursor
-from streams.core.facts import RecipientFact, RecipientFactKind, decode_batch
+from streams.core.facts import RecipientFact, RecipientFactKind, decode_batch, source_topic
 from streams.core.recipients import (
     OpenPlan,
     RecipientState,
@@ -79,6 +79,15 @@ def timer_clock(meta: RecipientMeta, sources: int) -> int:
         return meta.watermark
     marks = meta.status_marks
     return min(marks.values()) if len(marks) >= sources else 0
+
+
+def _advance(meta: RecipientMeta, fact: RecipientFact) -> None:
+    """The partition's newest event time, and its stage-2 partition's newest status time."""
+    ts = fact.timestamp
+    meta.watermark = max(meta.watermark, ts)
+    source = fact.position[0]
+    if source_topic(source) == MESSAGES and ts > meta.status_marks.get(source, 0):
+        meta.status_marks[source] = ts
 
 
 def cooldown_slot(last_limit_failure: int) -> int:
@@ -250,21 +259,8 @@ class RecipientStage:
                 continue
             self.stats.applied += 1
             self._changed.setdefault(partition, set()).add(fact.recipient)
-            meta.watermark = max(meta.watermark, fact.timestamp)
-            source = fact.position[0]
-            if source // 100_000 == MESSAGES and fact.timestamp > meta.status_marks.get(source, 0):
-                meta.status_marks[source] = fact.timestamp
-            for attempt in premature_resends(state, fact):
-                self.stats.premature_resends += 1
-                self._resends.setdefault(partition, []).append(
-                    ResendSignal(
-                        attempt.template or "unknown",
-                        attempt.ts,
-                        recipient_digest(fact.recipient),
-                        attempt.sender or "",
-                        attempt.campaign or "",
-                    )
-                )
+            _advance(meta, fact)
+            self._signal_resends(partition, state, fact)
             if fact.kind in _FAILURES:
                 self._plan(partition, state, fact, meta)
             elif fact.kind in _SENDS and state.plans:
@@ -281,6 +277,20 @@ class RecipientStage:
             self.state.put(partition, key, state)
             index.touch("r\x1f" + fact.recipient, state.last_ts, meta.cursor)
         self.state.put(partition, recipient_meta_key(partition), meta)
+
+    def _signal_resends(self, partition: int, state: RecipientState, fact: RecipientFact) -> None:
+        """Tell the alerting stage of the premature resends ``fact`` reveals (each once)."""
+        for attempt in premature_resends(state, fact):
+            self.stats.premature_resends += 1
+            self._resends.setdefault(partition, []).append(
+                ResendSignal(
+                    attempt.template or "unknown",
+                    attempt.ts,
+                    recipient_digest(fact.recipient),
+                    attempt.sender or "",
+                    attempt.campaign or "",
+                )
+            )
 
     # -- retry plans ----------------------------------------------------------------------------
     def _publish(self, partition: int, plan: RetryPlan) -> None:
@@ -547,9 +557,6 @@ class RecipientStage:
 
     def read(self, partition: int, recipient: str) -> RecipientState | None:
         return self.state.get(partition, recipient_key(recipient), RecipientState)
-
-    def read_plan(self, partition: int, key: bytes) -> RetryPlan | None:
-        return self.state.get(partition, key, RetryPlan)
 
     def revoke(self, partition: int) -> None:
         self.state.discard(partition)
