@@ -5,7 +5,8 @@ Topology (partition counts all equal ``topic_partitions``; keys say what owns a 
     raw webhooks (bytes, any key) --ingest--> <app>-messages (by wamid) --messages--> tables
     send log (JSON, key = wamid) ----------------------------^            |  minute buckets,
                                               <app>-recipients (by recipient) <-- message state
-                                                     |--recipients--> recipient table
+                                                     |--recipients--> recipient table,
+                                      <advice topic> (by recipient), <retry plans> (by wamid)
     unparseable input --> dead-letter topic (original bytes + reason + topic/partition/offset)
 
 Agents stay thin: decode, call a stage (streams.stages), flush, ack.
