@@ -7,9 +7,15 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from streams.asyncutil import run_sync
 from streams.localkafka import LocalKafka
 from streams.settings import Settings
+from streams.topics import ensure_topics, source_topics
+
+if TYPE_CHECKING:
+    from support import WorkerProcess
 
 
 @dataclass(frozen=True)
@@ -42,3 +48,21 @@ def benchmark_broker(tmp: Path, heap: str = "1g") -> Iterator[str]:
     """Yield a bootstrap address; a local broker started here is stopped at the end."""
     with benchmark_broker_info(tmp, heap) as broker:
         yield broker.bootstrap
+
+
+@contextlib.contextmanager
+def running_worker(
+    tmp: Path, bootstrap: str, **env: str
+) -> Iterator[tuple[WorkerProcess, Settings, dict[str, str]]]:
+    """A worker (RocksDB store) on ``bootstrap`` with its topics created; stopped at the end.
+    Needs ``tests`` on ``sys.path`` (the worker is the tests' ``WorkerProcess``)."""
+    from support import WorkerProcess, unique_env
+
+    worker_env = unique_env(bootstrap, tmp / "state", DELIVERY_MONITOR_STORE="rocksdb://", **env)
+    settings = Settings.from_env(worker_env)
+    run_sync(ensure_topics(bootstrap, source_topics(settings), 1))
+    worker = WorkerProcess(worker_env, tmp / "worker.log").start()
+    try:
+        yield worker, settings, worker_env
+    finally:
+        worker.stop()

@@ -26,7 +26,9 @@ Markdown table to stdout; exit code 1 when a check fails.
 
 Why 16 days by default: recipients are kept 8 days after their last event (messages 7), so
 nothing can expire in an 8-day run; 16 days show a week of steady state after the first
-expiries.
+expiries. Recipients with engagement (a marketing template delivered or read, or a message from
+the user) are kept 30 days after it: their plateau needs ``--days 40``, or a shorter
+``--engaged-days`` (the unit test runs 16 days with 4 idle and 6 engaged days).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from streams.core.advice import AdvicePolicy
 from streams.core.expiry import SweepCursor
 from streams.core.messages import MessageState
 from streams.core.recipients import RecipientState
+from streams.core.retries import RetryPlan
 from streams.simulate import Message, envelope, status_item
 from streams.stages import partition_for
 from streams.stages.ingest import IngestStage
@@ -64,15 +67,18 @@ from streams.stages.messages import (
     meta_key,
 )
 from streams.stages.recipients import (
+    PLAN_PREFIX,
     RecipientMeta,
     RecipientRetention,
     RecipientStage,
     recipient_key,
     recipient_meta_key,
+    timer_clock,
 )
 from streams.state import DictKeyValue, decode
 
 DAY = 86_400
+DEFAULT_RECIPIENT_RETENTION = RecipientRetention()
 HOUR = 3_600
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 PARTITIONS = 4
@@ -116,8 +122,24 @@ class Oracle:
     time that reaches the recipient stage, per message the newest status time."""
 
     recipient_last: dict[str, int] = field(default_factory=dict)
+    #: newest marketing delivery, read or inbound message (kept for the engagement window)
+    recipient_engaged: dict[str, int] = field(default_factory=dict)
     opted_out: set[str] = field(default_factory=set)
     message_last: dict[str, int] = field(default_factory=dict)
+
+    def saw(self, recipient: str, ts: int, engaged: bool) -> None:
+        self.recipient_last[recipient] = max(self.recipient_last.get(recipient, 0), ts)
+        if engaged:
+            last = self.recipient_engaged.get(recipient, 0)
+            self.recipient_engaged[recipient] = max(last, ts)
+
+    def recipient_expires(self, recipient: str, retention: RecipientRetention) -> int:
+        """Event time from which the recipient may be removed (the stage's documented rule)."""
+        last = self.recipient_last[recipient]
+        if recipient in self.opted_out:
+            return last + retention.opted_out
+        engaged = self.recipient_engaged.get(recipient, 0)
+        return max(last + retention.idle, engaged + retention.engaged)
 
 
 @dataclass
@@ -270,17 +292,14 @@ class Traffic:
                 self.counts.inbound += 1
                 emit(inbound_body(m, ts))
                 if tracked:
-                    last = oracle.recipient_last.get(m.recipient, 0)
-                    oracle.recipient_last[m.recipient] = max(last, ts)
+                    oracle.saw(m.recipient, ts, engaged=True)
                 continue
             m, status, code, tracked = payload
             self.counts.statuses += 1
             if tracked:
                 last = oracle.message_last.get(m.wamid, 0)
                 oracle.message_last[m.wamid] = max(last, ts)
-                if status != "read" or all(s != "delivered" for s, _, _ in m.statuses):
-                    last = oracle.recipient_last.get(m.recipient, 0)
-                    oracle.recipient_last[m.recipient] = max(last, ts)
+                oracle.saw(m.recipient, ts, engaged=status in ("delivered", "read"))
                 if code == 131050:
                     oracle.opted_out.add(m.recipient)
             size, items = groups.get(m.sender) or (
@@ -455,7 +474,22 @@ FAMILIES = (
     "templates",
     "recipients",
     "recipient_index",
+    "retry_plans",
+    "retry_index",
     "meta",
+)
+
+
+#: Families whose keys :meth:`Soak.stale` checks against their retention (all must be 0).
+SWEPT_FAMILIES = (
+    "messages",
+    "buckets",
+    "message_index",
+    "bucket_index",
+    "recipients",
+    "recipient_index",
+    "retry_plans",
+    "retry_index",
 )
 
 
@@ -476,6 +510,10 @@ def message_family(key: bytes) -> str:
 def recipient_family(key: bytes) -> str:
     if key.startswith(b"xr"):
         return "recipient_index"
+    if key.startswith(b"xq"):
+        return "retry_index"
+    if key.startswith(PLAN_PREFIX):
+        return "retry_plans"
     if key.startswith(b"\x00"):
         return "meta"
     return "recipients"
@@ -518,6 +556,7 @@ class Soak:
         recipients_kv: Store,
         batch: int = 10_000,
         partitions: int = PARTITIONS,
+        recipient_retention: RecipientRetention = DEFAULT_RECIPIENT_RETENTION,
     ) -> None:
         self.traffic = traffic
         self.mkv = messages_kv
@@ -525,9 +564,12 @@ class Soak:
         self.batch = batch
         self.partitions = partitions
         self.ingest = IngestStage(partitions, partitions, clock=lambda: 0.0)
-        # the documented retention: the stages' defaults, as the worker uses them
+        # the documented retention: the stages' defaults, as the worker uses them (the
+        # recipients' can be shortened, to see their plateau in fewer days)
         self.messages = MessageStage(messages_kv, partitions, Retention())
-        self.recipients = RecipientStage(recipients_kv, RecipientRetention())
+        self.recipients = RecipientStage(
+            recipients_kv, recipient_retention, status_sources=partitions
+        )
         self._raw_offsets = [0] * partitions
         self._message_offsets = [0] * partitions
         self._recipient_offsets = [0] * partitions
@@ -599,6 +641,11 @@ class Soak:
     def watermark(self) -> int:
         return max(m.watermark for m in self.metas()[0])
 
+    def expiry_day(self) -> int:
+        """The day of the recipients stage's expiry clock (its slowest partition's): daily
+        rows taken when it changes are all at the same phase of the recipients' sweep."""
+        return min(timer_clock(m, self.partitions) for m in self.metas()[1]) // DAY
+
     def families(self) -> dict[str, int]:
         """Live keys per family, counted by listing the stores."""
         out = dict.fromkeys(FAMILIES, 0)
@@ -623,14 +670,21 @@ class Soak:
         for recipient, last in oracle.recipient_last.items():
             p = partition_for(recipient, self.partitions)
             present = self.rkv.get(p, recipient_key(recipient)) is not None
-            keep = rr.opted_out if recipient in oracle.opted_out else rr.idle
-            _judge(out["recipients"], present, last, rm[p].watermark, keep, rm[p].cursor)
+            # judged as if its last event were (when it may expire - the idle retention): the
+            # index sweeps at the idle retention and visits a kept recipient again then
+            last = oracle.recipient_expires(recipient, rr) - rr.idle
+            now = timer_clock(rm[p], self.partitions)  # the stage's event time for expiry
+            _judge(out["recipients"], present, last, now, rr.idle, rm[p].cursor)
         return out
 
     def sweep_lag_days(self) -> dict[str, int]:
         """Days (minutes for buckets) that are past the retention but not swept yet."""
         r, rr = self.messages.retention, self.recipients.retention
+        rp = self.recipients.retry_policy
         mm, rm = self.metas()
+
+        def clock(meta: RecipientMeta) -> int:
+            return timer_clock(meta, self.partitions)
 
         def lag(cursor: SweepCursor, watermark: int, retention: int, unit: int) -> int:
             return max(0, (watermark - retention) // unit - cursor.next_day)
@@ -638,22 +692,19 @@ class Soak:
         return {
             "messages": max(lag(m.messages, m.watermark, r.messages, DAY) for m in mm),
             "bucket_minutes": max(lag(m.buckets, m.watermark, r.buckets, 60) for m in mm),
-            "recipients": max(lag(m.cursor, m.watermark, rr.idle, DAY) for m in rm),
+            "recipients": max(lag(m.cursor, clock(m), rr.idle, DAY) for m in rm),
+            "retry_minutes": max(lag(m.retries, clock(m), rp.settle_s, 60) for m in rm),
         }
 
     def stale(self) -> dict[str, int]:
         """Decode every key: state whose day (minute for buckets) is wholly older than its
         retention, and index records of days the sweep has passed. All must be 0."""
         r, rr = self.messages.retention, self.recipients.retention
+        rp = self.recipients.retry_policy
         mm, rm = self.metas()
         out = dict.fromkeys(
             (
-                "messages",
-                "buckets",
-                "message_index",
-                "bucket_index",
-                "recipients",
-                "recipient_index",
+                *SWEPT_FAMILIES,
                 "messages_older_than_retention",
                 "recipients_older_than_retention",
             ),
@@ -674,19 +725,24 @@ class Soak:
                 elif family in ("message_index", "bucket_index"):
                     cursor = m.messages if family == "message_index" else m.buckets
                     out[family] += int(key.split(b"\x1f")[2]) < cursor.next_day
-            horizon = (rmeta.watermark - rr.idle) // DAY
-            opt_out_horizon = (rmeta.watermark - rr.opted_out) // DAY
+            now = timer_clock(rmeta, self.partitions)
+            horizon = (now - rr.idle) // DAY
+            # a closed retry plan is deleted keep_s after its due time (settled, minute index)
+            plans_horizon = now - rp.settle_s - rp.keep_s - 60
             for key, raw in self.rkv.items(p):
                 family = recipient_family(key)
                 if family == "recipients":
                     state = decode(raw, RecipientState)
-                    limit = opt_out_horizon if state.opted_out else horizon
-                    out["recipients"] += state.last_ts // DAY < limit
+                    out["recipients"] += (rr.expires(state) - rr.idle) // DAY < horizon
                     if not state.opted_out:
-                        older = state.last_ts < rmeta.watermark - rr.idle
+                        older = rr.expires(state) < now
                         out["recipients_older_than_retention"] += older
                 elif family == "recipient_index":
                     out[family] += int(key.split(b"\x1f")[2]) < rmeta.cursor.next_day
+                elif family == "retry_index":
+                    out[family] += int(key.split(b"\x1f")[2]) < rmeta.retries.next_day
+                elif family == "retry_plans":
+                    out[family] += decode(raw, RetryPlan).due < plans_horizon
         return out
 
     def opted_out(self) -> int:
@@ -770,6 +826,16 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, help="RocksDB directory (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--seed", type=int, default=1)
+    defaults = RecipientRetention()
+    parser.add_argument(
+        "--idle-days", type=int, default=defaults.idle // DAY, help="recipient idle retention"
+    )
+    parser.add_argument(
+        "--engaged-days",
+        type=int,
+        default=defaults.engaged // DAY,
+        help="recipient engagement retention (the default needs --days 40 for a plateau)",
+    )
     parser.add_argument(
         "--block-cache-mb", type=int, help="RocksDB block cache per DB (default: Faust's, 2 GiB)"
     )
@@ -786,7 +852,8 @@ def main() -> int:
     else:
         mkv, rkv = MemoryKeyValue(), MemoryKeyValue()
     traffic = Traffic(args.recipients, args.days, seed=args.seed, sample=args.sample)
-    soak = Soak(traffic, mkv, rkv, batch=args.batch)
+    retention = RecipientRetention(idle=args.idle_days * DAY, engaged=args.engaged_days * DAY)
+    soak = Soak(traffic, mkv, rkv, batch=args.batch, recipient_retention=retention)
     hours: list[dict[str, Any]] = []
     days: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -798,7 +865,8 @@ def main() -> int:
         row = snapshot(s, t - started)
         if not hours or row["event_time"] // HOUR > hours[-1]["event_time"] // HOUR:
             hours.append(row)
-        if not days or row["event_time"] // DAY > days[-1]["event_time"] // DAY:
+        if not days or s.expiry_day() > days[-1]["expiry_day"]:
+            row["expiry_day"] = s.expiry_day()
             days.append(row | daily(s))
             print(_row(days[-1]), file=sys.stderr, flush=True)
         measure_s += time.perf_counter() - t
@@ -907,11 +975,12 @@ def evaluate(
         "checked": final["sample"],
     }
     # Plateau: from the day every retention (plus its index day and the 12-48 h repeats) has
-    # been reached: buckets 2 d + 1, messages 7 d + 1 + 2, recipients 8 d + 1 + 2.
+    # been reached: buckets 2 d + 1, messages 7 d + 1 + 2, recipients (30 d engaged, 8 d
+    # idle) + 1 + 2.
     warm = {
         "buckets": r.buckets // DAY + 1,
         "messages": r.messages // DAY + 3,
-        "recipients": rr.idle // DAY + 3,
+        "recipients": max(rr.idle, rr.engaged) // DAY + 3,
     }
     families = {
         "buckets": ("buckets", "bucket_index"),

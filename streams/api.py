@@ -35,7 +35,7 @@ from aiohttp import web
 
 from streams.core.advice import advise
 from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
-from streams.core.geography import locate_recipient
+from streams.core.geography import Geography, locate_recipient
 from streams.core.phones import RecipientFormatError, normalize_recipient
 from streams.core.recipients import RecipientState, recipient_view
 from streams.core.times import iso_utc
@@ -287,7 +287,9 @@ class Api:
             now = int(request.query["at"])
         if raw is None:
             return _json({"recipient": given, "known": False, "as_of": now}, 404)
-        view = recipient_view(decode(raw, RecipientState), given, now)
+        view = recipient_view(
+            decode(raw, RecipientState), given, now, self.m.advice_policy.engagement
+        )
         view["known"] = True
         return _json(view)
 
@@ -334,14 +336,22 @@ class Api:
         return _json(self.local_advice(given, self.clock(), at))
 
     async def advice_batch(self, request: web.Request) -> web.Response:
-        """``POST /v1/advice`` with ``{"recipients": [...]}`` (at most 10,000)."""
+        """``POST /v1/advice`` with ``{"recipients": [...], "at": <unix seconds>}`` (at most
+        10,000; ``at`` optional, also as ``?at=``: the same answers as GET at that time)."""
         try:
             body = await request.json()
             recipients = body["recipients"]
             if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
                 raise TypeError
+            at = _optional_at(body.get("at", request.query.get("at")))
         except (ValueError, KeyError, TypeError):
-            return _json({"error": 'expected {"recipients": ["<phone or BSUID>", ...]}'}, 400)
+            return _json(
+                {
+                    "error": 'expected {"recipients": ["<phone or BSUID>", ...]} '
+                    "and an optional integer at (unix seconds)"
+                },
+                400,
+            )
         if len(recipients) > MAX_BATCH:
             return _json({"error": f"at most {MAX_BATCH} recipients per request"}, 413)
         local = set(self.local_partitions(self.recipients_topic))
@@ -355,7 +365,7 @@ class Api:
                 answers[i] = {"recipient": given, "error": str(exc)}
                 continue
             if partition_for(rid, self.n) in local:
-                answers[i] = self.local_advice(given, now)
+                answers[i] = self.local_advice(given, now, at)
             else:
                 owner = self._owner(rid)
                 if owner is None:
@@ -366,7 +376,7 @@ class Api:
             timeout = aiohttp.ClientTimeout(total=30)
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 for owner, indexes in remote.items():
-                    payload = {"recipients": [recipients[i] for i in indexes]}
+                    payload = {"recipients": [recipients[i] for i in indexes], "at": at}
                     try:
                         async with session.post(f"{owner}/v1/_local/advice", json=payload) as r:
                             remote_answers = (await r.json())["advice"]
@@ -381,8 +391,8 @@ class Api:
 
     async def local_advice_batch(self, request: web.Request) -> web.Response:
         body = await request.json()
-        now = self.clock()
-        return _json({"advice": [self.local_advice(r, now) for r in body["recipients"]]})
+        now, at = self.clock(), _optional_at(body.get("at"))
+        return _json({"advice": [self.local_advice(r, now, at) for r in body["recipients"]]})
 
     async def _forward(self, rid: str, request: web.Request) -> web.Response:
         owner = self._owner(rid)
@@ -505,11 +515,25 @@ MAX_BATCH = 10_000
 FORWARDED = "X-Delivery-Monitor-Forwarded"
 
 
+def _optional_at(value: object) -> int | None:
+    """``at`` of an advice request: None, or unix seconds (int or digits)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(value)
+    return int(value)
+
+
+def recipient_geography(rid: str) -> Geography:
+    """Country of a normalized recipient id (phone digits, else a BSUID's region)."""
+    if rid.isdigit():
+        return locate_recipient(rid, None)
+    return locate_recipient(None, rid)
+
+
 def is_us_recipient(rid: str) -> bool:
     """US number (+1 with a US area code) or a US BSUID: the US marketing pause applies."""
-    if rid.isdigit():
-        return locate_recipient(rid, None).is_us
-    return locate_recipient(None, rid).is_us
+    return recipient_geography(rid).is_us
 
 
 def register(monitor: Monitor, web_app: web.Application) -> Api:
@@ -525,4 +549,7 @@ def register(monitor: Monitor, web_app: web.Application) -> Api:
     web_app.router.add_get(f"/v1/_local/{{dim:{dims}}}/{{key}}", api.local)
     web_app.router.add_get(f"/v1/{{dim:{dims}}}", api.ranking)
     web_app.router.add_get(f"/v1/{{dim:{dims}}}/{{key}}", api.aggregate)
+    from streams import sender_api  # audience pre-flight and retry plans (it imports this module)
+
+    sender_api.register(api, web_app)
     return api

@@ -5,7 +5,8 @@ Topology (partition counts all equal ``topic_partitions``; keys say what owns a 
     raw webhooks (bytes, any key) --ingest--> <app>-messages (by wamid) --messages--> tables
     send log (JSON, key = wamid) ----------------------------^            |  minute buckets,
                                               <app>-recipients (by recipient) <-- message state
-                                                     |--recipients--> recipient table
+                                                     |--recipients--> recipient table,
+                                      <advice topic> (by recipient), <retry plans> (by wamid)
     unparseable input --> dead-letter topic (original bytes + reason + topic/partition/offset)
 
 Agents stay thin: decode, call a stage (streams.stages), flush, ack.
@@ -30,6 +31,7 @@ from streams.core.advice import AdvicePolicy, advise
 from streams.core.alerts import Notification, decode_notification, encode_notification
 from streams.core.attribution import AttributionConfig
 from streams.core.eventtime import TimeTrust, received_at
+from streams.core.retries import RetryPolicy
 from streams.core.signals import SignalBatch, decode_signals, encode_signals
 from streams.core.times import iso_utc
 from streams.faust_state import (
@@ -166,6 +168,8 @@ class Monitor:
         self.advice_policy = AdvicePolicy()
         self.advice_topic = _raw(app, settings.topic_advice)
         advice_name = settings.topic_advice
+        retries_name = settings.topic_retries
+        self.retry_policy = RetryPolicy()
         self.notifier = SlackNotifier.from_settings(
             settings, on_outcome=lambda outcome: self.metrics.slack_outcome(outcome)
         )
@@ -183,7 +187,9 @@ class Monitor:
             AttributionConfig(raw_pattern=settings.callback_template_pattern),
             time_trust=TimeTrust(settings.max_future_skew_s),
         )
-        self.recipients = RecipientStage(self.recipients_kv)
+        self.recipients = RecipientStage(
+            self.recipients_kv, retry_policy=self.retry_policy, status_sources=n
+        )
         self.metrics.watch(self)  # scrape-time gauges from the stages' state
         policy = BatchPolicy()
         commit, seek, committed = faust_committer(app), faust_seeker(app), faust_committed(app)
@@ -309,17 +315,31 @@ class Monitor:
                 for partition in self.recipients.state.partitions():
                     published += self.recipients.changed_advice(partition, self._advice_record)
                     self.recipients.flush(partition)
-                batcher = RecordBatcher(self._producer)
-                self.recipients_kv.commit(batcher)
-                signals = self.recipients.drain_signals()  # before the first await (see above)
+                # taken before the first await (see above)
+                retries = self.recipients.drain_retries()
+                signals = self.recipients.drain_signals()
+                # Outputs first, state after: a crash in between replays the facts from the
+                # older state and publishes the same records again (same key and value); the
+                # other way round, the newer state would skip the facts and their advice, retry
+                # plans, due timers and resend signals would be lost. The table's buffered
+                # writes are this batch's only (the next flush waits for this one).
+                outputs = RecordBatcher(self._producer)
                 if published:
                     advice_partitions = await self._partitions(advice_name)
                 for recipient, record in published:
                     p = partition_for(recipient, advice_partitions)
-                    batcher.add(advice_name, p, recipient.encode(), record)
-                await retry_kafka("stage 3 output", batcher.send)
-                self.recipients_kv.persisted(batcher.sent)
+                    outputs.add(advice_name, p, recipient.encode(), record)
+                if retries:
+                    retry_partitions = await self._partitions(retries_name)
+                for wamid, record in retries:
+                    p = partition_for(wamid, retry_partitions)
+                    outputs.add(retries_name, p, wamid.encode(), record)
+                await retry_kafka("stage 3 output", outputs.send)
                 await self._signal(signals)
+                batcher = RecordBatcher(self._producer)
+                self.recipients_kv.commit(batcher)
+                await retry_kafka("stage 3 state", batcher.send)
+                self.recipients_kv.persisted(batcher.sent)
                 m.observe_recipients(self.recipients.stats)
 
             await drive(stream, "recipients", self.recipients_topic, handle, flush)
@@ -474,10 +494,11 @@ class Monitor:
         advice = advise(
             state, recipient, now, is_us=is_us_recipient(recipient), policy=self.advice_policy
         )
+        tier = advice.engagement.tier if advice.engagement is not None else ""
         signature = (
             f"{advice.may_send_marketing}|{','.join(advice.reasons)}|"
             f"{None if advice.may_send_marketing else advice.not_before}|"
-            f"{advice.customer_service_window_open_until}"
+            f"{advice.customer_service_window_open_until}|{tier}"
         )
         return signature, msgspec.json.encode(advice)
 

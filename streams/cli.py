@@ -217,6 +217,15 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return replay.run(settings, replay.options_from(args), lambda: resolve_bootstrap(settings))
 
 
+def cmd_audience(settings: Settings, args: argparse.Namespace) -> int:
+    from streams import audience
+
+    try:
+        return audience.run(audience.options_from(args, settings))
+    except audience.AudienceError as exc:
+        raise CliError(str(exc)) from exc
+
+
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
     from streams import inspect
 
@@ -274,11 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("rest", nargs=argparse.REMAINDER)
     inspect.set_defaults(func=cmd_inspect)
 
-    from streams import demo, replay
+    from streams import audience, demo, replay
 
     for name, func, module, text in (
         ("demo", cmd_demo, demo, "realistic webhook traffic with a 131049 spike, to the raw topic"),
         ("replay", cmd_replay, replay, "produce saved webhook logs to the raw topic, in order"),
+        ("audience", cmd_audience, audience, "pre-flight of a recipient list: now, wait, never"),
     ):
         command = sub.add_parser(name, help=text, description=module.DESCRIPTION)
         module.add_arguments(command)

@@ -189,7 +189,7 @@ def bodies(stream: BinaryIO) -> Iterator[tuple[int | None, bytes, bool]]:
             yield number, line.rstrip(b"\r\n"), fits
 
 
-class _Source:
+class InputFile:
     """One input file opened for reading, gunzipped when it starts with the gzip magic."""
 
     def __init__(self, path: Path) -> None:
@@ -287,7 +287,7 @@ async def replay(
     started = time.monotonic()
     try:
         for path, size in zip(files, sizes, strict=True):
-            source = _open(path)
+            source = open_input(path)
             stats.files += 1
             before = stats.read_bytes
             try:
@@ -321,9 +321,10 @@ async def replay(
         progress.update(stats, "", final=True)
 
 
-def _open(path: Path) -> _Source:
+def open_input(path: Path) -> InputFile:
+    """Open one input file (``-``: stdin), gunzipped if it is gzip; ReplayInputError if not."""
     try:
-        return _Source(path)
+        return InputFile(path)
     except OSError as exc:
         raise ReplayInputError(f"{path}: {exc.strerror or exc}") from exc
 

@@ -94,6 +94,7 @@ class Settings:
     topic_dead_letter: str = "whatsapp.webhooks.dead-letter"
     topic_alerts: str = "whatsapp.monitor.alerts"
     topic_advice: str = "whatsapp.monitor.recipient-advice"
+    topic_retries: str = "whatsapp.monitor.retry-plans"
     topic_partitions: int = 4
     topic_replication_factor: int = 1
     store: str = "rocksdb://"
@@ -181,6 +182,7 @@ class Settings:
             topic_dead_letter=get("TOPIC_DEAD_LETTER", d.topic_dead_letter),
             topic_alerts=get("TOPIC_ALERTS", d.topic_alerts),
             topic_advice=get("TOPIC_ADVICE", d.topic_advice),
+            topic_retries=get("TOPIC_RETRIES", d.topic_retries),
             topic_partitions=get_int("TOPIC_PARTITIONS", d.topic_partitions, minimum=1),
             topic_replication_factor=get_int(
                 "TOPIC_REPLICATION_FACTOR", d.topic_replication_factor, minimum=1

@@ -55,6 +55,8 @@ def source_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_alerts, 1, COMPACT),
         # Latest advice per recipient (key = recipient): a sender's local suppression list.
         TopicSpec(settings.topic_advice, n, COMPACT),
+        # Retry plans of failed messages (key = wamid): planned, then due or cancelled.
+        TopicSpec(settings.topic_retries, n, COMPACT),
         # Repartition topics (statuses by wamid, facts by recipient): faust would create them
         # too, but only after the agents subscribe.
         TopicSpec(f"{settings.app_id}-messages", n, exact=True),

@@ -61,6 +61,7 @@ def unique_env(bootstrap: str, data_dir: Path, **overrides: str) -> dict[str, st
         "DELIVERY_MONITOR_TOPIC_SEND_LOG": f"t-{tag}.send-log",
         "DELIVERY_MONITOR_TOPIC_DEAD_LETTER": f"t-{tag}.dead-letter",
         "DELIVERY_MONITOR_TOPIC_ALERTS": f"t-{tag}.alerts",
+        "DELIVERY_MONITOR_TOPIC_RETRIES": f"t-{tag}.retries",
         "DELIVERY_MONITOR_DATA_DIR": str(data_dir),
         "DELIVERY_MONITOR_WEB_PORT": str(free_port()),
         "DELIVERY_MONITOR_LOG_LEVEL": "info",

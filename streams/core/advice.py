@@ -7,6 +7,11 @@ Policy (DOMAIN.md; every duration configurable in :class:`AdvicePolicy`):
 - **resend storm**: a marketing send less than 24 h after a 131049 can make the user
   unreachable for up to another 24 h, so each such premature resend pushes the earliest time
   to that resend + 24 h.
+
+Everything is judged from the recipient's history as of ``now`` (facts with a later event time
+are ignored), never from the order in which the facts arrived: a resend is premature when some
+131049 of the recipient precedes it by less than 24 h, whichever of the two the monitor learned
+of first.
 - **US marketing pause**: WhatsApp delivers no marketing templates to US numbers (+1 with a US
   area code): never, until Meta lifts the pause.
 - **opted out** (131050 / 498 failures, ``user_preferences`` stop): never, until the user
@@ -15,8 +20,9 @@ Policy (DOMAIN.md; every duration configurable in :class:`AdvicePolicy`):
   last one (the number is likely not on WhatsApp).
 
 Advice also says whether a customer-service window is open (a marketing template sent inside
-it does not count toward the per-user limit: a good moment) and how many marketing templates
-the recipient received in the last 24 h and 7 days.
+it does not count toward the per-user limit: a good moment), how many marketing templates
+the recipient received in the last 24 h and 7 days, and the recipient's engagement
+(:mod:`streams.core.engagement`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from dataclasses import dataclass
 
 import msgspec
 
+from streams.core.engagement import DEFAULT_POLICY as DEFAULT_ENGAGEMENT
+from streams.core.engagement import Engagement, EngagementPolicy, engagement, window_open
 from streams.core.recipients import RecipientState, count_since
 
 HOUR = 3_600
@@ -47,6 +55,7 @@ class AdvicePolicy:
     undeliverable_threshold: int = 3
     undeliverable_window_s: int = 7 * DAY
     undeliverable_suppress_s: int = 7 * DAY
+    engagement: EngagementPolicy = DEFAULT_ENGAGEMENT
 
 
 class Advice(msgspec.Struct, frozen=True):
@@ -64,6 +73,22 @@ class Advice(msgspec.Struct, frozen=True):
     marketing_delivered_7d: int
     last_limit_failure: int | None
     known: bool
+    engagement: Engagement | None = None
+
+
+def storm_until(state: RecipientState, now: int, cooldown: int, extension: int) -> int:
+    """End of the resend-storm extension at ``now`` (0: none): the latest marketing send made
+    less than ``cooldown`` after a 131049, plus ``extension``; from facts at or before ``now``."""
+    failures = [f for f in state.limit_failures if f <= now]
+    if not failures:
+        return 0
+    sends = [a.ts for a in state.attempts if a.marketing and a.ts <= now]
+    sends += [t for t in state.marketing_attempts if t <= now]  # states written before attempts
+    until = 0
+    for t in sends:
+        if t + extension > until and any(0 < t - f < cooldown for f in failures):
+            until = t + extension
+    return until
 
 
 def advise(
@@ -74,29 +99,30 @@ def advise(
     is_us: bool,
     policy: AdvicePolicy = AdvicePolicy(),
 ) -> Advice:
-    """Advice for ``recipient`` at ``now`` from what the monitor knows (``state``)."""
+    """Advice for ``recipient`` at ``now`` from what the monitor knows (``state``), as of
+    ``now``: facts with a later event time do not count."""
     s = state if state is not None else RecipientState()
     reasons: list[AdviceReason] = []
     never = False
     not_before = 0
+    opted_out = s.opted_out_at(now)
     if is_us:
         reasons.append(AdviceReason.US_MARKETING_PAUSE)
         never = True
-    if s.opted_out:
+    if opted_out:
         reasons.append(AdviceReason.OPTED_OUT)
         never = True
-    last_limit = s.last_limit_failure
+    last_limit = max((f for f in s.limit_failures if f <= now), default=0)
     if last_limit and now < last_limit + policy.cooldown_s:
         reasons.append(AdviceReason.PER_USER_LIMIT)
         not_before = max(not_before, last_limit + policy.cooldown_s)
-    storm_until = max(
-        (t + policy.resend_extension_s for t in s.premature_resends if t > last_limit - DAY),
-        default=0,
-    )
-    if storm_until > now:
+    storm = storm_until(s, now, policy.cooldown_s, policy.resend_extension_s)
+    if storm > now:
         reasons.append(AdviceReason.RESEND_STORM)
-        not_before = max(not_before, storm_until)
-    recent_undeliverable = [t for t in s.undeliverable if t > now - policy.undeliverable_window_s]
+        not_before = max(not_before, storm)
+    recent_undeliverable = [
+        t for t in s.undeliverable if now - policy.undeliverable_window_s < t <= now
+    ]
     if len(recent_undeliverable) >= policy.undeliverable_threshold:
         until = max(recent_undeliverable) + policy.undeliverable_suppress_s
         if until > now:
@@ -109,11 +135,12 @@ def advise(
         may_send_marketing=not blocked,
         reasons=tuple(reasons),
         not_before=None if never else (not_before if not_before > now else now),
-        never_until_resume=s.opted_out,
-        customer_service_window_open=s.csw_open_until > now,
+        never_until_resume=opted_out,
+        customer_service_window_open=window_open(s, now),
         customer_service_window_open_until=s.csw_open_until or None,
         marketing_delivered_24h=count_since(s.marketing_delivered, now - DAY, now),
         marketing_delivered_7d=count_since(s.marketing_delivered, now - 7 * DAY, now),
         last_limit_failure=last_limit or None,
         known=state is not None,
+        engagement=engagement(state, now, policy.engagement),
     )

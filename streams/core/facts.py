@@ -9,9 +9,11 @@ every stage can apply each input exactly once even when an at-least-once replay 
 The send log is the sender's own record of what it sent (JSON, keyed by wamid):
 
     {"wamid": "wamid.HBg...", "recipient": "16505551234", "template": "spring_sale",
-     "category": "marketing", "campaign": "2026-05", "sent_at": 1751142880}
+     "category": "marketing", "campaign": "2026-05", "sent_at": 1751142880,
+     "phone_number_id": "106540352242922"}
 
-``wamid`` and ``template`` are required; ``sent_at`` is unix seconds (int or numeric string).
+``wamid`` and ``template`` are required; ``sent_at`` is unix seconds (int or numeric string);
+``phone_number_id`` is the sending number (known before the message's first status).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def source_id(topic_code: int, partition: int) -> int:
 def source_partition(source: int) -> int:
     """The partition of a :func:`source_id`."""
     return source % 100_000
+
+
+def source_topic(source: int) -> int:
+    """The topic code of a :func:`source_id`."""
+    return source // 100_000
 
 
 Applied = dict[int, tuple[int, int]]
@@ -90,6 +97,7 @@ class SendLogRecord(msgspec.Struct, frozen=True, gc=False):
     category: str | None = None
     campaign: str | None = None
     sent_at: int | str | None = None
+    phone_number_id: str | None = None
 
     def sent_at_seconds(self) -> int | None:
         """``sent_at`` as whole seconds; raises :class:`SendLogError` for a value that is not a
@@ -122,6 +130,9 @@ class RecipientFactKind(enum.IntEnum):
     PREFERENCE_STOP = 8  # user_preferences stop
     PREFERENCE_RESUME = 9  # user_preferences resume
     LINK = 10  # phone <-> BSUID pair; ``other`` holds the other id
+    MARKETING_READ = 11  # a marketing template was read (engagement)
+    SEND_ATTEMPT = 12  # a non-marketing message was sent (cancels retry plans of its template)
+    RETRYABLE_FAILURE = 13  # a failure a retry plan is made for (throughput, backoff; ``code``)
 
 
 class RecipientFact(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -134,6 +145,10 @@ class RecipientFact(msgspec.Struct, array_like=True, frozen=True, gc=False):
     other: str | None = None
     template: str | None = None
     wamid: str | None = None
+    #: the sending number (phone_number_id) and campaign, on attempts and failures only
+    sender: str | None = None
+    campaign: str | None = None
+    code: int | None = None  # the error code, on failures
 
 
 class TemplateFact(msgspec.Struct, array_like=True, frozen=True, gc=False):

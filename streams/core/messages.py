@@ -31,6 +31,7 @@ from streams.core.facts import (
     already_applied,
     mark_applied,
 )
+from streams.core.retries import is_retryable
 
 UNKNOWN_TEMPLATE = "unknown"
 MARKETING_CATEGORIES = frozenset({"marketing", "marketing_lite", "group_marketing"})
@@ -42,6 +43,9 @@ ATTEMPTED, SENT, DELIVERED, READ, PLAYED, FAILED, DELETED, WARNING, OTHER = (
 _FLAG_MKT_DELIVERED_FACT = 1 << 16
 _FLAG_MKT_ATTEMPT_FACT = 1 << 17
 _FLAG_LINKED = 1 << 18
+_FLAG_MKT_READ_FACT = 1 << 19
+_FLAG_ATTEMPT_SENDER = 1 << 20  # the send's recipient fact carried the sending number
+_FLAG_ATTEMPT_TEMPLATE = 1 << 21  # ... and the template
 
 STAGE_OUTCOMES: tuple[tuple[int, str], ...] = (
     (ATTEMPTED, "attempted"),
@@ -73,7 +77,17 @@ _FAILURE_FACTS: dict[str, RecipientFactKind] = {
 }
 
 
-#: Sub-positions per input item for the recipient facts it yields (at most 4 today).
+#: Fact kinds that carry the sending number and campaign (premature-resend signals, retry plans).
+_DETAILED_FACTS = frozenset(
+    {
+        RecipientFactKind.MARKETING_ATTEMPT,
+        RecipientFactKind.SEND_ATTEMPT,
+        RecipientFactKind.LIMIT_FAILURE,
+        RecipientFactKind.RETRYABLE_FAILURE,
+    }
+)
+
+#: Sub-positions per input item for the recipient facts it yields (at most 5 today).
 FACTS_PER_ITEM = 16
 
 
@@ -127,6 +141,8 @@ class MessageState(msgspec.Struct, array_like=True, gc=False):
     log_mark: int = 0
     #: the mark of the input that named the campaign
     campaign_mark: int = 0
+    read_ts: int = 0
+    attempt_ts: int = 0  # the time the send's recipient fact carried (see _attempt_fact)
 
 
 class BucketDelta(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -238,7 +254,7 @@ class MessageLedger:
             return state, fx
         state.seen[fact.status] = Seen(position, fact.origin)
         state.last_ts = max(state.last_ts, fact.timestamp)
-        if not state.first_ts:
+        if not state.first_ts or fact.timestamp < state.first_ts:
             state.first_ts = fact.timestamp
         state.sender = state.sender or fact.sender
         state.country = state.country or fact.country
@@ -267,8 +283,14 @@ class MessageLedger:
             fx.deltas.extend(_deltas(state, template, minute, label, 1, mark))
         if new & DELIVERED:
             state.delivered_ts = fact.timestamp
-        if new & FAILED and fact.error_class in _FAILURE_FACTS:
-            self._emit(state, fx, _FAILURE_FACTS[fact.error_class], fact.timestamp, position)
+        if new & READ:
+            state.read_ts = fact.timestamp
+        if new & FAILED:
+            kind = _FAILURE_FACTS.get(fact.error_class or "")
+            if kind is None and fact.error_code is not None and is_retryable(fact.error_code):
+                kind = RecipientFactKind.RETRYABLE_FAILURE
+            if kind is not None:
+                self._emit(state, fx, kind, fact.timestamp, position, code=fact.error_code)
         if fact.phone and fact.user_id and not state.stages & _FLAG_LINKED:
             state.stages |= _FLAG_LINKED
             self._emit(
@@ -300,11 +322,12 @@ class MessageLedger:
         mark_applied(state.applied, position)
         state.wamid = record.wamid
         state.recipient = state.recipient or (record.recipient or "")
+        state.sender = state.sender or (record.phone_number_id or "")
         state.category = state.category or record.category
         sent_at = record.sent_at_seconds()
         if sent_at is not None:
             state.last_ts = max(state.last_ts, sent_at)
-            state.first_ts = state.first_ts or sent_at
+            state.first_ts = min(state.first_ts, sent_at) if state.first_ts else sent_at
         if state.campaign is None and record.campaign:
             self._attribute_campaign(state, record.campaign, position, fx, mark)
         if state.template is None:
@@ -341,16 +364,43 @@ class MessageLedger:
         return out
 
     def _marketing_facts(self, state: MessageState, fx: Effects, position: Position) -> None:
-        if not _is_marketing(state.category) or not state.recipient:
+        if state.category is None or not state.recipient:
             return
-        if state.first_ts and not state.stages & _FLAG_MKT_ATTEMPT_FACT:
-            state.stages |= _FLAG_MKT_ATTEMPT_FACT
-            self._emit(state, fx, RecipientFactKind.MARKETING_ATTEMPT, state.first_ts, position)
+        marketing = _is_marketing(state.category)
+        self._attempt_fact(state, fx, position, marketing)
+        if not marketing:
+            return
         if state.stages & DELIVERED and not state.stages & _FLAG_MKT_DELIVERED_FACT:
             state.stages |= _FLAG_MKT_DELIVERED_FACT
             self._emit(
                 state, fx, RecipientFactKind.MARKETING_DELIVERED, state.delivered_ts, position
             )
+        if state.stages & READ and not state.stages & _FLAG_MKT_READ_FACT:
+            state.stages |= _FLAG_MKT_READ_FACT
+            self._emit(state, fx, RecipientFactKind.MARKETING_READ, state.read_ts, position)
+
+    def _attempt_fact(
+        self, state: MessageState, fx: Effects, position: Position, marketing: bool
+    ) -> None:
+        """The send, at its earliest known time (the send log's ``sent_at`` or the first
+        status), whichever input came first: an earlier time, the sending number or the
+        template learned later is sent again (the recipient stage keeps the earliest per
+        message, with what it learns), so the recipient's history does not depend on the
+        arrival order. Non-marketing sends only cancel retry plans."""
+        if not state.first_ts:
+            return
+        kind = RecipientFactKind.MARKETING_ATTEMPT if marketing else RecipientFactKind.SEND_ATTEMPT
+        stages = state.stages
+        known = (_FLAG_ATTEMPT_SENDER if state.sender else 0) | (
+            _FLAG_ATTEMPT_TEMPLATE if state.template else 0
+        )
+        if stages & _FLAG_MKT_ATTEMPT_FACT:
+            earlier = 0 < state.first_ts < state.attempt_ts
+            if not (earlier or known & ~stages):
+                return
+        state.stages |= _FLAG_MKT_ATTEMPT_FACT | known
+        state.attempt_ts = state.first_ts
+        self._emit(state, fx, kind, state.first_ts, position)
 
     @staticmethod
     def _emit(
@@ -361,10 +411,12 @@ class MessageLedger:
         position: Position,
         recipient: str | None = None,
         other: str | None = None,
+        code: int | None = None,
     ) -> None:
         # Several facts can come from one input item: each gets its own sub-position, so the
         # recipient stage (which applies each position once) keeps them all.
         sub = sum(1 for f in fx.facts if f.position[:2] == position[:2])
+        detailed = kind in _DETAILED_FACTS  # sender and campaign only where stage 3 keeps them
         fact = RecipientFact(
             recipient=recipient or state.recipient,
             kind=kind,
@@ -373,6 +425,9 @@ class MessageLedger:
             other=other,
             template=state.template,
             wamid=state.wamid,
+            sender=(state.sender or None) if detailed else None,
+            campaign=state.campaign if detailed else None,
+            code=code,
         )
         if fact.recipient:
             state.emitted.append(fact)

@@ -47,6 +47,10 @@ class TemplateSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
 
 class ResendSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A premature marketing resend (once per recipient and send): the resent template, the
+    send's event time, who (digest only), from which sending number and campaign ("" when the
+    monitor did not know them when it learned of the send)."""
+
     template: str
     ts: int
     recipient_digest: str

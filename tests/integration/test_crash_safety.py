@@ -332,7 +332,11 @@ def check_recipients(worker: WorkerProcess, c: CrashCampaign, rng: random.Random
         }
         n_limit = len(t.limit_failures)
         assert got == {
-            "marketing_delivered": {"24h": t.marketing_delivered, "7d": t.marketing_delivered},
+            "marketing_delivered": {
+                "24h": t.marketing_delivered,
+                "7d": t.marketing_delivered,
+                "30d": t.marketing_delivered,
+            },
             "limit_failures": {"24h": n_limit, "7d": n_limit},
             "last_limit_failure": max(t.limit_failures, default=None),
             "us_marketing_pause_seen": max(t.us_pause, default=None),

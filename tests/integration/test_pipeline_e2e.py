@@ -150,8 +150,10 @@ def test_sigkill_mid_stream_then_restart_counts_stay_exact(
 def test_idle_recipients_messages_and_old_buckets_expire_in_event_time(
     kafka_bootstrap: str, tmp_path: Path, start_worker: Callable[..., WorkerProcess]
 ) -> None:
-    """A recipient idle for longer than the retention (8 days of event time) is removed, and so
-    are its messages (7 days) and the template's minute buckets (48 hours)."""
+    """A recipient idle for longer than the retention (8 days of event time, 30 days after a
+    marketing delivery: engagement counts it) is removed, and so are its messages (7 days) and
+    the template's minute buckets (48 hours). The recipients stage's event time is its slowest
+    messages partition's: the later traffic reaches it from each of them."""
     from streams.simulate import Message, envelope, status_item
     from streams.stages import partition_for
 
@@ -197,18 +199,18 @@ def test_idle_recipients_messages_and_old_buckets_expire_in_event_time(
     _, tpl = get_json(f"{worker.base_url}/v1/templates/old_promo?at={t0 + 60}")
     assert isinstance(tpl, dict) and tpl["windows"]["5m"]["counts"]["attempted"] == 2
 
-    # Nine days later other traffic moves event time forward on the same partitions.
-    later = t0 + 9 * 86_400
+    # 31 days later other traffic moves event time forward on the same partitions.
+    later = t0 + 31 * 86_400
     r_part = partition_for(old, n)
     m_parts = {partition_for(first.wamid, n), partition_for(limited.wamid, n)}
     bodies, i = [], 0
     covered: set[tuple[str, int]] = set()
-    while len(covered) < 1 + len(m_parts):
+    while len(covered) < n + len(m_parts):
         recipient = f"55119871{i:05d}"  # never the old recipient
         m = msg(f"wamid.NEW-{i}", recipient, later + i, "new_promo")
         i += 1
         if partition_for(recipient, n) == r_part:
-            covered.add(("r", r_part))
+            covered.add(("r", partition_for(m.wamid, n)))
         if partition_for(m.wamid, n) in m_parts:
             covered.add(("m", partition_for(m.wamid, n)))
         bodies += [body(m, "sent", later + i), body(m, "delivered", later + i + 1)]

@@ -43,7 +43,6 @@ def test_cooldown_is_configurable() -> None:
 
 def test_a_resend_inside_the_cooldown_extends_the_block() -> None:
     s = state_of((K.LIMIT_FAILURE, T), (K.MARKETING_ATTEMPT, T + 10 * H))
-    assert s.premature_resends == [T + 10 * H]
     a = advise(s, "r", T + 25 * H, is_us=False)
     assert not a.may_send_marketing
     assert a.reasons == (AdviceReason.RESEND_STORM,)

@@ -72,21 +72,19 @@ def test_ten_days_of_new_messages_keep_the_message_table_bounded() -> None:
     assert stage.stats.expired_buckets > 0
 
 
-def test_idle_recipients_leave_and_opted_out_ones_stay() -> None:
-    kv = DictKeyValue()
-    stage = RecipientStage(kv)
+def _days_of_recipients(
+    stage: RecipientStage, kv: DictKeyValue, days: int, kind: RecipientFactKind
+) -> set[bytes]:
+    """200 new recipients a day, each with one fact of ``kind``; one opt-out on day 0."""
     rng = random.Random(0)
     position = 0
-    for day in range(12):
+    for day in range(days):
         facts = []
         for i in range(200):
             position += 1
             facts.append(
                 RecipientFact(
-                    f"d{day}-{i}",
-                    RecipientFactKind.MARKETING_DELIVERED,
-                    T0 + day * DAY + rng.randrange(DAY),
-                    (1, position, 0),
+                    f"d{day}-{i}", kind, T0 + day * DAY + rng.randrange(DAY), (1, position, 0)
                 )
             )
         if day == 0:
@@ -98,11 +96,27 @@ def test_idle_recipients_leave_and_opted_out_ones_stay() -> None:
             0, day, encode_batch(FactBatch(statuses=[], recipients=facts, templates=[]))
         )
         stage.flush(0)
-    keys = {k for k in kv.data[0] if not k.startswith((b"\x00", b"xr"))}
+    return {k for k in kv.data[0] if not k.startswith((b"\x00", b"xr"))}
+
+
+def test_idle_recipients_leave_and_opted_out_ones_stay() -> None:
+    kv = DictKeyValue()
+    keys = _days_of_recipients(RecipientStage(kv), kv, 12, RecipientFactKind.LIMIT_FAILURE)
     assert b"stopper" in keys  # an opt-out lasts until resume
     assert not any(k.startswith(b"d0-") or k.startswith(b"d1-") for k in keys)
     assert any(k.startswith(b"d11-") for k in keys)
     assert len(keys) <= 10 * 200 + 1
+
+
+def test_engaged_recipients_stay_30_days_after_their_last_marketing_delivery() -> None:
+    kv = DictKeyValue()
+    stage = RecipientStage(kv)
+    keys = _days_of_recipients(stage, kv, 40, RecipientFactKind.MARKETING_DELIVERED)
+    # the 30-day engagement window: never removed within it, gone within a day after it
+    assert not any(k.startswith((b"d0-", b"d1-", b"d2-", b"d3-", b"d4-", b"d5-")) for k in keys)
+    assert all(any(k.startswith(b"d%d-" % day) for k in keys) for day in range(9, 40))
+    assert len(keys) <= 32 * 200 + 1
+    assert stage.stats.expired >= 7 * 200
 
 
 def test_a_key_touched_into_the_day_its_flush_sweeps_is_swept_the_next_day() -> None:
