@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaError
 
 from streams import __version__
 from streams.asyncutil import run_sync
+from streams.core.routing import RoutingError
 from streams.localkafka import (
     LocalKafka,
     LocalKafkaError,
@@ -121,11 +122,13 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def run_worker(settings: Settings, bootstrap: str) -> int:
+def run_worker(settings: Settings, bootstrap: str, slack: str | None = None) -> int:
     from faust.worker import Worker
 
     from streams.app import create_app
+    from streams.slack import describe_slack
 
+    slack = slack or describe_slack(settings)  # a bad routing file stops the worker here
     prepare_topics(settings, bootstrap)
     if settings.processing_guarantee == "exactly_once":
         log.warning(
@@ -135,7 +138,7 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
     app = create_app(settings, bootstrap)
     print(
         f"worker {settings.app_id}: Kafka {bootstrap}, consuming {settings.topic_raw}; "
-        f"metrics at http://{settings.web_host}:{settings.web_port}/metrics",
+        f"metrics at http://{settings.web_host}:{settings.web_port}/metrics; {slack}",
         file=sys.stderr,
     )
 
@@ -152,9 +155,12 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.slack import describe_slack
+
     if args.web_port is not None:
         settings = settings.replace(web_port=args.web_port)
-    return run_worker(settings, resolve_bootstrap(settings))
+    slack = describe_slack(settings)  # before Kafka: a bad routing file is the first error
+    return run_worker(settings, resolve_bootstrap(settings), slack)
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -217,6 +223,15 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return replay.run(settings, replay.options_from(args), lambda: resolve_bootstrap(settings))
 
 
+def cmd_slack(settings: Settings, args: argparse.Namespace) -> int:
+    from streams import slack_check
+
+    try:
+        return slack_check.run(settings, args.channel)
+    except slack_check.NotConfigured as exc:
+        raise CliError(str(exc)) from None
+
+
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
     from streams import inspect
 
@@ -268,6 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingress.set_defaults(func=cmd_ingress)
 
+    slack = sub.add_parser(
+        "slack",
+        help="check the Slack settings: a test message to each destination (exit 1: refused)",
+    )
+    slack.add_argument("action", choices=["test"])
+    slack.add_argument(
+        "--channel", default=None, help="bot mode: test this channel instead of the configured"
+    )
+    slack.set_defaults(func=cmd_slack)
+
     inspect = sub.add_parser(
         "inspect", help="parse webhook files and print normalized events", add_help=False
     )
@@ -301,7 +326,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         result: int = args.func(settings, args)
         return result
-    except (CliError, SettingsError, ToolMissingError, LocalKafkaError, TopicCreationError) as exc:
+    except (
+        CliError,
+        SettingsError,
+        RoutingError,
+        ToolMissingError,
+        LocalKafkaError,
+        TopicCreationError,
+    ) as exc:
         print(f"delivery-monitor: error: {exc}", file=sys.stderr)
         return 2
     except KafkaError as exc:
