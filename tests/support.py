@@ -20,7 +20,17 @@ from typing import Any, Self, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.core.alerts import Notification
+from streams.core.alerts import (
+    AlertBook,
+    AlertPolicy,
+    Evaluation,
+    Evidence,
+    Finding,
+    Notification,
+    Scope,
+    Verdict,
+)
+from streams.core.catalog import ErrorClass
 from streams.raw_consumer import ingest_group
 from streams.simulate import Campaign, spike_campaign
 
@@ -708,10 +718,6 @@ def incident_lifecycle(
 ) -> list[Notification]:
     """FIRING (the whole account), UPDATED (the template joins: more specific), REPEAT (an hour
     later) and RESOLVED of one incident, as the alert book writes them."""
-    from streams.core.alerts import AlertBook, AlertPolicy, Evaluation, Evidence, Finding, Scope
-    from streams.core.alerts import Verdict
-    from streams.core.catalog import ErrorClass
-
     cls = ErrorClass(error_class)
 
     def finding(scope: Scope, count: int) -> Finding:
