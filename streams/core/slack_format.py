@@ -5,6 +5,8 @@ against the scope's own baseline, since when), the affected templates, sending n
 countries (only scopes that are firing in this incident), the recommended action from the error
 catalog, and a link to the Grafana dashboard narrowed to the headline scope. A resolve message
 is short, in the same style. ``text`` is always set: it is the notification and fallback text.
+Bot mode's thread adds a compact reply per update (:func:`render_thread_reply`) and the
+incident's first message as it reads after an update (:func:`render_original`).
 
 Names that come from webhooks (templates) are escaped for Slack mrkdwn, so a template named
 ``<!channel>`` cannot ping anyone; Slack's size limits (header 150 chars, section text 3000,
