@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from streams.core.alerts import Notification
@@ -106,6 +107,18 @@ class ThreadStore:
             await self._persist()
 
 
+@dataclass(slots=True)
+class _Job:
+    """One notification for one destination, with its incident's record and thread there."""
+
+    notification: Notification
+    key: str  # the incident (thread_key)
+    record: ThreadRecord
+    thread: ChannelThread  # the record's entry for this destination
+    route: Route
+    deadline: float
+
+
 def _worst(outcomes: list[SlackOutcome]) -> SlackOutcome:
     for bad in (SlackOutcome.GAVE_UP, SlackOutcome.FAILED_PERMANENT):
         if bad in outcomes:
@@ -150,9 +163,9 @@ class _Delivery:
         """A destination of an earlier notification no longer in the routing file."""
         return None
 
-    async def save(self, key: str, record: ThreadRecord) -> None:
+    async def save(self, job: _Job) -> None:
         if self.store is not None:
-            await self.store.save(key, record)
+            await self.store.save(job.key, job.record)
 
     async def deliver(self, notification: Notification, deadline: float) -> SlackOutcome:
         key = thread_key(notification)
@@ -168,18 +181,12 @@ class _Delivery:
                 )
                 outcomes.append(SlackOutcome.SENT)
                 continue
-            outcomes.append(await self.one(notification, key, record, thread, route, deadline))
+            job = _Job(notification, key, record, thread, route, deadline)
+            outcomes.append(await self.one(job))
         return _worst(outcomes)
 
-    async def one(
-        self,
-        notification: Notification,
-        key: str,
-        record: ThreadRecord,
-        thread: ChannelThread,
-        route: Route,
-        deadline: float,
-    ) -> SlackOutcome:
+    async def one(self, job: _Job) -> SlackOutcome:
+        """Deliver ``job`` (the thread there has not had it yet)."""
         raise NotImplementedError
 
 
@@ -193,24 +200,17 @@ class WebhookDelivery(_Delivery):
     def key_of(self, route: Route) -> str:
         return route.name
 
-    async def one(
-        self,
-        notification: Notification,
-        key: str,
-        record: ThreadRecord,
-        thread: ChannelThread,
-        route: Route,
-        deadline: float,
-    ) -> SlackOutcome:
-        payload = render_slack_message(notification, **self.render)
+    async def one(self, job: _Job) -> SlackOutcome:
+        note, route = job.notification, job.route
+        payload = render_slack_message(note, **self.render)
         url = Secret(route.target)
         outcome, _ = await self.caller.call(
-            route.name, notification.id, lambda: self.webhooks.post(url, payload), deadline
+            route.name, note.id, lambda: self.webhooks.post(url, payload), job.deadline
         )
         if outcome is SlackOutcome.SENT:
-            thread.delivered(notification.id)
-            await self.save(key, record)
-            self.caller.sent(notification.id, route.name)
+            job.thread.delivered(note.id)
+            await self.save(job)
+            self.caller.sent(note.id, route.name)
         return outcome
 
 
@@ -236,51 +236,39 @@ class BotDelivery(_Delivery):
     def unconfigured(self, key: str) -> Route | None:
         return Route(key, key)  # a channel: its thread can still be followed
 
-    async def one(
-        self,
-        notification: Notification,
-        key: str,
-        record: ThreadRecord,
-        thread: ChannelThread,
-        route: Route,
-        deadline: float,
-    ) -> SlackOutcome:
+    async def one(self, job: _Job) -> SlackOutcome:
+        note, thread = job.notification, job.thread
         while True:
-            steps = plan(thread, notification, **self.render)
+            steps = plan(thread, note, **self.render)
             if steps is None:
                 return SlackOutcome.SENT
-            outcome, answer = await self._send(
-                notification, key, record, thread, route, steps, deadline
-            )
+            outcome, answer = await self._send(job, steps)
             if outcome is not SlackOutcome.SENT:
                 return outcome
             if not steps.reply_to:
                 thread.ts = str(answer.data.get("ts", ""))
-                thread.channel_id = str(answer.data.get("channel") or route.target)
+                thread.channel_id = str(answer.data.get("channel") or job.route.target)
             found = answer.data.get("found")
-            if found is not None and found != notification.id:
+            if found is not None and found != note.id:
                 # the incident's message was there already (an earlier notification's post
                 # whose answer was lost): this one replies to it
                 thread.posting = ""
-                await self.save(key, record)
+                await self.save(job)
                 continue
-            thread.delivered(notification.id)
-            await self.save(key, record)
-            self.caller.sent(notification.id, route.name)
+            thread.delivered(note.id)
+            await self.save(job)
+            self.caller.sent(note.id, job.route.name)
             return SlackOutcome.SENT
 
-    async def _send(
-        self,
-        notification: Notification,
-        key: str,
-        record: ThreadRecord,
-        thread: ChannelThread,
-        route: Route,
-        steps: ThreadPlan,
-        deadline: float,
-    ) -> tuple[SlackOutcome, Answer]:
+    async def _send(self, job: _Job, steps: ThreadPlan) -> tuple[SlackOutcome, Answer]:
         """The edit (if any), then the post: its intent saved first, and looked up before it
         is posted (again) when an earlier attempt may have reached Slack."""
+        notification, thread, route, deadline = (
+            job.notification,
+            job.thread,
+            job.route,
+            job.deadline,
+        )
         channel = thread.channel_id or route.target
         edit = steps.edit
         if edit is not None:
@@ -298,7 +286,7 @@ class BotDelivery(_Delivery):
         look = bool(thread.posting) if top else thread.posting == notification.id
         if not look:
             thread.posting, thread.posting_since = notification.id, self._wall()
-            await self.save(key, record)
+            await self.save(job)
         args = {"channel": channel, **steps.post, "metadata": message_metadata(notification)}
         if not top:
             args["thread_ts"] = steps.reply_to
@@ -306,7 +294,7 @@ class BotDelivery(_Delivery):
         async def attempt() -> Answer:
             nonlocal look
             if look:
-                found = await self._find(channel, key, notification.id, thread, top)
+                found = await self._find(channel, job.key, notification.id, thread, top)
                 if not found.ok or found.data.get("ts"):
                     return found  # Slack failed (retried), or the post is there
             answer = await self.api.call("chat.postMessage", args)
