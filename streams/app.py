@@ -55,6 +55,7 @@ from streams.metrics import MonitorMetrics
 from streams.raw_consumer import consume_raw, ingest_group, retry_kafka
 from streams.settings import Settings
 from streams.slack import SlackNotifier
+from streams.slack_threads import ThreadStore
 from streams.stages import partition_for
 from streams.stages.alerting import AlertingStage
 from streams.stages.ingest import DeadLetter, IngestStage
@@ -150,10 +151,22 @@ class Monitor:
             help="the alert book: which alerts fire, since when, what was notified",
         )
         self.alerting_kv = FaustTableKV(self.alerting_table)
+        self.threads_table = app.Table(
+            "slack_threads",
+            partitions=partitions["slack_threads"],
+            key_type=bytes,
+            value_type=bytes,
+            help="per incident: its Slack messages (channel, ts) and the notifications delivered",
+        )
         # Faust's RocksDB defaults (a 2 GiB block cache and 3 x 64 MiB memtables per partition
         # database) would let RSS grow with the state: every database shares one budget instead
         self.rocksdb = SharedRocksDB(settings.rocksdb_memory_mb, settings.rocksdb_write_buffer_mb)
-        tables = (self.messages_table, self.recipients_table, self.alerting_table)
+        tables = (
+            self.messages_table,
+            self.recipients_table,
+            self.alerting_table,
+            self.threads_table,
+        )
         if any([self.rocksdb.install(table) for table in tables]):
             self.metrics.watch_rocksdb(self.rocksdb.usage, self.rocksdb.limit)
         self.alerting = self._alerting_stage()
@@ -170,8 +183,11 @@ class Monitor:
         advice_name = settings.topic_advice
         retries_name = settings.topic_retries
         self.retry_policy = RetryPolicy()
+        self.threads_kv = BatchedTableKV(self.threads_table)
         self.notifier = SlackNotifier.from_settings(
-            settings, on_outcome=lambda outcome: self.metrics.slack_outcome(outcome)
+            settings,
+            threads=ThreadStore(self.threads_kv, self._persist_threads),
+            on_outcome=lambda outcome: self.metrics.slack_outcome(outcome),
         )
         self.messages_kv = BatchedTableKV(self.messages_table)
         self.recipients_kv = BatchedTableKV(self.recipients_table)
@@ -476,6 +492,14 @@ class Monitor:
         if n is None:
             n = self._partition_counts[topic] = len(await self._producer().partitions_for(topic))
         return n
+
+    async def _persist_threads(self) -> None:
+        """Write the Slack thread records to their changelog and wait until Kafka has them
+        (the notifier records what it is about to post before posting it)."""
+        batcher = RecordBatcher(self._producer)
+        self.threads_kv.commit(batcher)
+        await retry_kafka("slack threads", batcher.send)
+        self.threads_kv.persisted(batcher.sent)
 
     async def _flush_ingest(self) -> None:
         messages, recipients, dead = self.ingest.drain()

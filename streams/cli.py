@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaError
 
 from streams import __version__, logs
 from streams.asyncutil import run_sync
+from streams.core.routing import RoutingError
 from streams.localkafka import (
     LocalKafka,
     LocalKafkaError,
@@ -119,11 +120,13 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def run_worker(settings: Settings, bootstrap: str) -> int:
+def run_worker(settings: Settings, bootstrap: str, slack: str | None = None) -> int:
     from faust.worker import Worker
 
     from streams.app import create_app
+    from streams.slack import describe_slack
 
+    slack = slack or describe_slack(settings)  # a bad routing file stops the worker here
     prepare_topics(settings, bootstrap)
     if settings.processing_guarantee == "exactly_once":
         log.warning(
@@ -134,7 +137,8 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
     base = f"http://{settings.web_host}:{settings.web_port}"
     print(
         f"worker {settings.app_id}: Kafka {bootstrap}, consuming {settings.topic_raw}\n"
-        f"  overview page: {base}/   (metrics: {base}/metrics, API: {base}/v1/...)",
+        f"  overview page: {base}/   (metrics: {base}/metrics, API: {base}/v1/...)\n"
+        f"  {slack}",
         file=sys.stderr,
     )
 
@@ -152,9 +156,12 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.slack import describe_slack
+
     if args.web_port is not None:
         settings = settings.replace(web_port=args.web_port)
-    return run_worker(settings, resolve_bootstrap(settings))
+    slack = describe_slack(settings)  # before Kafka: a bad routing file is the first error
+    return run_worker(settings, resolve_bootstrap(settings), slack)
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -226,6 +233,15 @@ def cmd_audience(settings: Settings, args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
 
 
+def cmd_slack(settings: Settings, args: argparse.Namespace) -> int:
+    from streams import slack_check
+
+    try:
+        return slack_check.run(settings, args.channel)
+    except slack_check.NotConfigured as exc:
+        raise CliError(str(exc)) from None
+
+
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
     from streams import inspect
 
@@ -277,6 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingress.set_defaults(func=cmd_ingress)
 
+    slack = sub.add_parser(
+        "slack",
+        help="check the Slack settings: a test message to each destination (exit 1: refused)",
+    )
+    slack.add_argument("action", choices=["test"])
+    slack.add_argument(
+        "--channel", default=None, help="bot mode: test this channel instead of the configured"
+    )
+    slack.set_defaults(func=cmd_slack)
+
     inspect = sub.add_parser(
         "inspect", help="parse webhook files and print normalized events", add_help=False
     )
@@ -308,7 +334,14 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(settings.log_level, settings.faust_log_level)
         result: int = args.func(settings, args)
         return result
-    except (CliError, SettingsError, ToolMissingError, LocalKafkaError, TopicCreationError) as exc:
+    except (
+        CliError,
+        SettingsError,
+        RoutingError,
+        ToolMissingError,
+        LocalKafkaError,
+        TopicCreationError,
+    ) as exc:
         print(f"delivery-monitor: error: {exc}", file=sys.stderr)
         return 2
     except KafkaError as exc:

@@ -116,6 +116,13 @@ class Settings:
     #: seconds between two summary lines in the worker's log (0: none)
     summary_interval_s: float = 60.0
     slack_webhook_url: Secret = Secret("")
+    #: Slack bot mode (one threaded, edited message per incident): the bot token, the default
+    #: channel (an ID), and the Web API's base URL (a proxy, or a local server in tests).
+    slack_bot_token: Secret = Secret("")
+    slack_channel: str = ""
+    slack_api_url: str = "https://slack.com/api/"
+    #: A routing file (TOML) sending incidents to channels or webhooks (streams.core.routing).
+    slack_routes: Path | None = None
     #: Slack: seconds per POST, the cap of the backoff between retries (a recovered Slack is
     #: noticed within about that long), and how long after enqueueing a notification that
     #: Slack keeps failing (5xx, 429, timeouts) is given up.
@@ -205,6 +212,10 @@ class Settings:
                 get_int("SUMMARY_INTERVAL", int(d.summary_interval_s), minimum=0)
             ),
             slack_webhook_url=Secret(get("SLACK_WEBHOOK_URL", "")),
+            slack_bot_token=Secret(get("SLACK_BOT_TOKEN", "").strip()),
+            slack_channel=get("SLACK_CHANNEL", "").strip(),
+            slack_api_url=get("SLACK_API_URL", d.slack_api_url),
+            slack_routes=Path(routes) if (routes := get("SLACK_ROUTES", "").strip()) else None,
             slack_request_timeout_s=float(
                 get_int("SLACK_REQUEST_TIMEOUT", int(d.slack_request_timeout_s), minimum=1)
             ),
@@ -237,6 +248,18 @@ class Settings:
             campaign_label_cap=get_int("CAMPAIGN_LABEL_CAP", d.campaign_label_cap, minimum=1),
             lag_interval_s=float(get_int("LAG_INTERVAL", int(d.lag_interval_s), minimum=1)),
         )
+
+    def __post_init__(self) -> None:
+        if self.slack_bot_token and self.slack_webhook_url:
+            raise SettingsError(
+                f"{ENV_PREFIX}SLACK_BOT_TOKEN and {ENV_PREFIX}SLACK_WEBHOOK_URL are both set: "
+                "use the bot token (threads, edits, channels) or the webhook, not both"
+            )
+        if self.slack_channel and not self.slack_bot_token:
+            raise SettingsError(
+                f"{ENV_PREFIX}SLACK_CHANNEL is set but not {ENV_PREFIX}SLACK_BOT_TOKEN: a "
+                "channel needs the bot mode (a webhook posts to its own channel)"
+            )
 
     def replace(self, **changes: object) -> Settings:
         """A copy with some fields changed (settings are immutable)."""

@@ -1,19 +1,24 @@
-"""Slack notifier: posts incident notifications to an incoming webhook, never blocking the caller.
+"""Slack notifier: delivers incident notifications, never blocking the caller.
 
-``submit()`` / ``send()`` render the Block Kit payload
-(:func:`streams.core.slack_format.render_slack_message`) and only enqueue it; one sender task
-delivers the queue in order (FIFO: a notification never overtakes an earlier one, so an
-incident's RESOLVED never reaches Slack before its FIRING):
+Two modes. **Webhook** (``DELIVERY_MONITOR_SLACK_WEBHOOK_URL``): every notification is a new
+message at an incoming webhook. **Bot** (``DELIVERY_MONITOR_SLACK_BOT_TOKEN``): one message per
+incident and channel, its updates replied in its thread and the message edited in place
+(:mod:`streams.slack_threads`). In both, a routing file (:mod:`streams.core.routing`) can send
+incidents to several channels or webhooks.
 
-- at most ``rate_per_second`` messages per webhook (a token bucket on an injected clock; Slack
-  allows about 1/s with short bursts);
-- 429: waits ``Retry-After`` (the whole queue waits: the limit is per webhook), then retries;
-- 5xx, timeouts and connection errors (an outage): retried with exponential backoff, capped at
-  ``max_backoff`` and with equal jitter, for as long as the outage lasts; the messages behind
-  wait their turn;
-- 400 / 403 / 404 / 410 (and any other 4xx): not retried, recorded as a permanent failure;
-  403 / 404 / 410 mean the webhook itself is broken (revoked, channel gone or archived) and
-  set :attr:`SlackNotifier.webhook_broken`;
+``submit()`` / ``send()`` only enqueue; one sender task delivers the queue in order (FIFO: a
+notification never overtakes an earlier one, so an incident's RESOLVED never reaches Slack
+before its FIRING). Every HTTP request goes through :meth:`SlackNotifier.call`:
+
+- posts are paced to ``rate_per_second`` per destination (a token bucket on an injected clock;
+  Slack allows about 1 message/s per channel or webhook, with short bursts);
+- 429: waits ``Retry-After`` (the whole queue waits), then retries;
+- 5xx, timeouts, connection errors and Slack's own ``internal_error``-like errors (an outage):
+  retried with exponential backoff, capped at ``max_backoff`` and with equal jitter, for as long
+  as the outage lasts; the messages behind wait their turn;
+- any other refusal (webhook 400/403/404/410; Web API ``invalid_auth``, ``channel_not_found``,
+  ``not_in_channel``...): not retried, recorded as a permanent failure; one that means the
+  webhook or token itself is unusable sets :attr:`SlackNotifier.broken`;
 - a message still undelivered ``give_up_after`` seconds (default 24 h) after it was enqueued is
   given up and recorded (every message gets at least one attempt; the horizon runs from
   enqueueing, so a backlog is not given up one whole horizon per message).
@@ -27,13 +32,9 @@ drops what is pending when another worker took the alerts over (that worker post
 has waited (for gauges).
 
 Every outcome is reported to an optional ``on_outcome`` callback (wire Prometheus counters
-there); failures are also kept in :attr:`SlackNotifier.failures`.
-
-HTTP goes through slack_sdk's ``AsyncWebhookClient`` with its retry handlers switched off: this
-module owns retrying, because slack_sdk's handlers cannot bound the total time, share one 429
-pause across the queue, use an injected clock or report outcomes. The webhook URL is a secret:
-it is never logged (slack_sdk's own debug logging, which prints the URL, is muted) and
-exceptions are logged by type only.
+there); failures are also kept in :attr:`SlackNotifier.failures`. slack_sdk's own retry
+handlers are off: they cannot bound the total time, share one 429 pause across the queue, use
+an injected clock or report outcomes. Webhook URLs and the bot token are secrets: never logged.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import logging
 import random
 import time
@@ -51,31 +51,18 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import aiohttp
-from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from streams.core.alerts import Notification
-from streams.core.slack_format import DEFAULT_DASHBOARD_PATH, render_slack_message
+from streams.core.routing import CHANNEL_ID, RoutingError, RoutingTable, parse_routes
+from streams.core.slack_format import DEFAULT_DASHBOARD_PATH
 from streams.settings import Secret, Settings
+from streams.slack_api import SLACK_API_URL, Answer, SlackOutcome, WebApi, Webhooks
+from streams.slack_threads import BotDelivery, ThreadStore, WebhookDelivery
+from streams.state import DictKeyValue
+
+__all__ = ["RetryPolicy", "SlackNotifier", "SlackOutcome", "TokenBucket", "load_routes"]
 
 log = logging.getLogger(__name__)
-
-# slack_sdk logs the full webhook URL at DEBUG; its client gets a logger that never logs.
-_sdk_logger = logging.Logger("streams.slack.sdk", level=logging.CRITICAL)
-_sdk_logger.disabled = True
-
-PERMANENT_STATUSES = frozenset({400, 403, 404, 410})
-BROKEN_WEBHOOK_STATUSES = frozenset({403, 404, 410})
-
-
-class SlackOutcome(enum.StrEnum):
-    """What happened to one delivery attempt or message (metric label values)."""
-
-    SENT = "sent"
-    RETRIED = "retried"
-    RATE_LIMITED = "rate_limited"
-    FAILED_PERMANENT = "failed_permanent"
-    GAVE_UP = "gave_up"
-    DROPPED = "dropped"  # the queue was full; the message was never attempted
 
 
 class OutcomeRecorder(Protocol):
@@ -120,6 +107,7 @@ class DeliveryFailure:
     reason: str
     attempts: int
     at: float
+    destination: str = ""  # a channel, or a webhook route's name
 
 
 class TokenBucket:
@@ -150,50 +138,103 @@ class TokenBucket:
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    """A queued message; ``outcome`` (from :meth:`SlackNotifier.submit`) gets its final outcome."""
+    """A queued notification; ``outcome`` (from :meth:`SlackNotifier.submit`) gets its final
+    outcome."""
 
-    label: str
-    payload: dict[str, Any]
+    notification: Notification
     enqueued_at: float
     outcome: asyncio.Future[SlackOutcome] | None = None
 
 
-def _retry_after(headers: Any) -> float | None:
-    raw = headers.get("Retry-After") if headers is not None else None
+def load_routes(settings: Settings) -> RoutingTable | None:
+    """The routing file's table with the settings' default destination, or None when Slack is
+    not configured. Raises :class:`RoutingError` (``path:line: reason``) for a bad file."""
+    bot = bool(settings.slack_bot_token)
+    default = settings.slack_channel if bot else settings.slack_webhook_url.value
+    path = settings.slack_routes
+    if path is None:
+        if bot and not default:
+            raise RoutingError(
+                "DELIVERY_MONITOR_SLACK_BOT_TOKEN is set but no channel: set "
+                "DELIVERY_MONITOR_SLACK_CHANNEL (a channel ID) or DELIVERY_MONITOR_SLACK_ROUTES"
+            )
+        return RoutingTable().with_default(default) if default else None
     try:
-        return max(0.0, float(raw)) if raw is not None else None
-    except ValueError:
-        return None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RoutingError(f"{path}: cannot read the routing file: {exc}") from None
+    table = parse_routes(text, str(path), mode="bot" if bot else "webhook").with_default(default)
+    if table.default is None:
+        where = "DELIVERY_MONITOR_SLACK_CHANNEL" if bot else "DELIVERY_MONITOR_SLACK_WEBHOOK_URL"
+        raise RoutingError(
+            f"{path}:1: no default destination for incidents no route takes: add "
+            f'default = "..." to the file or set {where}'
+        )
+    return table
+
+
+def describe_slack(settings: Settings) -> str:
+    """One line for the worker's start: the Slack mode and destinations (no secrets). Raises
+    :class:`RoutingError` for a bad routing file (the worker refuses to start)."""
+    table = load_routes(settings)
+    if table is None:
+        return "Slack: not configured (alerts go to the log and the alerts topic)"
+    if settings.slack_bot_token:
+        names = [r.target for r in table.destinations()]
+        odd = [c for c in names if not CHANNEL_ID.match(c)]
+        if odd:
+            log.warning(
+                "slack: %s do not look like channel IDs: posting works with a #name, but "
+                "editing and finding a post after a crash need the ID (C0123...)",
+                ", ".join(odd),
+            )
+        where = ", ".join(names)
+        return f"Slack: bot mode (threads), {len(table.routes)} routes, channels {where}"
+    return f"Slack: webhook mode, {len(table.routes)} routes"
 
 
 class SlackNotifier:
-    """Queue + one sender task for one incoming webhook (see the module docstring)."""
+    """Queue + one sender task for Slack (see the module docstring)."""
 
     def __init__(
         self,
-        webhook_url: Secret,
+        webhook_url: Secret | None = None,
         *,
         grafana_url: str,
         dashboard_path: str = DEFAULT_DASHBOARD_PATH,
+        bot_token: Secret | None = None,
+        api_url: str = SLACK_API_URL,
+        channel: str = "",
+        routes: RoutingTable | None = None,
+        threads: ThreadStore | None = None,
         policy: RetryPolicy | None = None,
         rate_per_second: float = 1.0,
         burst: int = 1,
         queue_size: int = 1000,
         on_outcome: OutcomeRecorder | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         max_failures_kept: int = 100,
         max_ids_kept: int = 10_000,
     ) -> None:
-        if not webhook_url:
-            raise ValueError("no Slack webhook URL configured")
-        self._url = webhook_url
-        self.grafana_url, self.dashboard_path = grafana_url, dashboard_path
+        self._token = bot_token if bot_token else None
+        default = channel if self._token else (webhook_url.value if webhook_url else "")
+        self.routes = (routes or RoutingTable()).with_default(default)
+        if self.routes.default is None and not self.routes.routes:
+            raise ValueError("no Slack webhook URL or channel configured")
+        self.mode = "bot" if self._token else "webhook"
+        self._api_url = api_url
+        self._render = {"grafana_url": grafana_url, "dashboard_path": dashboard_path}
+        if self._token is not None and threads is None:
+            threads = ThreadStore(DictKeyValue(), wall_clock=wall_clock)
+        self.threads = threads
         self.policy = policy or RetryPolicy()
-        self._clock, self._sleep = clock, sleep
+        self._clock, self._wall, self._sleep = clock, wall_clock, sleep
         self._rng = rng or random.Random()
-        self._bucket = TokenBucket(rate_per_second, burst, clock)
+        self._rate, self._burst = rate_per_second, burst
+        self._buckets: dict[str, TokenBucket] = {}
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
         self._enqueued_at: collections.deque[float] = collections.deque()  # not final yet
         self._outcomes: collections.OrderedDict[str, asyncio.Future[SlackOutcome]] = (
@@ -203,22 +244,39 @@ class SlackNotifier:
         self._on_outcome = on_outcome
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._client: AsyncWebhookClient | None = None
+        self._delivery: BotDelivery | WebhookDelivery | None = None
         self.failures: collections.deque[DeliveryFailure] = collections.deque(
             maxlen=max_failures_kept
         )
-        self.webhook_broken: str | None = None  # Slack's error, e.g. "no_service"
+        self.broken: str | None = None  # Slack's error, e.g. "no_service", "invalid_auth"
+
+    @property
+    def webhook_broken(self) -> str | None:
+        return self.broken
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> SlackNotifier | None:
-        """A notifier for ``settings.slack_webhook_url``, or None when none is configured."""
-        if not settings.slack_webhook_url:
+        """A notifier for the settings' webhook or bot token (and routing file), or None when
+        Slack is not configured. Raises :class:`RoutingError` for a bad routing file."""
+        routes = load_routes(settings)
+        if routes is None:
             return None
         kwargs.setdefault("policy", RetryPolicy.from_settings(settings))
-        return cls(settings.slack_webhook_url, grafana_url=settings.grafana_url, **kwargs)
+        return cls(
+            settings.slack_webhook_url or None,
+            grafana_url=settings.grafana_url,
+            bot_token=settings.slack_bot_token or None,
+            api_url=settings.slack_api_url,
+            channel=settings.slack_channel,
+            routes=routes,
+            **kwargs,
+        )
 
     def __repr__(self) -> str:
-        return f"SlackNotifier(webhook_url={self._url!r}, queued={self._queue.qsize()})"
+        return (
+            f"SlackNotifier(mode={self.mode}, destinations={len(self.routes.destinations())}, "
+            f"queued={self._queue.qsize()})"
+        )
 
     async def start(self) -> None:
         """Open the HTTP session and start the sender task (idempotent)."""
@@ -226,9 +284,16 @@ class SlackNotifier:
             return
         timeout = aiohttp.ClientTimeout(total=self.policy.request_timeout)
         self._session = aiohttp.ClientSession(timeout=timeout)
-        self._client = AsyncWebhookClient(
-            self._url.value, session=self._session, retry_handlers=[], logger=_sdk_logger
-        )
+        if self._token is not None:
+            assert self.threads is not None
+            api = WebApi(self._token, self._api_url, self._session)
+            self._delivery = BotDelivery(
+                self, api, self.routes, store=self.threads, wall_clock=self._wall, **self._render
+            )
+        else:
+            self._delivery = WebhookDelivery(
+                self, Webhooks(self._session), self.routes, store=self.threads, **self._render
+            )
         self._task = asyncio.create_task(self._run(), name="slack-notifier")
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
@@ -306,10 +371,7 @@ class SlackNotifier:
         self._outcomes[notification.id] = outcome
         while len(self._outcomes) > self._max_ids_kept:
             self._outcomes.popitem(last=False)
-        payload = render_slack_message(
-            notification, grafana_url=self.grafana_url, dashboard_path=self.dashboard_path
-        )
-        item = _Item(notification.id, payload, self._clock(), outcome)
+        item = _Item(notification, self._clock(), outcome)
         try:
             await self._queue.put(item)
         except BaseException:  # cancelled while waiting for room: never queued
@@ -320,19 +382,12 @@ class SlackNotifier:
 
     def send(self, notification: Notification) -> bool:
         """Enqueue ``notification``; returns False (and records DROPPED) when the queue is full."""
-        payload = render_slack_message(
-            notification, grafana_url=self.grafana_url, dashboard_path=self.dashboard_path
-        )
-        return self.send_payload(notification.id, payload)
-
-    def send_payload(self, label: str, payload: dict[str, Any]) -> bool:
-        """Enqueue a ready webhook payload; ``label`` names it in logs and failures."""
-        item = _Item(label, payload, self._clock())
+        item = _Item(notification, self._clock())
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            log.warning("slack queue full, dropped notification %s", label)
-            self._record(label, SlackOutcome.DROPPED, None, "queue full", 0)
+            log.warning("slack queue full, dropped notification %s", notification.id)
+            self._record(notification.id, SlackOutcome.DROPPED, None, "queue full", 0)
             return False
         self._enqueued_at.append(item.enqueued_at)
         return True
@@ -345,28 +400,40 @@ class SlackNotifier:
                 log.exception("slack outcome callback failed")
 
     def _record(
-        self, label: str, outcome: SlackOutcome, status: int | None, reason: str, attempts: int
+        self,
+        label: str,
+        outcome: SlackOutcome,
+        status: int | None,
+        reason: str,
+        attempts: int,
+        destination: str = "",
     ) -> None:
         self._emit(outcome)
         self.failures.append(
-            DeliveryFailure(label, outcome, status, reason, attempts, self._clock())
+            DeliveryFailure(label, outcome, status, reason, attempts, self._clock(), destination)
         )
+
+    def sent(self, label: str, destination: str = "") -> None:
+        """A notification reached one destination (counted once per destination)."""
+        self._emit(SlackOutcome.SENT)
+        log.info("slack notification %s delivered to %s", label, destination or "Slack")
 
     async def _run(self) -> None:
         while True:
             item = await self._queue.get()
+            label = item.notification.id
             outcome = SlackOutcome.GAVE_UP
             try:
-                outcome = await self._deliver(
-                    item.label, item.payload, item.enqueued_at + self.policy.give_up_after
-                )
+                assert self._delivery is not None
+                deadline = item.enqueued_at + self.policy.give_up_after
+                outcome = await self._delivery.deliver(item.notification, deadline)
             except asyncio.CancelledError:  # stopped or abandoned: not delivered by this sender
                 if item.outcome is not None:
                     item.outcome.cancel()
                 raise
             except Exception as exc:  # never let one message stop the sender
-                log.error("slack notification %s: unexpected %s", item.label, type(exc).__name__)
-                self._record(item.label, SlackOutcome.GAVE_UP, None, type(exc).__name__, 0)
+                log.error("slack notification %s: unexpected %s", label, type(exc).__name__)
+                self._record(label, SlackOutcome.GAVE_UP, None, type(exc).__name__, 0)
             finally:
                 if self._enqueued_at:
                     self._enqueued_at.popleft()
@@ -374,68 +441,81 @@ class SlackNotifier:
             if item.outcome is not None and not item.outcome.done():
                 item.outcome.set_result(outcome)
 
-    async def _acquire(self) -> None:
-        while (wait := self._bucket.reserve()) > 0:
+    def _bucket(self, key: str) -> TokenBucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, self._clock)
+        return bucket
+
+    async def _acquire(self, key: str) -> None:
+        bucket = self._bucket(key)
+        while (wait := bucket.reserve()) > 0:
             await self._sleep(wait)
 
-    async def _post(self, payload: dict[str, Any]) -> tuple[int | None, str, float | None]:
-        assert self._client is not None
-        try:
-            response = await self._client.send_dict(payload)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return None, type(exc).__name__, None
-        return response.status_code, (response.body or "")[:100], _retry_after(response.headers)
-
-    async def _deliver(self, label: str, payload: dict[str, Any], deadline: float) -> SlackOutcome:
-        """Post until delivered, permanently refused, or ``deadline`` (at least one attempt)."""
+    async def call(
+        self,
+        key: str,
+        label: str,
+        request: Callable[[], Awaitable[Answer]],
+        deadline: float,
+        *,
+        paced: bool = True,
+    ) -> tuple[SlackOutcome, Answer]:
+        """``request`` until Slack takes it (SENT, not counted here: see :meth:`sent`), refuses
+        it for good, or ``deadline`` passes (at least one attempt). ``key`` names the
+        destination (its rate-limit bucket; never a secret), ``label`` the notification."""
         policy = self.policy
         attempts = 0
         while True:
-            await self._acquire()
+            if paced:
+                await self._acquire(key)
             attempts += 1
-            status, reason, retry_after = await self._post(payload)
-            if status == 200:
-                self._emit(SlackOutcome.SENT)
-                log.info("slack notification %s delivered (attempts=%d)", label, attempts)
-                return SlackOutcome.SENT
-            if status is not None and 400 <= status < 500 and status != 429:
-                if status in BROKEN_WEBHOOK_STATUSES:
-                    self.webhook_broken = reason or str(status)
+            answer = await request()
+            if answer.ok:
+                return SlackOutcome.SENT, answer
+            if not answer.retryable:
+                if answer.broken:
+                    self.broken = answer.error or str(answer.status)
                 log.error(
-                    "slack notification %s rejected: HTTP %d %s (not retried%s)",
+                    "slack notification %s to %s rejected: %s (not retried%s)",
                     label,
-                    status,
-                    reason,
-                    "; the webhook is broken" if status in BROKEN_WEBHOOK_STATUSES else "",
+                    key,
+                    answer.describe(),
+                    "; the webhook or token is broken" if answer.broken else "",
                 )
-                self._record(label, SlackOutcome.FAILED_PERMANENT, status, reason, attempts)
-                return SlackOutcome.FAILED_PERMANENT
-            if status == 429:
+                self._record(
+                    label, SlackOutcome.FAILED_PERMANENT, answer.status, answer.error, attempts, key
+                )
+                return SlackOutcome.FAILED_PERMANENT, answer
+            if answer.status == 429:
                 self._emit(SlackOutcome.RATE_LIMITED)
-                wait = (
-                    retry_after if retry_after is not None else policy.backoff(attempts, self._rng)
-                )
+                wait = answer.retry_after
+                wait = wait if wait is not None else policy.backoff(attempts, self._rng)
                 wait = min(wait, policy.max_retry_after)
             else:
                 wait = policy.backoff(attempts, self._rng)
             if self._clock() + wait > deadline:
                 log.error(
-                    "slack notification %s given up after %d attempts: %s",
+                    "slack notification %s to %s given up after %d attempts: %s",
                     label,
+                    key,
                     attempts,
-                    f"HTTP {status} {reason}" if status is not None else reason,
+                    answer.describe(),
                 )
-                self._record(label, SlackOutcome.GAVE_UP, status, reason, attempts)
-                return SlackOutcome.GAVE_UP
+                self._record(
+                    label, SlackOutcome.GAVE_UP, answer.status, answer.error, attempts, key
+                )
+                return SlackOutcome.GAVE_UP, answer
             self._emit(SlackOutcome.RETRIED)
             log.warning(
-                "slack notification %s attempt %d failed (%s), retrying in %.1fs",
+                "slack notification %s to %s attempt %d failed (%s), retrying in %.1fs",
                 label,
+                key,
                 attempts,
-                f"HTTP {status}" if status is not None else reason,
+                answer.describe(),
                 wait,
             )
-            if status == 429:
-                self._bucket.pause_until(self._clock() + wait)
+            if answer.status == 429 and paced:
+                self._bucket(key).pause_until(self._clock() + wait)
             else:
                 await self._sleep(wait)

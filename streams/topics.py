@@ -33,9 +33,10 @@ COMPACT = {"cleanup.policy": "compact"}
 
 
 def table_partitions(settings: Settings) -> dict[str, int]:
-    """The worker's Faust tables and their partitions (one for the alert book: one owner)."""
+    """The worker's Faust tables and their partitions (one for the alert book and the Slack
+    threads: one owner, with the single partition of the signals and alerts topics)."""
     n = settings.topic_partitions
-    return {"messages": n, "recipients": n, "alerting": 1}
+    return {"messages": n, "recipients": n, "alerting": 1, "slack_threads": 1}
 
 
 def changelog_topic(settings: Settings, table: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -15,11 +16,22 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.asyncutil import run_sync
+from streams.core.alerts import (
+    AlertBook,
+    AlertPolicy,
+    Evaluation,
+    Evidence,
+    Finding,
+    Notification,
+    Scope,
+    Verdict,
+)
+from streams.core.catalog import ErrorClass
 from streams.feed import consume_all_async
 from streams.raw_consumer import ingest_group
 from streams.settings import Settings
@@ -360,16 +372,22 @@ class LocalSlack:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-    def _run(self) -> None:
+    def routes(self, app: Any) -> None:
+        """Add the server's routes to the aiohttp ``app`` (here: the webhook)."""
         from aiohttp import web
 
         async def hook(request: web.Request) -> web.Response:
             status, body, headers = await self.answer(await request.json())
             return web.Response(status=status, text=body, headers=headers)
 
+        app.router.add_post(self.PATH, hook)
+
+    def _run(self) -> None:
+        from aiohttp import web
+
         async def main() -> None:
             app = web.Application()
-            app.router.add_post(self.PATH, hook)
+            self.routes(app)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", self.port).start()
@@ -460,6 +478,200 @@ class OutageSlack(LocalSlack):
         return sum(1 for _, _, status in self.posts if status != 200)
 
 
+@dataclasses.dataclass
+class Posted:
+    """A message the local Slack Web API holds (``thread_ts``: the parent of a reply)."""
+
+    channel: str
+    ts: str
+    text: str
+    blocks: list[Any]
+    metadata: dict[str, Any] | None = None
+    thread_ts: str | None = None
+    edits: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def as_slack(self, with_metadata: bool, replies: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "message", "ts": self.ts, "text": self.text}
+        out.update({"blocks": self.blocks, "bot_id": "B0BOT", "user": "U0BOT"})
+        if self.thread_ts or replies:
+            out["thread_ts"] = self.thread_ts or self.ts
+        if replies:
+            out["reply_count"] = replies
+        if with_metadata and self.metadata:
+            out["metadata"] = self.metadata
+        return out
+
+
+@dataclasses.dataclass
+class Scripted:
+    """A forced answer to one call of ``method``: Slack's ``error`` (``ok: false``) with an
+    HTTP ``status`` (429 with ``retry_after``), held ``delay`` seconds; ``after``: the call is
+    carried out first (a post that reaches Slack whose answer is lost)."""
+
+    method: str
+    error: str = ""
+    status: int = 200
+    retry_after: float | None = None
+    delay: float = 0.0
+    after: bool = False
+
+
+class SlackApi(LocalSlack):
+    """A local server that answers the Slack Web API methods the bot mode uses as Slack does:
+    ``auth.test``, ``chat.postMessage`` (``thread_ts``, ``metadata``), ``chat.update``,
+    ``conversations.history`` and ``conversations.replies`` (``oldest``, ``cursor``,
+    ``include_all_metadata``). Bodies are JSON or forms (reads take query parameters); the token
+    comes as ``Authorization: Bearer`` or a ``token`` parameter; errors are HTTP 200 with
+    ``ok: false`` (``not_authed``, ``invalid_auth``, ``channel_not_found``, ``not_in_channel``,
+    ``message_not_found``, ``thread_not_found``), a rate limit is 429 with ``Retry-After``.
+    Channels the bot is not a member of are ``outside``. :meth:`fail` scripts answers."""
+
+    TOKEN = "xoxb-0000-1111-SECRETTOKENxyz"
+
+    def __init__(
+        self, channels: Iterable[str] = ("C0DEFAULT",), *, outside: Iterable[str] = ()
+    ) -> None:
+        super().__init__()
+        self.messages: dict[str, list[Posted]] = {c: [] for c in channels}
+        self.outside = set(outside)
+        self.script: list[Scripted] = []
+        #: (monotonic arrival, method, arguments, HTTP status, error)
+        self.calls: list[tuple[float, str, dict[str, Any], int, str]] = []
+        self._last_ts = 0.0
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    def fail(self, method: str, error: str = "", times: int = 1, **kw: Any) -> Self:
+        """Answer the next ``times`` calls of ``method`` with :class:`Scripted` (``kw``)."""
+        self.script += [Scripted(method, error, **kw) for _ in range(times)]
+        return self
+
+    def top_level(self, channel: str) -> list[Posted]:
+        return [m for m in self.messages.get(channel, []) if m.thread_ts is None]
+
+    def replies(self, channel: str, ts: str) -> list[Posted]:
+        return [m for m in self.messages.get(channel, []) if m.thread_ts == ts]
+
+    def called(self, method: str) -> list[dict[str, Any]]:
+        return [args for _, m, args, _, _ in self.calls if m == method]
+
+    def routes(self, app: Any) -> None:
+        from aiohttp import web
+
+        async def api(request: web.Request) -> web.Response:
+            args: dict[str, Any] = dict(request.query)
+            if request.method == "POST":
+                if request.content_type == "application/json":
+                    args.update(await request.json())
+                else:
+                    args.update({k: v for k, v in (await request.post()).items()})
+            auth = request.headers.get("Authorization", "")
+            token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+            token = args.pop("token", token)
+            method = request.match_info["method"]
+            status, body, headers = await self.answer_api(method, args, token)
+            return web.json_response(body, status=status, headers=headers)
+
+        app.router.add_route("*", "/api/{method}", api)
+
+    async def answer_api(
+        self, method: str, args: dict[str, Any], token: str | None
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        scripted = next((s for s in self.script if s.method == method), None)
+        if scripted is not None:
+            self.script.remove(scripted)
+        result = {"ok": False, "error": "not_authed"} if not token else None
+        if token and token != self.TOKEN:
+            result = {"ok": False, "error": "invalid_auth"}
+        if result is None and (scripted is None or scripted.after):
+            result = self.carry_out(method, {k: _json_field(v) for k, v in args.items()})
+        status, headers = 200, {}
+        if scripted is not None:
+            status, result = scripted.status, {"ok": False, "error": scripted.error}
+            if scripted.retry_after is not None:
+                headers["Retry-After"] = str(int(scripted.retry_after))
+        self.calls.append((time.monotonic(), method, args, status, str(result.get("error", ""))))
+        if scripted is not None and scripted.delay:
+            await self.hang(scripted.delay)
+        return status, result, headers
+
+    def carry_out(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {"ok": True, "team": "Test", "user": "monitor", "user_id": "U0BOT"}
+        channel = str(args.get("channel", ""))
+        if channel not in self.messages:
+            return {"ok": False, "error": "channel_not_found"}
+        held = self.messages[channel]
+        if method == "chat.postMessage":
+            return self._post(channel, held, args)
+        if method == "chat.update":
+            target = next((m for m in held if m.ts == args.get("ts")), None)
+            if target is None:
+                return {"ok": False, "error": "message_not_found"}
+            target.text = str(args.get("text", target.text))
+            target.blocks = list(args.get("blocks", target.blocks))
+            target.edits.append(args)
+            return {"ok": True, "channel": channel, "ts": target.ts, "text": target.text}
+        if method in ("conversations.history", "conversations.replies"):
+            return self._read(method, held, args)
+        return {"ok": False, "error": "unknown_method"}
+
+    def _post(self, channel: str, held: list[Posted], args: dict[str, Any]) -> dict[str, Any]:
+        if channel in self.outside:
+            return {"ok": False, "error": "not_in_channel"}
+        if not args.get("text") and not args.get("blocks"):
+            return {"ok": False, "error": "no_text"}
+        parent = args.get("thread_ts")
+        if parent and not any(m.ts == parent and m.thread_ts is None for m in held):
+            return {"ok": False, "error": "thread_not_found"}
+        self._last_ts = max(time.time(), self._last_ts + 0.000001)
+        message = Posted(
+            channel,
+            f"{self._last_ts:.6f}",
+            str(args.get("text", "")),
+            list(args.get("blocks", [])),
+            args.get("metadata"),
+            parent,
+        )
+        held.append(message)
+        return {"ok": True, "channel": channel, "ts": message.ts, "message": {"text": message.text}}
+
+    def _read(self, method: str, held: list[Posted], args: dict[str, Any]) -> dict[str, Any]:
+        with_metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        oldest = float(args.get("oldest") or 0)
+        if method == "conversations.history":
+            found = [m for m in reversed(held) if m.thread_ts is None]  # newest first
+        else:
+            parent = [m for m in held if m.ts == args.get("ts") and m.thread_ts is None]
+            if not parent:
+                return {"ok": False, "error": "thread_not_found"}
+            found = parent + [m for m in held if m.thread_ts == args.get("ts")]
+        found = [m for m in found if float(m.ts) >= oldest]
+        start, limit = int(args.get("cursor") or 0), int(args.get("limit") or 100)
+        page = found[start : start + limit]
+        more = start + limit < len(found)
+        return {
+            "ok": True,
+            "messages": [
+                m.as_slack(with_metadata, len(self.replies(m.channel, m.ts))) for m in page
+            ],
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
+
+
+def _json_field(value: Any) -> Any:
+    """Form bodies carry ``blocks`` and ``metadata`` as JSON text, as Slack accepts them."""
+    if isinstance(value, str) and value[:1] in ("[", "{"):
+        import json
+
+        with contextlib.suppress(ValueError):
+            return json.loads(value)
+    return value
+
+
 def alert_campaign() -> Campaign:
     """The spike campaign of the tests that wait for a FIRING and its RESOLVED: 31 clean minutes
     after the spike (the default has 17). Judged as a backlog, the 40-minute campaign's incident
@@ -467,3 +679,47 @@ def alert_campaign() -> Campaign:
     came only once the wall clock moved event time past the data, 60 s or more later, and a test
     waiting 120 s failed (CI, 2026-12-02); 24 of 24 runs of this one resolved within 3.2 s."""
     return spike_campaign(minutes=55)
+
+
+class FakeClock:
+    """Monotonic time that moves only when the code under test sleeps (or a test moves it)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def incident_lifecycle(
+    template: str = "spring_sale",
+    error_class: str = "per_user_marketing_limit",
+    at: int = 1_751_000_000,
+) -> list[Notification]:
+    """FIRING (the whole account), UPDATED (the template joins: more specific), REPEAT (an hour
+    later) and RESOLVED of one incident, as the alert book writes them."""
+    cls = ErrorClass(error_class)
+
+    def finding(scope: Scope, count: int) -> Finding:
+        return Finding(
+            rule="spike",
+            scope=scope,
+            group=f"spike:{cls.value}",
+            verdict=Verdict.POSITIVE,
+            evidence=Evidence(count, 1000, count / 1000, 0.02, 1_440_000, 1e-30, 300),
+            title=f"{cls.value} spike",
+            error_class=cls,
+        )
+
+    book = AlertBook(AlertPolicy(repeat_interval_seconds=3600))
+    account, sale = finding(Scope.for_account(), 400), finding(Scope.for_template(template), 300)
+    rules = frozenset({"spike"})
+    rounds = [(at, (account,)), (at + 60, (account, sale)), (at + 3660, (account, sale))]
+    out = [n for t, found in rounds for n in book.apply(Evaluation(t, rules, found))]
+    return out + book.apply(Evaluation(at + 3720, rules, ()))

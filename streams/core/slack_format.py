@@ -5,6 +5,8 @@ against the scope's own baseline, since when), the affected templates, sending n
 countries (only scopes that are firing in this incident), the recommended action from the error
 catalog, and a link to the Grafana dashboard narrowed to the headline scope. A resolve message
 is short, in the same style. ``text`` is always set: it is the notification and fallback text.
+Bot mode's thread adds a compact reply per update (:func:`render_thread_reply`) and the
+incident's first message as it reads after an update (:func:`render_original`).
 
 Names that come from webhooks (templates) are escaped for Slack mrkdwn, so a template named
 ``<!channel>`` cannot ping anyone; Slack's size limits (header 150 chars, section text 3000,
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlencode
+
+import msgspec
 
 from streams.core.alerts import (
     AlertSnapshot,
@@ -324,3 +328,49 @@ def _firing_blocks(n: Notification, head: AlertSnapshot) -> list[dict[str, Any]]
     if action:
         blocks.append(_section(f"*Recommended action*\n{escape(action)}"))
     return blocks
+
+
+# --- bot mode: the incident's thread (streams.core.threads) --------------------------------
+
+
+def render_original(
+    notification: Notification,
+    *,
+    grafana_url: str,
+    dashboard_path: str = DEFAULT_DASHBOARD_PATH,
+) -> dict[str, Any]:
+    """The incident's top-level message as it reads after ``notification`` (edited in place):
+    the firing message with the latest evidence, or the resolve message once resolved."""
+    shown = notification
+    if notification.kind is not NotificationKind.RESOLVED:
+        shown = msgspec.structs.replace(notification, kind=NotificationKind.FIRING)
+    return render_slack_message(shown, grafana_url=grafana_url, dashboard_path=dashboard_path)
+
+
+def render_thread_reply(notification: Notification) -> dict[str, Any]:
+    """A compact reply in the incident's thread: what changed, in one line."""
+    n, head = notification, notification.headline
+    emoji, label = _KIND_LABELS[n.kind]
+    if n.kind is NotificationKind.RESOLVED:
+        resolved_at = head.resolved_at or n.at
+        what = (
+            f"{_when(resolved_at)} after {_duration(resolved_at - n.since)}. "
+            f"Last seen on {_scope_md(head)}: {evidence_summary(head)}."
+        )
+    elif n.kind is NotificationKind.UPDATED:
+        what = f"now on {_scope_md(head)}: {evidence_summary(head)}."
+    else:
+        what = f"for {_duration(n.at - n.since)} on {_scope_md(head)}: {evidence_summary(head)}."
+    if n.related and n.kind is not NotificationKind.RESOLVED:
+        what += f" Also firing: {', '.join(_scope_md(s) for s in n.related[:5])}."
+    text = f"[{label}] {escape(n.title)}: {escape(scope_label(head))}: {evidence_summary(head)}"
+    return {
+        "text": _truncate(text, 3000),
+        "blocks": [
+            _section(f"{emoji} *{label}* {what}"),
+            {
+                "type": "context",
+                "elements": [{"type": "mrkdwn", "text": f"notification {_code(n.id)}"}],
+            },
+        ],
+    }

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp import web
+from support import FakeClock
 
 from streams.core.alerts import (
     AlertBook,
@@ -39,22 +40,6 @@ T0 = 1_751_000_000
 GRAFANA = "https://grafana.example.com"
 SECRET_PATH = "/services/T0000/B0000/SECRETTOKENxyz"
 FAST = RetryPolicy(initial_backoff=0.5, max_backoff=4.0, give_up_after=10.0, request_timeout=2.0)
-
-
-class FakeClock:
-    """Monotonic time that only moves when the notifier sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from support import (
+    FakeClock,
     OutageSlack,
     WorkerProcess,
     alert_campaign,
@@ -67,22 +68,6 @@ START = 1000.0  # the fake clock's start
 REQUEST_TIMEOUT = 0.3
 SIMULATED_HANG_S = 10.0
 P = "whatsapp_monitor_"
-
-
-class FakeClock:
-    """Monotonic time that moves only when the notifier sleeps or a request hangs."""
-
-    def __init__(self) -> None:
-        self.now = START
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 @dataclass

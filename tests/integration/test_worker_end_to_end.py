@@ -144,7 +144,8 @@ def test_the_tables_changelogs_exist_before_faust_starts(
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     settings = create_topics(unique_env(kafka_bootstrap, tmp_path / "state"))
-    names = {t: f"{settings.app_id}-{t}-changelog" for t in ("messages", "recipients", "alerting")}
+    tables = ("messages", "recipients", "alerting", "slack_threads")
+    names = {t: f"{settings.app_id}-{t}-changelog" for t in tables}
 
     async def describe() -> tuple[dict[str, int], dict[str, str]]:
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -167,7 +168,12 @@ def test_the_tables_changelogs_exist_before_faust_starts(
 
     partitions, policy = run_sync(describe())
     n = settings.topic_partitions
-    assert partitions == {names["messages"]: n, names["recipients"]: n, names["alerting"]: 1}
+    assert partitions == {
+        names["messages"]: n,
+        names["recipients"]: n,
+        names["alerting"]: 1,
+        names["slack_threads"]: 1,
+    }
     assert policy == dict.fromkeys(names.values(), "compact")
 
 
