@@ -185,6 +185,7 @@ class AlertingStage:
         self._last_resolved = ""
         self._dirty_points: set[int] = set()
         self._late: dict[Scope, int] = {}  # scope -> first minute with late counts
+        self._late_first = self._late_last = 0.0  # wall clock of the first and newest of them
 
     # -- saving and restoring ------------------------------------------------------------------
 
@@ -391,6 +392,9 @@ class AlertingStage:
             scope, minute = scope_of_bucket(cell[0], cell[1]), cell[2]
             if minute < self._late.get(scope, minute + 1):
                 self._late[scope] = minute
+            wall = self.clock()
+            self._late_first = self._late_first or wall
+            self._late_last = wall
             return
         self._pending_at(visible)
         cells = self._pending_cells[visible]
@@ -505,8 +509,16 @@ class AlertingStage:
         """Counts that arrived after their minutes were judged (an input the clock stopped
         waiting for, a send log later than ``idle_s``): the minutes they changed are judged
         again for their scopes, and a spike they reveal fires now, with the time it would have
-        fired (``since``); nothing already sent is taken back."""
+        fired (``since``); nothing already sent is taken back. They are judged once no more
+        came for ``idle_s`` (a late send log reaches the partitions at different speeds: judged
+        half-read, the spike would show later than it was), or after ``max_wait_s``."""
+        wall = self.clock()
+        if not self._late or (
+            wall - self._late_last < self.idle_s and wall - self._late_first < self.max_wait_s
+        ):
+            return []  # late counts still coming in: judged once they all are (or waited long)
         late, self._late = self._late, {}
+        self._late_first = 0.0
         alerts = self.book.state.alerts
         findings: list[Finding] = []
         for scope, minute in sorted(late.items(), key=lambda item: str(item[0])):
