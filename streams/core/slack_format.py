@@ -32,7 +32,7 @@ from streams.core.alerts import (
 from streams.core.catalog import recommended_action
 from streams.core.times import iso_utc
 
-DEFAULT_DASHBOARD_PATH = "/d/whatsapp-delivery/whatsapp-delivery-monitor"
+DEFAULT_DASHBOARD_PATH = "/d/wdm-delivery-overview/whatsapp-delivery-overview"
 TOP_N = 5
 
 _KIND_LABELS = {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -291,6 +293,21 @@ def test_firing_message_has_the_facts_the_action_and_the_dashboard_link() -> Non
     for block in blocks:
         assert len(block.get("fields", [])) <= 10
         assert len(block.get("text", {}).get("text", "")) <= 3000
+
+
+def test_the_default_dashboard_link_opens_the_shipped_overview_with_its_variables() -> None:
+    """The button's default path is the uid of the dashboard we ship, and every filter it sets
+    is one of that dashboard's template variables (a wrong uid is a 404 in Grafana)."""
+    root = Path(__file__).resolve().parents[2]
+    board = json.loads((root / "dashboards" / "delivery-overview.json").read_text())
+    variables = {v["name"] for v in board["templating"]["list"]}
+    url = render_slack_message(fired_note(), grafana_url=GRAFANA)["blocks"]
+    (button,) = next(b for b in url if b["type"] == "actions")["elements"]
+    parts = urlsplit(button["url"])
+    assert parts.path.split("/")[1:3] == ["d", board["uid"]]
+    names = {k for k, _ in parse_qsl(parts.query)}
+    assert "var-template" in names
+    assert {n.removeprefix("var-") for n in names if n.startswith("var-")} <= variables
 
 
 def test_a_spike_judged_early_in_its_minute_says_how_many_seconds() -> None:
