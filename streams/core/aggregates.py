@@ -92,7 +92,11 @@ class BucketWriter:
                 decided[cell] = bucket
             if bucket is not None:
                 counts = bucket.counts
-                counts[d.outcome] = counts.get(d.outcome, 0) + d.delta
+                n = counts.get(d.outcome, 0) + d.delta
+                if n:
+                    counts[d.outcome] = n
+                else:  # moved away (a shift or a move off "unknown"): as if never counted
+                    counts.pop(d.outcome, None)
         return created
 
     def reset(self) -> set[tuple[str, int]]:

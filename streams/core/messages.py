@@ -3,7 +3,9 @@
 A message's statuses arrive duplicated (Meta retries for 7 days) and out of order. For each
 message the ledger keeps which funnel stages were already counted, so every stage is counted
 exactly once: ``read`` without ``delivered`` still counts as delivered (and sent), ``failed``
-after ``delivered`` is counted as failed too.
+after ``delivered`` is counted as failed too. An outcome several statuses imply (attempted,
+sent, delivered) counts in the minute of the earliest of them: a status that arrives after a
+later one moves it there, so the minute buckets do not depend on the arrival order.
 
 Attribution: the template comes from ``biz_opaque_callback_data`` when present, else from the
 sender's send log. A status counted before its send-log record arrives is counted under template
@@ -17,6 +19,8 @@ re-derives the same effects from what it stored so downstream records (which kee
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import msgspec
 
@@ -40,6 +44,8 @@ MARKETING_CATEGORIES = frozenset({"marketing", "marketing_lite", "group_marketin
 ATTEMPTED, SENT, DELIVERED, READ, PLAYED, FAILED, DELETED, WARNING, OTHER = (
     1 << i for i in range(9)
 )
+#: Outcomes more than one status implies: counted in the minute of the earliest of them.
+_SHIFTABLE = ATTEMPTED | SENT | DELIVERED
 _FLAG_MKT_DELIVERED_FACT = 1 << 16
 _FLAG_MKT_ATTEMPT_FACT = 1 << 17
 _FLAG_LINKED = 1 << 18
@@ -96,12 +102,26 @@ def failed_outcome(error_class: str | None) -> str:
     return f"failed.{error_class or 'unknown'}"
 
 
+class Shift(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """An implied outcome moved to an earlier minute: the status at ``position`` (mark
+    ``mark``) implied it at ``to_minute``, before the ``from_minute`` it was counted in, while
+    it counted under ``template`` and (``campaign``) the message's campaign."""
+
+    position: Position
+    from_minute: int
+    to_minute: int
+    template: str
+    campaign: bool
+    mark: int
+
+
 class Counted(msgspec.Struct, array_like=True, gc=False):
     """One outcome counted for a message: in which minute, under which template, from where;
     ``moved_at`` is the send-log input that moved it off template ``unknown``; ``mark`` is the
     mark of the status that counted it (see :mod:`streams.core.eventtime`); ``campaigned_at``
     the input that added it to the message's campaign (it was counted before the campaign was
-    known)."""
+    known); ``shifts`` the moves to earlier minutes (an implied outcome counts in the minute of
+    the earliest status implying it, whichever status came first)."""
 
     minute: int
     outcome: str
@@ -110,6 +130,17 @@ class Counted(msgspec.Struct, array_like=True, gc=False):
     moved_at: Position | None = None
     mark: int = 0
     campaigned_at: Position | None = None
+    shifts: list[Shift] = []
+
+    def minute_before(self, done: Callable[[Shift], bool]) -> int:
+        """The minute this outcome counted in before its first shift for which ``done`` is
+        false (its minute now if there is none): where it was when that input came."""
+        minute = self.shifts[0].from_minute if self.shifts else self.minute
+        for shift in self.shifts:
+            if not done(shift):
+                break
+            minute = shift.to_minute
+        return minute
 
 
 class Seen(msgspec.Struct, array_like=True, gc=False):
@@ -162,6 +193,8 @@ class Effects(msgspec.Struct, gc=False):
     """What applying one input changed, for the adapter to persist and forward."""
 
     deltas: list[BucketDelta] = []
+    #: counts moved to an earlier minute (-1/+1 pairs): buckets change, nothing new was counted
+    shifts: list[BucketDelta] = []
     facts: list[RecipientFact] = []
     duplicate: bool = False  # Meta sent this (wamid, status) before
     replayed: bool = False  # the same raw record came again (a stage-1 replay)
@@ -203,15 +236,30 @@ def _deltas(
     ]
 
 
-def _campaign_deltas(state: MessageState, counted: list[Counted]) -> list[BucketDelta]:
+def _campaign_deltas(
+    state: MessageState, counted: list[Counted], minutes: list[int] | None = None
+) -> list[BucketDelta]:
     """Outcomes counted before the campaign was known, added to it (usable by alerting once the
-    input that named it is read too)."""
+    input that named it is read too), in their minutes now or ``minutes``."""
     named = visible_at(state.campaign_mark)
     campaign = state.campaign or ""
     return [
-        BucketDelta("g", campaign, c.minute, c.outcome, 1, max(visible_at(c.mark), named))
-        for c in counted
+        BucketDelta(
+            "g",
+            campaign,
+            c.minute if minutes is None else minutes[i],
+            c.outcome,
+            1,
+            max(visible_at(c.mark), named),
+        )
+        for i, c in enumerate(counted)
     ]
+
+
+def _shift_deltas(state: MessageState, outcome: str, shift: Shift) -> list[BucketDelta]:
+    old = _deltas(state, shift.template, shift.from_minute, outcome, -1, shift.mark, shift.campaign)
+    new = _deltas(state, shift.template, shift.to_minute, outcome, 1, shift.mark, shift.campaign)
+    return old + new
 
 
 def _is_marketing(category: str | None) -> bool:
@@ -267,11 +315,14 @@ class MessageLedger:
 
         implied = _IMPLIES.get(fact.status, ATTEMPTED | OTHER)
         new = implied & ~state.stages
+        earlier = implied & state.stages & _SHIFTABLE
         state.stages |= new
         late = fact.timestamp < max(watermark, fact.mark) - self.lateness
         fx.late = late and bool(new)
         template = state.template or UNKNOWN_TEMPLATE
         minute = minute_of(fact.timestamp)
+        if earlier and not late:
+            self._shift(state, earlier, minute, position, fact.mark or fact.timestamp, fx)
         for bit, outcome in STAGE_OUTCOMES:
             if not new & bit:
                 continue
@@ -343,6 +394,22 @@ class MessageLedger:
         return state, fx
 
     @staticmethod
+    def _shift(
+        state: MessageState, bits: int, minute: int, position: Position, mark: int, fx: Effects
+    ) -> None:
+        """Outcomes already counted (``bits``) that this status implies earlier than they were
+        counted move to its ``minute``: the buckets then do not depend on which status came
+        first."""
+        outcomes = {outcome for bit, outcome in STAGE_OUTCOMES if bits & bit}
+        for c in state.counted:
+            if c.outcome not in outcomes or minute >= c.minute:
+                continue
+            shift = Shift(position, c.minute, minute, c.template, bool(state.campaign), mark)
+            c.shifts = [*c.shifts, shift]
+            c.minute = minute
+            fx.shifts.extend(_shift_deltas(state, c.outcome, shift))
+
+    @staticmethod
     def _attribute_campaign(
         state: MessageState, campaign: str, position: Position, fx: Effects, mark: int
     ) -> None:
@@ -354,13 +421,19 @@ class MessageLedger:
         fx.deltas.extend(_campaign_deltas(state, state.counted))
 
     @staticmethod
-    def _move(state: MessageState, moved: list[Counted], template: str) -> list[BucketDelta]:
+    def _move(
+        state: MessageState,
+        moved: list[Counted],
+        template: str,
+        minutes: list[int] | None = None,
+    ) -> list[BucketDelta]:
         out = []
         named = visible_at(state.log_mark)
-        for c in moved:
+        for i, c in enumerate(moved):
             seen = max(visible_at(c.mark), named)
-            out.append(BucketDelta("t", UNKNOWN_TEMPLATE, c.minute, c.outcome, -1, seen))
-            out.append(BucketDelta("t", template, c.minute, c.outcome, 1, seen))
+            minute = c.minute if minutes is None else minutes[i]
+            out.append(BucketDelta("t", UNKNOWN_TEMPLATE, minute, c.outcome, -1, seen))
+            out.append(BucketDelta("t", template, minute, c.outcome, 1, seen))
         return out
 
     def _marketing_facts(self, state: MessageState, fx: Effects, position: Position) -> None:
@@ -438,18 +511,26 @@ class MessageLedger:
         fx.replayed = True
         for c in state.counted:
             if c.position == position:
-                # counted under "unknown" if a send-log record moved it later
+                # counted under "unknown" if a send-log record moved it later, in the minute
+                # it counted in before any shift
                 template = UNKNOWN_TEMPLATE if c.moved_at is not None else c.template
+                minute = c.minute_before(lambda shift: False)
                 deltas = _deltas(
-                    state, template, c.minute, c.outcome, 1, c.mark, c.campaigned_at is None
+                    state, template, minute, c.outcome, 1, c.mark, c.campaigned_at is None
                 )
                 fx.deltas.extend(deltas)
+            for shift in c.shifts:
+                if shift.position == position:
+                    fx.shifts.extend(_shift_deltas(state, c.outcome, shift))
+        # moved and campaigned in the minute they counted in then: before later shifts
         moved = [c for c in state.counted if c.moved_at == position]
         if moved:
-            fx.deltas.extend(self._move(state, moved, moved[0].template))
+            minutes = [c.minute_before(lambda s: s.template == UNKNOWN_TEMPLATE) for c in moved]
+            fx.deltas.extend(self._move(state, moved, moved[0].template, minutes))
         campaigned = [c for c in state.counted if c.campaigned_at == position]
         if state.campaign and campaigned:
-            fx.deltas.extend(_campaign_deltas(state, campaigned))
+            minutes = [c.minute_before(lambda s: not s.campaign) for c in campaigned]
+            fx.deltas.extend(_campaign_deltas(state, campaigned, minutes))
         fx.facts.extend(
             f
             for f in state.emitted

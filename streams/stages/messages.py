@@ -320,8 +320,9 @@ class MessageStage:
         s.replays += fx.replayed
         s.late += fx.late
         s.attributed_late += fx.attributed_late
-        if fx.deltas:
-            created = self._bucket_writer(partition).add(position, fx.deltas)
+        if fx.deltas or fx.shifts:
+            deltas = fx.deltas + fx.shifts if fx.shifts else fx.deltas
+            created = self._bucket_writer(partition).add(position, deltas)
             if created:
                 bucket_index = self._indexes(partition)[1]
                 for bucket_id in created:
@@ -343,9 +344,11 @@ class MessageStage:
             return  # first applied in this batch: its deltas are in this batch's signal
         signal, counted = self._signal_buckets, self.stats.counted
         apart = offset if replayed else -1
-        for d in fx.deltas:
-            if d.delta > 0 and not replayed:
-                counted[(d.dim, d.key, d.outcome)] += d.delta
+        if not replayed:
+            for d in fx.deltas:
+                if d.delta > 0:
+                    counted[(d.dim, d.key, d.outcome)] += d.delta
+        for d in (fx.deltas + fx.shifts) if fx.shifts else fx.deltas:
             cell = (source, apart, d.dim, d.key, d.minute, d.visible)
             entry = signal.get(cell)
             if entry is None:

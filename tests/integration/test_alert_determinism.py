@@ -165,10 +165,6 @@ def test_every_feed_reaches_its_worker_and_the_paced_one_raises_the_spike(
     assert spikes, describe(fed["paced"].incidents, campaign.start)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue #17 (lead): alert judgments still depend on the order and pace of arrival",
-)
 @pytest.mark.parametrize("feed", ["backlog", "send_log_late"])
 def test_the_same_incidents_as_the_paced_feed(
     fed: dict[str, Fed], campaign: Scenario, feed: str
@@ -182,10 +178,6 @@ def test_the_same_incidents_as_the_paced_feed(
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue #17 (h21): advice from the whole history, whatever the arrival order",
-)
 @pytest.mark.parametrize("feed", ["backlog", "send_log_late"])
 def test_the_same_advice_for_every_recipient_as_the_paced_feed(
     fed: dict[str, Fed], feed: str
