@@ -16,6 +16,7 @@ import orjson
 
 from streams.core.alerts import Notification
 from streams.core.signals import SignalBatch, decode_signals, encode_signals
+from streams.scenarios import Scenario
 from streams.simulate import Message, envelope, phone_for, status_item
 from streams.stages import partition_for
 from streams.stages.alerting import AlertingStage
@@ -268,6 +269,17 @@ def campaign(
     return Traffic(bodies, log, messages)
 
 
+def scenario_traffic(scenario: Scenario) -> Traffic:
+    """A scenario of :mod:`streams.scenarios` as traffic for the feeds below."""
+    bodies = [(int(ts), r.value) for ts, r in scenario.records if r.kind != "send_log"]
+    log = [
+        (int(ts), (r.key or b"").decode(), r.value)
+        for ts, r in scenario.records
+        if r.kind == "send_log"
+    ]
+    return Traffic(bodies, log, scenario.messages)
+
+
 def keyless(i: int, partitions: int) -> int:
     """The raw partition of the ``i``-th body (a keyless producer spreads them)."""
     return (i * 7919) % partitions
@@ -311,15 +323,21 @@ def feed_backlog(
     pipeline.drain(random.Random(seed), chunk=60)
 
 
-def feed_send_log_late(traffic: Traffic, pipeline: Pipeline, seed: int) -> None:
-    """The webhooks as a backlog read at once, the send log produced a few seconds after."""
+def feed_send_log_late(
+    traffic: Traffic, pipeline: Pipeline, seed: int, read_all_first: bool = False
+) -> None:
+    """The webhooks as a backlog read at once, the send log produced a few seconds after
+    (``read_all_first``: after every webhook was read)."""
     end = traffic.bodies[-1][0] + 60
     for i, (ts, body) in enumerate(traffic.bodies):
         pipeline.post(body, ts, keyless(i, pipeline.n))
     pipeline.clock.now = end + 600
     rng = random.Random(seed)
-    for _ in range(40):  # the worker reads webhooks for a few seconds
-        pipeline.step_all(rng, 60)
+    steps = 0
+    while steps < 40 or read_all_first:  # the worker reads webhooks for a few seconds
+        steps += 1
+        if not pipeline.step_all(rng, 60) and read_all_first:
+            break
         pipeline.clock.now += 0.1
     for _, wamid, value in traffic.send_log:
         pipeline.log(wamid, value, int(pipeline.clock.now))

@@ -197,6 +197,8 @@ class FactBatch(msgspec.Struct, array_like=True, gc=False):
     idle: list[int] = []
     raw_partitions: int = 0
     account_errors: list[AccountErrorFact] = []
+    #: raw partitions not read to their end (stage 1 is reading a backlog)
+    behind: list[int] = []
 
 
 _batch_encoder = msgspec.msgpack.Encoder()

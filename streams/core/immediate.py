@@ -214,6 +214,7 @@ class Resend(msgspec.Struct, array_like=True, frozen=True, gc=False):
     recipient: int
     template: str
     campaign: str
+    send: int = 0  # a number of the send's wamid (0: not known)
 
 
 class ImmediateState(msgspec.Struct, array_like=True, gc=False):
@@ -420,15 +421,31 @@ class ResendStormRule:
         self._resends: dict[str, list[Resend]] = defaultdict(list)
 
     def record(
-        self, template: str, sender: str, ts: int, recipient: str, campaign: str = ""
+        self,
+        template: str,
+        sender: str,
+        ts: int,
+        recipient: str,
+        campaign: str = "",
+        send: int = 0,
     ) -> None:
-        """One premature resend of ``template`` from ``sender`` to ``recipient`` at ``ts``."""
+        """One premature resend of ``template`` from ``sender`` to ``recipient`` at ``ts``;
+        ``send`` tells one send apart: signalled again (an earlier time or its campaign learned
+        later, whatever the order of arrival) it replaces what was known of it."""
         # a stable number (not hash(): it changes between processes, and the state is saved)
         number = int.from_bytes(hashlib.blake2b(recipient.encode(), digest_size=8).digest())
-        resend = Resend(ts, number, template, campaign)
+        resend = Resend(ts, number, template, campaign, send)
         kept = self._resends[sender or "unknown"]
-        if resend not in kept:  # the same resend signalled again (a replay): counted once
-            kept.append(resend)
+        if resend in kept:  # the same resend signalled again (a replay): counted once
+            return
+        if send:
+            before = next((r for r in kept if r.send == send and r.recipient == number), None)
+            if before is not None:
+                resend = Resend(
+                    min(ts, before.ts), number, template, campaign or before.campaign, send
+                )
+                kept.remove(before)
+        kept.append(resend)
 
     def export(self, into: ImmediateState) -> None:
         into.storms = [(sender, list(v)) for sender, v in sorted(self._resends.items()) if v]

@@ -103,9 +103,11 @@ def failed_outcome(error_class: str | None) -> str:
 
 
 class Shift(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """An implied outcome moved to an earlier minute: the status at ``position`` (mark
-    ``mark``) implied it at ``to_minute``, before the ``from_minute`` it was counted in, while
-    it counted under ``template`` and (``campaign``) the message's campaign."""
+    """An implied outcome moved to an earlier minute (or, in its minute, to a lower mark): the
+    status at ``position`` (mark ``mark``) implied it at ``to_minute``, before the
+    ``from_minute`` it was counted in (by an input of mark ``from_mark``), while it counted
+    under ``template`` and (``campaign``) the message's campaign. From then on the outcome
+    counts as that status's."""
 
     position: Position
     from_minute: int
@@ -113,6 +115,7 @@ class Shift(msgspec.Struct, array_like=True, frozen=True, gc=False):
     template: str
     campaign: bool
     mark: int
+    from_mark: int
 
 
 class Counted(msgspec.Struct, array_like=True, gc=False):
@@ -132,15 +135,17 @@ class Counted(msgspec.Struct, array_like=True, gc=False):
     campaigned_at: Position | None = None
     shifts: list[Shift] = []
 
-    def minute_before(self, done: Callable[[Shift], bool]) -> int:
-        """The minute this outcome counted in before its first shift for which ``done`` is
-        false (its minute now if there is none): where it was when that input came."""
-        minute = self.shifts[0].from_minute if self.shifts else self.minute
+    def before(self, done: Callable[[Shift], bool]) -> tuple[int, int]:
+        """The minute and mark this outcome had before its first shift for which ``done`` is
+        false (its minute and mark now if there is none): what it was when that input came."""
+        if not self.shifts:
+            return self.minute, self.mark
+        minute, mark = self.shifts[0].from_minute, self.shifts[0].from_mark
         for shift in self.shifts:
             if not done(shift):
                 break
-            minute = shift.to_minute
-        return minute
+            minute, mark = shift.to_minute, shift.mark
+        return minute, mark
 
 
 class Seen(msgspec.Struct, array_like=True, gc=False):
@@ -237,28 +242,29 @@ def _deltas(
 
 
 def _campaign_deltas(
-    state: MessageState, counted: list[Counted], minutes: list[int] | None = None
+    state: MessageState,
+    counted: list[Counted],
+    named_mark: int,
+    then: list[tuple[int, int]] | None = None,
 ) -> list[BucketDelta]:
     """Outcomes counted before the campaign was known, added to it (usable by alerting once the
-    input that named it is read too), in their minutes now or ``minutes``."""
-    named = visible_at(state.campaign_mark)
+    input that named it, of mark ``named_mark``, is read too), in their minutes now (or had
+    ``then``: minute and mark)."""
+    named = visible_at(named_mark)
     campaign = state.campaign or ""
-    return [
-        BucketDelta(
-            "g",
-            campaign,
-            c.minute if minutes is None else minutes[i],
-            c.outcome,
-            1,
-            max(visible_at(c.mark), named),
-        )
-        for i, c in enumerate(counted)
-    ]
+    out = []
+    for i, c in enumerate(counted):
+        minute, mark = (c.minute, c.mark) if then is None else then[i]
+        out.append(BucketDelta("g", campaign, minute, c.outcome, 1, max(visible_at(mark), named)))
+    return out
 
 
 def _shift_deltas(state: MessageState, outcome: str, shift: Shift) -> list[BucketDelta]:
-    old = _deltas(state, shift.template, shift.from_minute, outcome, -1, shift.mark, shift.campaign)
-    new = _deltas(state, shift.template, shift.to_minute, outcome, 1, shift.mark, shift.campaign)
+    """-1 where the outcome was (with the visibility it had: the two cancel before alerting
+    uses them when it has not yet), +1 where it is now."""
+    template, campaign = shift.template, shift.campaign
+    old = _deltas(state, template, shift.from_minute, outcome, -1, shift.from_mark, campaign)
+    new = _deltas(state, template, shift.to_minute, outcome, 1, shift.mark, campaign)
     return old + new
 
 
@@ -290,7 +296,7 @@ class MessageLedger:
         state = state if state is not None else MessageState()
         fx = Effects()
         if already_applied(state.applied, position):
-            return state, self._replay_effects(state, position, fx)
+            return state, self._replay_effects(state, position, fx, fact.mark or fact.timestamp)
         mark_applied(state.applied, position)
         state.wamid = fact.wamid
         seen = state.seen.get(fact.status)
@@ -310,7 +316,14 @@ class MessageLedger:
         if state.template is None and template_from_opaque:
             state.template = template_from_opaque
         if state.campaign is None and campaign_from_opaque:
-            self._attribute_campaign(state, campaign_from_opaque, position, fx, fact.mark)
+            mark = fact.mark or fact.timestamp
+            self._attribute_campaign(state, campaign_from_opaque, position, fx, mark, True)
+        # The callback data (in every status of the message) names what the send log named
+        # first: counts no longer wait for the send-log record, as if it had come later.
+        if template_from_opaque and template_from_opaque == state.template:
+            state.log_mark = 0
+        if campaign_from_opaque and campaign_from_opaque == state.campaign:
+            state.campaign_mark = 0
         state.category = state.category or fact.category or category_from_opaque
 
         implied = _IMPLIES.get(fact.status, ATTEMPTED | OTHER)
@@ -369,7 +382,7 @@ class MessageLedger:
         state = state if state is not None else MessageState()
         fx = Effects()
         if already_applied(state.applied, position):
-            return state, self._replay_effects(state, position, fx)
+            return state, self._replay_effects(state, position, fx, mark)
         mark_applied(state.applied, position)
         state.wamid = record.wamid
         state.recipient = state.recipient or (record.recipient or "")
@@ -398,40 +411,51 @@ class MessageLedger:
         state: MessageState, bits: int, minute: int, position: Position, mark: int, fx: Effects
     ) -> None:
         """Outcomes already counted (``bits``) that this status implies earlier than they were
-        counted move to its ``minute``: the buckets then do not depend on which status came
-        first."""
+        counted move to its ``minute``, and to its ``mark`` if that is lower in the same minute
+        (so alerting may use it from the earliest point any of its statuses allows): the
+        buckets and when each count is usable then do not depend on which status came first."""
         outcomes = {outcome for bit, outcome in STAGE_OUTCOMES if bits & bit}
         for c in state.counted:
-            if c.outcome not in outcomes or minute >= c.minute:
+            if c.outcome not in outcomes or (minute, mark) >= (c.minute, c.mark):
                 continue
-            shift = Shift(position, c.minute, minute, c.template, bool(state.campaign), mark)
+            campaign = bool(state.campaign)
+            shift = Shift(position, c.minute, minute, c.template, campaign, mark, c.mark)
             c.shifts = [*c.shifts, shift]
-            c.minute = minute
+            c.minute, c.mark = minute, mark
             fx.shifts.extend(_shift_deltas(state, c.outcome, shift))
 
     @staticmethod
     def _attribute_campaign(
-        state: MessageState, campaign: str, position: Position, fx: Effects, mark: int
+        state: MessageState,
+        campaign: str,
+        position: Position,
+        fx: Effects,
+        mark: int,
+        carried: bool = False,
     ) -> None:
         """The message's campaign is ``campaign`` (first known now, at ``position``, whose mark
-        is ``mark``): what was counted before is added to the campaign's buckets."""
-        state.campaign, state.campaign_mark = campaign, mark
+        is ``mark``): what was counted before is added to the campaign's buckets. ``carried``:
+        named by a status's callback data, which Meta repeats in every status of the message,
+        so later counts do not depend on this input (their campaign is their own)."""
+        state.campaign, state.campaign_mark = campaign, 0 if carried else mark
         for c in state.counted:
             c.campaigned_at = position
-        fx.deltas.extend(_campaign_deltas(state, state.counted))
+        fx.deltas.extend(_campaign_deltas(state, state.counted, mark))
 
     @staticmethod
     def _move(
         state: MessageState,
         moved: list[Counted],
         template: str,
-        minutes: list[int] | None = None,
+        then: list[tuple[int, int]] | None = None,
     ) -> list[BucketDelta]:
+        """-1 under "unknown", +1 under ``template``, in the minutes the outcomes are in now
+        (or had ``then``: minute and mark)."""
         out = []
         named = visible_at(state.log_mark)
         for i, c in enumerate(moved):
-            seen = max(visible_at(c.mark), named)
-            minute = c.minute if minutes is None else minutes[i]
+            minute, mark = (c.minute, c.mark) if then is None else then[i]
+            seen = max(visible_at(mark), named)
             out.append(BucketDelta("t", UNKNOWN_TEMPLATE, minute, c.outcome, -1, seen))
             out.append(BucketDelta("t", template, minute, c.outcome, 1, seen))
         return out
@@ -506,7 +530,9 @@ class MessageLedger:
             state.emitted.append(fact)
             fx.facts.append(fact)
 
-    def _replay_effects(self, state: MessageState, position: Position, fx: Effects) -> Effects:
+    def _replay_effects(
+        self, state: MessageState, position: Position, fx: Effects, mark: int
+    ) -> Effects:
         """The effects the input at ``position`` had when it was first applied."""
         fx.replayed = True
         for c in state.counted:
@@ -514,9 +540,9 @@ class MessageLedger:
                 # counted under "unknown" if a send-log record moved it later, in the minute
                 # it counted in before any shift
                 template = UNKNOWN_TEMPLATE if c.moved_at is not None else c.template
-                minute = c.minute_before(lambda shift: False)
+                minute, mark = c.before(lambda shift: False)
                 deltas = _deltas(
-                    state, template, minute, c.outcome, 1, c.mark, c.campaigned_at is None
+                    state, template, minute, c.outcome, 1, mark, c.campaigned_at is None
                 )
                 fx.deltas.extend(deltas)
             for shift in c.shifts:
@@ -525,12 +551,13 @@ class MessageLedger:
         # moved and campaigned in the minute they counted in then: before later shifts
         moved = [c for c in state.counted if c.moved_at == position]
         if moved:
-            minutes = [c.minute_before(lambda s: s.template == UNKNOWN_TEMPLATE) for c in moved]
-            fx.deltas.extend(self._move(state, moved, moved[0].template, minutes))
+            then = [c.before(lambda s: s.template == UNKNOWN_TEMPLATE) for c in moved]
+            fx.deltas.extend(self._move(state, moved, moved[0].template, then))
         campaigned = [c for c in state.counted if c.campaigned_at == position]
         if state.campaign and campaigned:
-            minutes = [c.minute_before(lambda s: not s.campaign) for c in campaigned]
-            fx.deltas.extend(_campaign_deltas(state, campaigned, minutes))
+            then = [c.before(lambda s: not s.campaign) for c in campaigned]
+            named = state.campaign_mark or mark  # carried: the mark of the status replayed
+            fx.deltas.extend(_campaign_deltas(state, campaigned, named, then))
         fx.facts.extend(
             f
             for f in state.emitted

@@ -197,12 +197,14 @@ def apply_fact(
 
 def premature_resends(
     state: RecipientState, fact: RecipientFact, cooldown: int = DAY
-) -> list[Attempt]:
+) -> tuple[list[Attempt], int]:
     """Marketing sends that ``fact`` (just applied) shows to be premature resends (less than
-    ``cooldown`` after a 131049 of this recipient) and that were not reported before; marks
-    them reported (by message). The send or the failure may come first: each is reported
-    once, as soon as its template and sending number are known (the messages stage sends a
-    send again when it learns them)."""
+    ``cooldown`` after a 131049 of this recipient), and how many of them were not reported
+    before; marks them reported (by message). The send or the failure may come first: each
+    is reported as soon as its template and sending number are known (the messages stage
+    sends a send again when it learns them), and again when its send comes again with an
+    earlier time or its campaign (a repeat changes nothing: the storm rule keeps one resend
+    per send)."""
     if fact.kind == K.MARKETING_ATTEMPT:
         wh = wamid_hash(fact.wamid)
         candidates = [
@@ -214,7 +216,7 @@ def premature_resends(
         f = fact.timestamp
         candidates = [a for a in state.attempts if 0 < a.ts - f < cooldown]
     else:
-        return []
+        return [], 0
     candidates = [a for a in candidates if a.marketing and a.template and a.sender]
     reported = state.premature_resends
     found = [a for a in candidates if a.wamid_hash not in reported]
@@ -222,7 +224,9 @@ def premature_resends(
         reported.extend(a.wamid_hash for a in found)
         live = {a.wamid_hash for a in state.attempts}  # sends that left the window are done
         state.premature_resends = [h for h in reported if h in live][-MAX_EVENTS:]
-    return found
+    if fact.kind == K.MARKETING_ATTEMPT:
+        return candidates, len(found)  # reported before or not: what is known of it now
+    return found, len(found)
 
 
 def is_idle(

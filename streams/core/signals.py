@@ -56,6 +56,7 @@ class ResendSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):
     recipient_digest: str
     sender: str = ""
     campaign: str = ""
+    send: int = 0  # a number of the send's wamid: the same send signalled again replaces it
 
 
 class USPaused(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -78,6 +79,9 @@ class PartitionReport(msgspec.Struct, array_like=True, frozen=True, gc=False):
     idle: list[int]
     raw_partitions: int
     log_mark: int
+    #: raw partitions not read to their end: while webhooks are read as a backlog, a send log
+    #: that is behind is waited for longer (it may be late as well)
+    behind: list[int] = []
 
 
 class SignalBatch(msgspec.Struct, array_like=True, gc=False):

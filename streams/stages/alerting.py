@@ -19,12 +19,14 @@ time and say when their condition began from the data (``Finding.since``).
 (from its reports, :class:`~streams.core.signals.PartitionReport`), the mark of every raw
 webhook partition as of the facts it received and the mark of its send-log partition. Not
 waited for: a raw partition stage 1 has read to its end and that has been quiet for
-``idle_s`` (it says so), a send-log partition quiet for ``idle_s``, and any input that has
-reported nothing new for ``max_wait_s`` (a stalled reader: alerts must not stop for good). When
-nothing is waited for, time is the newest event time advanced by the wall clock (so incidents
-still resolve when traffic stops). An input that was not waited for and then brings older data
-makes that data *late*: it is counted at once, in its minute, and seen by every evaluation from
-then on; points already evaluated are not evaluated again.
+``idle_s`` (it says so), a send-log partition quiet for ``idle_s`` (for ``max_wait_s`` while
+stage 1 is reading a webhook backlog: a send log produced after the webhooks is behind them
+then, not absent), and any input that has reported nothing new for ``max_wait_s`` (a
+stalled reader: alerts must not stop for good). When nothing is waited for, time is the newest
+event time advanced by the wall clock (so incidents still resolve when traffic stops). An input
+that was not waited for and then brings older data makes that data *late*: it is counted at
+once, in its minute, and seen by every evaluation from then on; points already evaluated are
+not evaluated again.
 
 **Saved** in the ``alerting`` table (partition 0) through :class:`~streams.state.Snapshots`, so
 a restart restores one whole save, never parts of two: the ``stage`` record (alert book, clock,
@@ -171,6 +173,8 @@ class AlertingStage:
         self._next = -1  # the next evaluation point (-1: not started)
         self._channels: dict[int, dict[int, Channel]] = {}
         self._changed: dict[tuple[int, int], float] = {}  # (partition, input) -> wall clock
+        #: messages partition -> stage 1 was reading a webhook backlog (as of its last report)
+        self._backlog: dict[int, bool] = {}
         self._raw_partitions = 0
         self._pending: dict[int, Pending] = {}
         self._pending_cells: dict[int, Cells] = {}
@@ -373,7 +377,7 @@ class AlertingStage:
         for account in batch.accounts:
             self.immediate.observe(account)
         for r in batch.resends:
-            self.storms.record(r.template, r.sender, r.ts, r.recipient_digest, r.campaign)
+            self.storms.record(r.template, r.sender, r.ts, r.recipient_digest, r.campaign, r.send)
         wall = self.clock()
         for report in batch.reports:
             self._report(report, wall)
@@ -423,6 +427,7 @@ class AlertingStage:
         channels = self._channels.setdefault(report.partition, {})
         self._raw_partitions = max(self._raw_partitions, report.raw_partitions)
         idle = set(report.idle)
+        self._backlog[report.partition] = bool(report.behind)
         now = {**{r: Channel(m, r in idle) for r, m in report.marks.items()}}
         now[LOG] = Channel(report.log_mark, False)
         for source, channel in now.items():
@@ -445,7 +450,8 @@ class AlertingStage:
             for source in [*range(self._raw_partitions), LOG]:
                 channel = channels.get(source)
                 changed = self._changed.get((p, source), self._started)
-                if wall - changed >= (self.idle_s if source == LOG else self.max_wait_s):
+                quiet_log = self.max_wait_s if self._backlog.get(p) else self.idle_s
+                if wall - changed >= (quiet_log if source == LOG else self.max_wait_s):
                     continue  # a quiet send log, or a stalled reader
                 if channel is None:
                     waited.append(0)  # not read yet

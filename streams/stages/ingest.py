@@ -161,7 +161,8 @@ class IngestStage:
         self.raw_partitions = 0
         self._read_at: dict[int, float] = {}  # raw partition -> wall clock of its last record
         self._caught_up: dict[int, bool] = {}  # raw partition -> read to its end at last poll
-        self._sent: tuple[dict[int, int], list[int]] | None = None  # marks and idle last sent
+        #: marks, idle and behind partitions last sent
+        self._sent: tuple[dict[int, int], list[int], list[int]] | None = None
 
     # -- partitions and marks ---------------------------------------------------------------------
     def assign(self, partitions: Iterable[int], raw_partitions: int) -> None:
@@ -199,10 +200,14 @@ class IngestStage:
             if caught_up and now - self._read_at.get(p, now) >= self.idle_s
         )
 
+    def behind(self) -> list[int]:
+        """Raw partitions not read to their end at the last poll (a backlog being read)."""
+        return sorted(p for p, caught_up in self._caught_up.items() if not caught_up)
+
     @property
     def marks_due(self) -> bool:
-        """The marks or idle partitions changed since the last drain sent them."""
-        return self._sent != (self.marks, self.idle())
+        """The marks, idle or behind partitions changed since the last drain sent them."""
+        return self._sent != (self.marks, self.idle(), self.behind())
 
     def _trusted(self, ts: int | None, received: int, what: str, refused: list[str]) -> int | None:
         """``ts`` if it may be used (converted from milliseconds when it was), else None with
@@ -384,13 +389,14 @@ class IngestStage:
         """The encoded batches per destination partition and the dead letters; resets. Every
         messages partition gets the raw partitions' marks (after the facts they cover)."""
         if self.marks:
-            marks, idle = dict(self.marks), self.idle()
+            marks, idle, behind = dict(self.marks), self.idle(), self.behind()
             for p in range(self.message_partitions):
                 batch = self._messages.get(p)
                 if batch is None:
                     batch = self._messages[p] = FactBatch()
                 batch.marks, batch.idle, batch.raw_partitions = marks, idle, self.raw_partitions
-            self._sent = (marks, idle)
+                batch.behind = behind
+            self._sent = (marks, idle, behind)
         messages = {p: encode_batch(b) for p, b in self._messages.items()}
         recipients = {p: encode_batch(b) for p, b in self._recipients.items()}
         dead = self._dead

@@ -71,6 +71,8 @@ class PartitionMeta(msgspec.Struct, array_like=True, gc=False):
     #: newest trusted event time of the send-log partition (``sent_at``, else the time Kafka
     #: received the record)
     log_mark: int = 0
+    #: raw partitions stage 1 had not read to their end (as of the last batch of facts)
+    origin_behind: list[int] = msgspec.field(default_factory=list)
 
 
 class TemplateState(msgspec.Struct, array_like=True, gc=False):
@@ -441,6 +443,8 @@ class MessageStage:
                     idle.discard(origin)
             meta.origin_idle = sorted(idle)
             meta.raw_partitions = max(meta.raw_partitions, batch.raw_partitions)
+            behind = set(meta.origin_behind).difference(batch.marks).union(batch.behind)
+            meta.origin_behind = sorted(behind)
         self.state.put(partition, meta_key(partition), meta)
 
     def handle_send_log(
@@ -606,6 +610,7 @@ class MessageStage:
                     list(meta.origin_idle),
                     meta.raw_partitions,
                     meta.log_mark,
+                    list(meta.origin_behind),
                 )
             )
         self._reported = set()

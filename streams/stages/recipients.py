@@ -280,8 +280,9 @@ class RecipientStage:
 
     def _signal_resends(self, partition: int, state: RecipientState, fact: RecipientFact) -> None:
         """Tell the alerting stage of the premature resends ``fact`` reveals (each once)."""
-        for attempt in premature_resends(state, fact):
-            self.stats.premature_resends += 1
+        resends, new = premature_resends(state, fact)
+        self.stats.premature_resends += new
+        for attempt in resends:
             self._resends.setdefault(partition, []).append(
                 ResendSignal(
                     attempt.template or "unknown",
@@ -289,6 +290,7 @@ class RecipientStage:
                     recipient_digest(fact.recipient),
                     attempt.sender or "",
                     attempt.campaign or "",
+                    attempt.wamid_hash,
                 )
             )
 

@@ -21,10 +21,10 @@ from streams.simulate import Message, envelope, phone_for, status_item
 
 STATUS, SEND_LOG = 100_000, 200_000  # two input sources
 BASE = 29_000_000 * 60
-Cell = tuple[str, str, int, str]
+Cell = tuple[str, str, int, str, int]
 
 
-def status(name: str, ts: int, error: str | None = None) -> StatusFact:
+def status(name: str, ts: int, error: str | None = None, mark: int = 0) -> StatusFact:
     return StatusFact(
         wamid="wamid.A",
         status=name,
@@ -39,11 +39,13 @@ def status(name: str, ts: int, error: str | None = None) -> StatusFact:
         error_code=131049 if error else None,
         error_class=error,
         origin=(1, ts, 0),
+        mark=mark,
     )
 
 
-#: one input of a message: ("status", name, seconds after BASE, error) or ("log",)
-Input = tuple[str, str, int, str | None]
+#: one input of a message: ("status", name, seconds after BASE, error, how much later than its
+#: time its raw partition's mark was) or ("log", ...)
+Input = tuple[str, str, int, str | None, int]
 #: the template and campaign the callback data names
 Opaque = tuple[str | None, str | None]
 
@@ -63,19 +65,23 @@ def feed(
             state, fx = ledger.apply_send_log(state, record, position, mark=BASE + 600)
         else:
             position = (STATUS, offset, 0)
-            fact = status(item[1], BASE + item[2], item[3])
+            fact = status(item[1], BASE + item[2], item[3], BASE + item[2] + item[4])
             state, fx = ledger.apply_status(state, fact, position, watermark, *opaque, None)
         first[position] = fx
     assert state is not None
     return state, first
 
 
-def cells(effects: list[Effects]) -> Counter[Cell]:
+def cells(effects: list[Effects], visible: bool = False) -> Counter[Cell]:
+    """Net counts per bucket cell (``visible``: and per point from which alerting may use
+    them, leaving out template "unknown", whose counts the send log moves when it is read)."""
     total: Counter[Cell] = Counter()
     for fx in effects:
         for d in fx.deltas + fx.shifts:
-            total[(d.dim, d.key, d.minute, d.outcome)] += d.delta
-    return +total  # drops zero cells
+            if visible and d.dim == "t" and d.key == "unknown":
+                continue
+            total[(d.dim, d.key, d.minute, d.outcome, d.visible if visible else 0)] += d.delta
+    return +total  # drops zero cells (a count and its move cancelled)
 
 
 def multiset(deltas: list[BucketDelta]) -> Counter[BucketDelta]:
@@ -88,14 +94,15 @@ STATUSES = st.lists(
         st.sampled_from(["sent", "delivered", "read", "failed"]),
         st.integers(0, 600),
         st.none(),
+        st.integers(0, 90),
     ),
     min_size=1,
     max_size=5,
     unique_by=lambda s: s[1],
 ).map(
     lambda items: [
-        (kind, name, ts, "per_user_marketing_limit" if name == "failed" else None)
-        for kind, name, ts, _ in items
+        (kind, name, ts, "per_user_marketing_limit" if name == "failed" else None, lag)
+        for kind, name, ts, _, lag in items
     ]
 )
 
@@ -113,13 +120,17 @@ def test_the_buckets_are_the_same_in_every_arrival_order(
     opaque: tuple[str | None, str | None],
     data: st.DataObject,
 ) -> None:
-    inputs: list[Input] = [*statuses, ("log", "", 0, None)] if with_log else list(statuses)
+    inputs: list[Input] = [*statuses, ("log", "", 0, None, 0)] if with_log else list(statuses)
     canonical = sorted(inputs, key=lambda i: (i[0] != "log", i[2]))
     order = data.draw(st.permutations(inputs))
     _, expected = feed(canonical, opaque)
     _, got = feed(order, opaque)
     want = cells(list(expected.values()))
     assert cells(list(got.values())) == want
+    # usable by alerting from the same points: a count once any status implying it in its
+    # minute is read (the lowest mark among them), and the input naming its template or
+    # campaign (the send log)
+    assert cells(list(got.values()), True) == cells(list(expected.values()), True)
     assert all(n > 0 for n in want.values())
     # each implied outcome once, in the minute of the earliest status implying it
     times = {s[1]: s[2] for s in statuses}
@@ -130,7 +141,7 @@ def test_the_buckets_are_the_same_in_every_arrival_order(
     }
     for outcome, by in implying.items():
         minutes = [(BASE + t) // 60 for name, t in times.items() if name in by]
-        counted = {m: n for (d, _, m, o), n in want.items() if d == "s" and o == outcome}
+        counted = {m: n for (d, _, m, o, _), n in want.items() if d == "s" and o == outcome}
         assert counted == ({min(minutes): 1} if minutes else {}), outcome
 
 
@@ -149,7 +160,7 @@ def test_a_replayed_input_re_derives_the_effects_it_had(
 ) -> None:
     """After every input (its shifts, the send log's move and campaign included), replaying
     any of them gives back its first deltas and shifts exactly, in their minutes then."""
-    inputs: list[Input] = [*statuses, ("log", "", 0, None)] if with_log else list(statuses)
+    inputs: list[Input] = [*statuses, ("log", "", 0, None, 0)] if with_log else list(statuses)
     order = data.draw(st.permutations(inputs))
     state, first = feed(order, opaque)
     ledger = MessageLedger()
@@ -160,7 +171,7 @@ def test_a_replayed_input_re_derives_the_effects_it_had(
             record = SendLogRecord(wamid="wamid.A", template="spring_sale", campaign="c-42")
             state, again = ledger.apply_send_log(state, record, position, mark=BASE + 600)
         else:
-            fact = status(item[1], BASE + item[2], item[3])
+            fact = status(item[1], BASE + item[2], item[3], BASE + item[2] + item[4])
             state, again = ledger.apply_status(state, fact, position, 0, *opaque, None)
         assert again.replayed
         assert multiset(again.deltas) == multiset(fx.deltas), item
@@ -169,7 +180,7 @@ def test_a_replayed_input_re_derives_the_effects_it_had(
 
 def test_delivered_before_sent_moves_attempted_and_sent_to_the_earlier_minute() -> None:
     _, first = feed(
-        [("status", "delivered", 130, None), ("status", "sent", 10, None)], (None, None)
+        [("status", "delivered", 130, None, 0), ("status", "sent", 10, None, 0)], (None, None)
     )
     delivered, sent = first.values()
     minute = BASE // 60
@@ -189,7 +200,7 @@ def test_delivered_before_sent_moves_attempted_and_sent_to_the_earlier_minute() 
 
 def test_a_late_status_moves_nothing() -> None:
     """A status older than the allowed lateness is not bucketed, nor does it move counts."""
-    inputs: list[Input] = [("status", "delivered", 3_000, None), ("status", "sent", 10, None)]
+    inputs: list[Input] = [("status", "delivered", 3_000, None, 0), ("status", "sent", 10, None, 0)]
     _, first = feed(inputs, (None, None), watermark=BASE + 3_000)
     sent = list(first.values())[1]
     assert sent.late is False and sent.deltas == [] and sent.shifts == []
@@ -241,9 +252,9 @@ def test_the_order_of_two_partitions_changes_neither_the_buckets_nor_the_metrics
 
 def test_every_order_of_three_statuses_gives_the_same_buckets() -> None:
     statuses: list[Input] = [
-        ("status", "sent", 5, None),
-        ("status", "delivered", 70, None),
-        ("status", "read", 200, None),
+        ("status", "sent", 5, None, 0),
+        ("status", "delivered", 70, None, 0),
+        ("status", "read", 200, None, 0),
     ]
     results = {
         tuple(sorted(cells(list(feed(list(order), (None, None))[1].values())).items()))

@@ -547,6 +547,27 @@ def test_a_storm_read_in_any_order_starts_at_the_same_time() -> None:
     assert starts == {T0 + 37 * 9}  # the 10th distinct recipient
 
 
+def test_a_send_signalled_again_replaces_itself_whatever_came_first() -> None:
+    """The same send signalled with its first status's time and then with the send log's
+    earlier one (and its campaign), or the other way round: one resend, at the earlier time,
+    with the campaign."""
+    outcomes = set()
+    for order in ((0, 1), (1, 0)):
+        rule, book = ResendStormRule(ResendStormConfig(threshold=10)), AlertBook()
+        for i in range(10):
+            signals = [(T0 + 100 + i, ""), (T0 + 90 + i, "c-spring")]
+            for k in order:
+                ts, campaign = signals[k]
+                rule.record("promo", "1555000", ts, f"r{i}", campaign, send=1_000 + i)
+        (fired,) = book.apply(rule.evaluate(T0 + 300))
+        evidence = fired.headline.evidence
+        outcomes.add((fired.since, evidence.count, evidence.detail))
+    ((since, count, detail),) = outcomes
+    assert (since, count) == (T0 + 99, 10)
+    assert detail.startswith("10 marketing resends to 10 recipients")
+    assert "c-spring (10)" in detail
+
+
 def test_an_event_read_ahead_of_time_waits_for_it() -> None:
     """A backlog can hand the rules a PAUSED and its REINSTATED before the evaluations reach
     either: the pause still fires at its time and resolves at the reinstatement."""
