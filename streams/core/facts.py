@@ -199,6 +199,9 @@ class FactBatch(msgspec.Struct, array_like=True, gc=False):
     account_errors: list[AccountErrorFact] = []
     #: raw partitions not read to their end (stage 1 is reading a backlog)
     behind: list[int] = []
+    #: (stage 2 to the recipients stage) messages partition -> number of the report sent
+    #: after these facts: the recipients stage relays it to alerting once it applied them
+    progress: dict[int, int] = {}
 
 
 _batch_encoder = msgspec.msgpack.Encoder()

@@ -82,6 +82,9 @@ class PartitionReport(msgspec.Struct, array_like=True, frozen=True, gc=False):
     #: raw partitions not read to their end: while webhooks are read as a backlog, a send log
     #: that is behind is waited for longer (it may be late as well)
     behind: list[int] = []
+    #: the report's number (increasing per partition; 0: not numbered): the facts the
+    #: partition sent the recipients stage up to this report carry it (``FactBatch.progress``)
+    seq: int = 0
 
 
 class SignalBatch(msgspec.Struct, array_like=True, gc=False):
@@ -98,6 +101,9 @@ class SignalBatch(msgspec.Struct, array_like=True, gc=False):
     watermarks: dict[int, int] = {}
     reports: list[PartitionReport] = []
     us_paused: list[USPaused] = []
+    #: recipients partition -> messages partition -> the report number up to which the
+    #: recipients stage has applied that partition's facts (its resend signals are in)
+    relayed: dict[int, dict[int, int]] = {}
 
     def empty(self) -> bool:
         return not (

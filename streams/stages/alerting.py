@@ -141,6 +141,7 @@ class Pending(msgspec.Struct, array_like=True, gc=False):
 
 
 LOG = -1  # the channel of a messages partition's send-log partition
+_NOTHING_WAITED = 1 << 62  # a report that let time go on (every input read to its end)
 
 
 class AlertingStage:
@@ -152,10 +153,15 @@ class AlertingStage:
         idle_s: float = 30.0,
         max_wait_s: float = 120.0,
         partitions: int = 0,
+        recipient_partitions: int | None = None,
     ) -> None:
         self.detector = SpikeDetector(detector)
         #: messages partitions: each must report before time moves (or ``max_wait_s`` pass)
         self.partitions = partitions
+        #: recipients partitions: each relays how far it applied each messages partition
+        self.recipient_partitions = (
+            partitions if recipient_partitions is None else recipient_partitions
+        )
         self.immediate = ImmediateRules()
         self.storms = ResendStormRule()
         self.standing = StandingRule()
@@ -175,6 +181,12 @@ class AlertingStage:
         self._changed: dict[tuple[int, int], float] = {}  # (partition, input) -> wall clock
         #: messages partition -> stage 1 was reading a webhook backlog (as of its last report)
         self._backlog: dict[int, bool] = {}
+        #: messages partition -> (report number, the event time it let the clock reach) of its
+        #: reports the recipients stage has not relayed yet (and the last one it has)
+        self._history: dict[int, list[tuple[int, int]]] = {}
+        #: (recipients partition, messages partition) -> report number relayed
+        self._relayed: dict[tuple[int, int], int] = {}
+        self._relayed_at: dict[tuple[int, int], float] = {}  # ... -> wall clock it last moved
         self._raw_partitions = 0
         self._pending: dict[int, Pending] = {}
         self._pending_cells: dict[int, Cells] = {}
@@ -348,6 +360,8 @@ class AlertingStage:
                 return
             self._signal_offset = offset
         self.signals += 1
+        if batch.relayed:
+            self._relay(batch.relayed)
         absorbed = dict(self._absorbed)  # as before this batch
         for b in batch.buckets:
             if b.source >= 0:
@@ -423,6 +437,14 @@ class AlertingStage:
         errors = {k[7:]: v for k, v in counts.items() if k.startswith("failed.")}
         self.detector.add(scope_of_bucket(dim, key), minute, attempts, errors)
 
+    def _relay(self, relayed: dict[int, dict[int, int]]) -> None:
+        wall = self.clock()
+        for r, sources in relayed.items():
+            for p, seq in sources.items():
+                if seq > self._relayed.get((r, p), 0):
+                    self._relayed[(r, p)] = seq
+                    self._relayed_at[(r, p)] = wall
+
     def _report(self, report: PartitionReport, wall: float) -> None:
         channels = self._channels.setdefault(report.partition, {})
         self._raw_partitions = max(self._raw_partitions, report.raw_partitions)
@@ -434,6 +456,10 @@ class AlertingStage:
             if channels.get(source) != channel:
                 channels[source] = channel
                 self._changed[(report.partition, source)] = wall
+        if report.seq:
+            waited = self._waited(report.partition, channels, wall)
+            reached = min(waited) if waited else _NOTHING_WAITED
+            self._history.setdefault(report.partition, []).append((report.seq, reached))
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -447,22 +473,53 @@ class AlertingStage:
                 if wall - self._started < self.max_wait_s:
                     return 0  # a messages partition has not reported yet
                 continue
-            for source in [*range(self._raw_partitions), LOG]:
-                channel = channels.get(source)
-                changed = self._changed.get((p, source), self._started)
-                quiet_log = self.max_wait_s if self._backlog.get(p) else self.idle_s
-                if wall - changed >= (quiet_log if source == LOG else self.max_wait_s):
-                    continue  # a quiet send log, or a stalled reader
-                if channel is None:
-                    waited.append(0)  # not read yet
-                elif not channel.idle:
-                    waited.append(channel.mark)
+            waited += self._waited(p, channels, wall)
         if waited:
-            return min(waited)
+            return min(min(waited), self._relayed_to(wall))
         if not self.event_time:
             return 0
         # every input read to its end: time goes on as the wall clock does since the last event
-        return self.event_time + max(0, int(wall - self._event_time_at))
+        now = self.event_time + max(0, int(wall - self._event_time_at))
+        return min(now, self._relayed_to(wall))
+
+    def _waited(self, p: int, channels: dict[int, Channel], wall: float) -> list[int]:
+        """The marks of messages partition ``p``'s inputs the clock waits for."""
+        waited: list[int] = []
+        for source in [*range(self._raw_partitions), LOG]:
+            channel = channels.get(source)
+            changed = self._changed.get((p, source), self._started)
+            quiet_log = self.max_wait_s if self._backlog.get(p) else self.idle_s
+            if wall - changed >= (quiet_log if source == LOG else self.max_wait_s):
+                continue  # a quiet send log, or a stalled reader
+            if channel is None:
+                waited.append(0)  # not read yet
+            elif not channel.idle:
+                waited.append(channel.mark)
+        return waited
+
+    def _relayed_to(self, wall: float) -> int:
+        """How far the clock may go by what the recipients stage has applied: the resend
+        signals of the facts a messages partition sent before a report come after the report
+        (they go through the recipients stage), so time reaches what a report allowed once
+        every recipients partition has relayed it (one that relayed nothing new for
+        ``max_wait_s`` is not waited for: a stalled reader)."""
+        bound = _NOTHING_WAITED
+        for p, history in self._history.items():
+            relayed = min(
+                (
+                    self._relayed.get((r, p), 0)
+                    for r in range(self.recipient_partitions)
+                    if wall - self._relayed_at.get((r, p), self._started) < self.max_wait_s
+                ),
+                default=history[-1][0],
+            )
+            applied = [i for i, (seq, _) in enumerate(history) if seq <= relayed]
+            if applied:
+                del history[: applied[-1]]  # the last relayed report is kept
+            if history[-1][0] <= relayed:
+                continue  # every report relayed
+            bound = min(bound, history[0][1] if applied else 0)
+        return bound
 
     # -- evaluation ----------------------------------------------------------------------------
 

@@ -278,6 +278,10 @@ class MessageStage:
             tuple[int, int, str, str, int, int], tuple[dict[str, int], list[int]]
         ] = {}
         self._reported: set[int] = set()  # partitions whose progress the next signal reports
+        #: partition -> number of its next report (wall clock in microseconds: increasing
+        #: across restarts and owners without being saved)
+        self._report_seq: dict[int, int] = {}
+        self._last_seq = 0
         self._signals = SignalBatch()
         #: per input source, the first input offset of the current batch applied as new: an
         #: input at or after it that comes again in the same batch (Kafka delivered it twice)
@@ -580,6 +584,18 @@ class MessageStage:
         return writes
 
     def drain_outbox(self) -> dict[int, bytes]:
+        """The facts for the recipients stage per partition; every recipients partition also
+        gets the number of the next report of each partition with one (see
+        :attr:`~streams.core.facts.FactBatch.progress`): call before :meth:`drain_signals`."""
+        if self._reported:
+            seq = self._last_seq = max(self._last_seq + 1, int(self.clock() * 1_000_000))
+            progress = {p: seq for p in sorted(self._reported)}
+            self._report_seq.update(progress)
+            for r in range(self.recipient_partitions):
+                batch = self._out.get(r)
+                if batch is None:
+                    batch = self._out[r] = FactBatch()
+                batch.progress = progress
         out = {p: encode_batch(b) for p, b in self._out.items()}
         self._out = {}
         self.full = False
@@ -611,6 +627,7 @@ class MessageStage:
                     meta.raw_partitions,
                     meta.log_mark,
                     list(meta.origin_behind),
+                    self._report_seq.get(p, 0),
                 )
             )
         self._reported = set()

@@ -217,6 +217,10 @@ class RecipientStage:
         # outputs of the current batch, per partition (a revoked partition's are dropped: its
         # next owner handles those facts again)
         self._resends: dict[int, list[ResendSignal]] = {}
+        #: recipients partition -> messages partition -> last report number applied (and the
+        #: ones not signalled yet)
+        self._relayed: dict[int, dict[int, int]] = {}
+        self._relayed_changed: dict[int, dict[int, int]] = {}
         self._changed: dict[int, set[str]] = {}
         self._retries: dict[int, list[tuple[str, bytes]]] = {}  # (wamid, record) to publish
         self._max_ts = 0
@@ -243,6 +247,8 @@ class RecipientStage:
 
     def handle_batch(self, partition: int, offset: int, raw: bytes) -> None:
         batch = decode_batch(raw)
+        if batch.progress:
+            self._relay(partition, batch.progress)
         meta = self.meta(partition)
         index = self._index_for(partition)
         for fact in batch.recipients:
@@ -277,6 +283,15 @@ class RecipientStage:
             self.state.put(partition, key, state)
             index.touch("r\x1f" + fact.recipient, state.last_ts, meta.cursor)
         self.state.put(partition, recipient_meta_key(partition), meta)
+
+    def _relay(self, partition: int, progress: dict[int, int]) -> None:
+        """Tell alerting (with the next signals, after this batch's resends) how far this
+        partition has applied each messages partition's facts."""
+        relayed = self._relayed.setdefault(partition, {})
+        for source, seq in progress.items():
+            if seq > relayed.get(source, 0):
+                relayed[source] = seq
+                self._relayed_changed.setdefault(partition, {})[source] = seq
 
     def _signal_resends(self, partition: int, state: RecipientState, fact: RecipientFact) -> None:
         """Tell the alerting stage of the premature resends ``fact`` reveals (each once)."""
@@ -541,9 +556,10 @@ class RecipientStage:
     def drain_signals(self) -> SignalBatch | None:
         resends = [signal for signals in self._resends.values() for signal in signals]
         self._resends = {}
-        if not resends:
+        relayed, self._relayed_changed = self._relayed_changed, {}
+        if not resends and not relayed:
             return None
-        return SignalBatch(resends=resends, max_ts=self._max_ts)
+        return SignalBatch(resends=resends, max_ts=self._max_ts, relayed=relayed)
 
     def gauges(self, partitions: list[int]) -> tuple[int, int]:
         """(recipients in a 131049 cool-down, recipients opted out) on ``partitions``, from
@@ -567,3 +583,5 @@ class RecipientStage:
         self._timers.pop(partition, None)
         self._retries.pop(partition, None)
         self._resends.pop(partition, None)
+        self._relayed.pop(partition, None)
+        self._relayed_changed.pop(partition, None)

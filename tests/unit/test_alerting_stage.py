@@ -9,7 +9,7 @@ import pytest
 
 from streams.core.alerts import Notification, NotificationKind, Scope
 from streams.core.detector import HourRecord, MinuteTally
-from streams.core.signals import BucketSignal, PartitionReport, SignalBatch
+from streams.core.signals import BucketSignal, PartitionReport, ResendSignal, SignalBatch
 from streams.stages.alerting import HOURS_KEY, AlertingStage, hour_index_key, hour_key
 from streams.state import DictKeyValue, Snapshots, decode
 
@@ -305,3 +305,50 @@ def test_a_restart_writes_what_it_restored_again() -> None:
     elsewhere.restore(changelog)
     for scope in SCOPES:
         assert elsewhere.detector.totals(scope) == restarted.detector.totals(scope) != MinuteTally()
+
+
+def resends(first_ts: int, n: int = 10) -> SignalBatch:
+    return SignalBatch(
+        resends=[
+            ResendSignal("promo", first_ts + i, f"digest-{i}", "15550001111", "", 100 + i)
+            for i in range(n)
+        ]
+    )
+
+
+def storm_minutes(relay_first: bool) -> list[tuple[NotificationKind, int]]:
+    """Stage 2 reports it read up to T0+600 (report 7); the resends of the facts it sent
+    before that report (10 of them by T0+120) reach alerting through the recipients stage,
+    after the report or, here with ``relay_first``, before it."""
+    stage = AlertingStage(clock=lambda: 0.0, partitions=1, recipient_partitions=1)
+    numbered = PartitionReport(0, {0: T0 + 600}, [], 1, T0 + 600, [], seq=7)
+    relayed = resends(T0 + 100)
+    relayed.relayed = {0: {0: 7}}
+    counts = [BucketSignal("t", "promo", M0, {"attempted": 10}, visible=T0 + 15)]
+    batches = [relayed, SignalBatch(buckets=counts, reports=[numbered])]
+    if not relay_first:
+        batches.reverse()
+    out: list[tuple[NotificationKind, int]] = []
+    for batch in batches:
+        stage.handle(batch)
+        out += [(n.kind, n.at) for n in stage.evaluate() if n.incident.startswith("resend_storm")]
+    return out
+
+
+def test_resends_relayed_after_the_report_they_precede_fire_in_the_same_minute() -> None:
+    """Time waits for the recipients stage to relay a report before passing what it allowed:
+    the storm fires at the minute after its tenth resend whichever signal came first."""
+    stage = AlertingStage(clock=lambda: 0.0, partitions=1, recipient_partitions=1)
+    stage.handle(SignalBatch(reports=[PartitionReport(0, {0: T0 + 600}, [], 1, T0 + 600, [], 7)]))
+    assert stage.now() == 0  # report 7 not relayed yet
+    assert storm_minutes(relay_first=False) == storm_minutes(relay_first=True)
+    assert storm_minutes(relay_first=False)[0] == (NotificationKind.FIRING, T0 + 120)
+
+
+def test_a_recipients_stage_that_relays_nothing_is_not_waited_for_long() -> None:
+    wall = [0.0]
+    stage = AlertingStage(clock=lambda: wall[0], partitions=1, recipient_partitions=1)
+    stage.handle(SignalBatch(reports=[PartitionReport(0, {0: T0 + 600}, [], 1, T0 + 600, [], 7)]))
+    assert stage.now() == 0
+    wall[0] = stage.max_wait_s + 1
+    assert stage.now() >= T0 + 600
