@@ -131,7 +131,7 @@ async def test_ok_posts_the_block_kit_message(slack: FakeSlack) -> None:
     assert "spring_sale" in text
     assert json.dumps(recommended_action(ErrorClass.PER_USER_MARKETING_LIMIT))[1:-1] in text
     (button,) = next(b for b in payload["blocks"] if b["type"] == "actions")["elements"]
-    assert button["url"].startswith(GRAFANA + "/d/whatsapp-delivery/")
+    assert button["url"].startswith(GRAFANA + "/d/wdm-delivery-overview/")
     assert "var-template=spring_sale" in button["url"]
     assert outcomes == [SlackOutcome.SENT]
 
