@@ -191,7 +191,10 @@ class Score:
 
     @property
     def precision(self) -> float | None:
-        return self.true_positives / len(self.raised) if self.raised else None
+        """Incidents that matched a label over incidents raised (an account-wide incident
+        matching several per-number labels counts once)."""
+        matched = {m.incident.key for m in self.matches if m.incident is not None}
+        return len(matched) / len(self.raised) if self.raised else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -224,8 +227,11 @@ def score(
     error class whose scope its final headline covers (:func:`covers`), first notified between
     ``before_s`` before the onset and ``after_s`` after the end (or the end of the data). Each
     label takes the earliest such incident; every other incident is false, a second incident
-    about an already matched label included (a flapping or split incident)."""
-    used: set[str] = set()
+    about an already matched label included (a flapping or split incident). An incident headed
+    by the account may cover several per-number labels (one standing condition or storm for the
+    account instead of one per sending number)."""
+    used: set[str] = set()  # incidents no other label may take
+    matched: set[str] = set()
     matches: list[Match] = []
     for e in sorted(expected, key=lambda x: x.onset):
         found = next(
@@ -238,14 +244,16 @@ def score(
         )
         m = Match(e, found)
         if found is not None:
-            used.add(found.key)
+            matched.add(found.key)
+            if not (e.account_ok and found.last_headline.kind == "account"):
+                used.add(found.key)
             m.detection_s = found.fired_at - e.onset
             if e.end is not None and found.resolved_at is not None:
                 m.resolve_s = found.resolved_at - e.end
         matches.append(m)
     false: list[tuple[Incident, str]] = []
     for i in incidents:
-        if i.key in used:
+        if i.key in matched:
             continue
         twin = next((e for e in expected if _about(e, i, data_end, before_s, after_s)), None)
         if twin is not None:

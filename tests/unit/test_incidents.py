@@ -191,6 +191,33 @@ def test_an_account_wide_standing_incident_covers_per_number_labels() -> None:
     assert not covers(label(), Headline("account"))
 
 
+def test_one_account_wide_standing_incident_matches_every_number_it_covers() -> None:
+    """One US-pause incident for the account (the issue allows one per number or one for the
+    account) is the incident of each number's label, and counts once for precision."""
+    labels = [
+        label(STANDING, ("sender", n), onset=T0 + 50, end=None, account_ok=True)
+        for n in ("n1", "n2")
+    ]
+
+    def standing_note(scope: Scope) -> bytes:
+        raw = note(
+            K.FIRING,
+            T0 + 60,
+            scope,
+            incident="us",
+            since=T0,
+            error_class=ErrorClass.US_MARKETING_PAUSE,
+        )
+        n = msgspec.json.decode(raw, type=Notification)
+        return encode_notification(msgspec.structs.replace(n, family=Family.STANDING))
+
+    one = incidents_of([standing_note(Scope.for_account())])
+    result = score(labels, one, data_end=T0 + 3600)
+    assert (result.true_positives, result.recall, result.precision) == (2, 1.0, 1.0)
+    per_number = incidents_of([standing_note(Scope.for_sender("n1"))])
+    assert score(labels, per_number, data_end=T0 + 3600).recall == 0.5
+
+
 def test_nothing_expected_nothing_raised() -> None:
     result = score([], [], data_end=T0)
     assert (result.recall, result.precision, result.false) == (None, None, [])
