@@ -470,8 +470,11 @@ class AlertBook:
                     out.append(self._message(group, incident, NotificationKind.FIRING, at))
                     continue
                 previous = incident.members.get(incident.headline)
+                # a member left firing after the headline resolved is what remains of the
+                # incident, not a new explanation of it: no UPDATED naming it
                 more_specific = previous is None or (
-                    now_firing[0].scope.specificity > previous.scope.specificity
+                    previous.state is not AlertState.RESOLVED
+                    and now_firing[0].scope.specificity > previous.scope.specificity
                 )
                 grew = any(
                     key and incident.update_keys.get(member) != key for member, key in keys.items()

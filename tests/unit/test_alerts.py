@@ -341,3 +341,20 @@ def test_hostile_template_names_are_escaped() -> None:
     texts = json.dumps([b for b in payload["blocks"] if b["type"] != "header"]) + payload["text"]
     assert "<!channel>" not in texts
     assert "&lt;!channel&gt; &amp;" in texts
+
+
+def test_a_member_left_firing_after_the_headline_resolved_is_not_announced() -> None:
+    """A sender-wide spike headed by the number, one of its templates also firing: when the
+    number's alert resolves first, no UPDATED names the template (what remains is not a new
+    explanation); the RESOLVED, when the template clears too, names the number."""
+    book = AlertBook()
+    number = Scope.for_sender("15550001111")
+    sender, template = finding(number, count=300), finding(SALE, count=100)
+    step(book, T0, sender, template)
+    (fired,) = book.apply(Evaluation(T0 + 60, RULES, (sender, template)))
+    assert fired.headline.scope == number
+    sent = []
+    for i in range(2, 12):  # the number clears (3 evaluations), the template holds longer
+        held = (msgspec.structs.replace(template, verdict=Verdict.HOLD),) if i < 8 else ()
+        sent += book.apply(Evaluation(T0 + 60 * i, RULES, held))
+    assert [(n.kind, n.headline.scope) for n in sent] == [(NotificationKind.RESOLVED, number)]
