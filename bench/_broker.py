@@ -15,7 +15,7 @@ from streams.settings import Settings
 from streams.topics import ensure_topics, source_topics
 
 if TYPE_CHECKING:
-    from support import WorkerProcess
+    from testkit.worker import WorkerProcess
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ def running_worker(
     tmp: Path, bootstrap: str, **env: str
 ) -> Iterator[tuple[WorkerProcess, Settings, dict[str, str]]]:
     """A worker (RocksDB store) on ``bootstrap`` with its topics created; stopped at the end.
-    Needs ``tests`` on ``sys.path`` (the worker is the tests' ``WorkerProcess``)."""
-    from support import WorkerProcess, unique_env
+    Needs the repository root on ``sys.path`` (the worker is ``testkit.worker.WorkerProcess``)."""
+    from testkit.worker import WorkerProcess, unique_env
 
     worker_env = unique_env(bootstrap, tmp / "state", DELIVERY_MONITOR_STORE="rocksdb://", **env)
     settings = Settings.from_env(worker_env)

@@ -44,7 +44,6 @@ from harness import LoadMeter, WorkerProcess, unique_env, wait_assigned  # noqa:
 from report import alert_quality_table, render_summary  # noqa: E402
 from run import log, new_results, now_iso  # noqa: E402
 from sections import row  # noqa: E402
-from support import wait_drained  # noqa: E402
 
 from streams.asyncutil import run_sync  # noqa: E402
 from streams.feed import notifications, produce, wait_quiet, worker_inputs  # noqa: E402
@@ -52,6 +51,7 @@ from streams.incidents import Incident, compare, incidents_of, score  # noqa: E4
 from streams.scenarios import MODES, SCENARIOS, SPIKE, SUITE, Scenario, build, feed_order  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.topics import ensure_topics, source_topics  # noqa: E402
+from testkit.kafka import wait_drained  # noqa: E402
 
 DETECT_LIMIT_S = 180  # a clear spike is notified within 3 minutes of event time of its onset
 RESOLVE_LIMIT_S = 600  # and resolved within 10 minutes after it ends
@@ -201,7 +201,7 @@ class Killer:
         code = self.worker.kill()
         try:
             self.worker.start(timeout_s=180)
-        except AssertionError as exc:  # support.WorkerProcess: exited or not ready in time
+        except AssertionError as exc:  # WorkerProcess: exited or not ready in time
             self.failed = str(exc)[-1500:]
             return
         entry = {

@@ -17,14 +17,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _broker import benchmark_broker, running_worker
-from support import WorkerProcess, produce, wait_drained
 
 from streams.app import internal_topic_names
 from streams.settings import Settings
 from streams.simulate import Message, envelope, status_item
+from testkit.kafka import produce, wait_drained
+from testkit.worker import WorkerProcess
 
 
 def main() -> int:

@@ -348,9 +348,9 @@ async def produce_bodies(bootstrap: str, topic: str, bodies: Iterable[bytes]) ->
 
 # -- workers -------------------------------------------------------------------------------------
 
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from support import WorkerProcess, free_port, unique_env  # noqa: E402
+from testkit.worker import WorkerProcess, free_port, unique_env  # noqa: E402
 
 
 async def scrape(session: Any, worker: WorkerProcess, timeout_s: float = 5.0) -> str | None:
@@ -383,7 +383,7 @@ def start_workers(envs: list[dict[str, str]], logs: list[Path]) -> list[WorkerPr
     try:
         with ThreadPoolExecutor(len(workers)) as pool:
             list(pool.map(lambda w: w.start(timeout_s=180), workers))
-    except AssertionError as exc:  # support.WorkerProcess: exited or not ready in time
+    except AssertionError as exc:  # WorkerProcess: exited or not ready in time
         stop_workers(workers)
         raise WorkerExited(str(exc)[-2000:]) from None
     except BaseException:

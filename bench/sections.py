@@ -664,7 +664,7 @@ def spike_start(wall: float, phase: float | None) -> float:
 
 
 def alert(b: Bench) -> dict[str, Any]:
-    from support import FakeSlack
+    from testkit.slack import FakeSlack
 
     fake = FakeSlack().start()
     try:

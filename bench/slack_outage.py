@@ -31,11 +31,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _broker import benchmark_broker
 from prometheus_client.parser import text_string_to_metric_families
-from support import OutageSlack, WorkerProcess, group_lag_async, unique_env
 
 from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
@@ -44,6 +43,9 @@ from streams.core.slack_format import render_slack_message
 from streams.settings import Settings
 from streams.simulate import spike_campaign
 from streams.topics import ensure_topics, source_topics
+from testkit.kafka import group_lag_async
+from testkit.slack import OutageSlack
+from testkit.worker import WorkerProcess, unique_env
 
 CAMPAIGN_START = 1_767_225_600
 CAMPAIGN_S = 40 * 60  # spike_campaign's length in event time
