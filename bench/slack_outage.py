@@ -1,6 +1,6 @@
 """A real 5-minute Slack outage under a steady workload: alerts lost or doubled? stream slowed?
 
-    python bench/slack_outage.py [--outage 300] [--rate 1000] [--out result.json]
+    python -m bench.slack_outage [--outage 300] [--rate 1000] [--out result.json]
 
 A real worker on the real broker (``KAFKA_BOOTSTRAP_SERVERS`` or a local one) with the
 production Slack settings (10 s request timeout, backoff capped at 60 s, 24 h horizon) posts
@@ -31,11 +31,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from _broker import benchmark_broker
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench._broker import benchmark_broker
 from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
 from streams.core.alerts import NotificationKind, decode_notification
