@@ -43,19 +43,19 @@ test-kafka4: install ## The kafka_smoke subset against the Kafka 4.x broker
 	DELIVERY_MONITOR_KAFKA_VERSION=$(KAFKA4_VERSION) $(PY) -m pytest -m kafka_smoke $(PYTEST_ARGS)
 
 lint: install ## ruff (lint + format check) and mypy --strict
-	$(VENV)/bin/ruff check streams tests bench
-	$(VENV)/bin/ruff format --check streams tests bench
+	$(VENV)/bin/ruff check streams testkit tests bench
+	$(VENV)/bin/ruff format --check streams testkit tests bench
 	$(VENV)/bin/mypy
 
 format: install ## Apply ruff's formatter and safe fixes
-	$(VENV)/bin/ruff format streams tests bench
-	$(VENV)/bin/ruff check --fix streams tests bench
+	$(VENV)/bin/ruff format streams testkit tests bench
+	$(VENV)/bin/ruff check --fix streams testkit tests bench
 
-bench: install ## Benchmark sections on the real broker (bench/run.py, BENCH_ARGS="..."); bench/results/
-	$(PY) bench/run.py $(BENCH_ARGS)
+bench: install ## Benchmark sections on the real broker (python -m bench.run, BENCH_ARGS="..."); bench/results/
+	$(PY) -m bench.run $(BENCH_ARGS)
 
-bench-alerts: install ## Alert-quality benchmark: labelled scenarios x feeding modes (bench/alert_quality.py, BENCH_ARGS="...")
-	$(PY) bench/alert_quality.py $(BENCH_ARGS)
+bench-alerts: install ## Alert-quality benchmark: labelled scenarios x feeding modes (python -m bench.alert_quality, BENCH_ARGS="...")
+	$(PY) -m bench.alert_quality $(BENCH_ARGS)
 
 clean: ## Remove the virtualenv and caches (not the Kafka jar cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -7,15 +7,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from streams.asyncutil import run_sync
 from streams.localkafka import LocalKafka
 from streams.settings import Settings
 from streams.topics import ensure_topics, source_topics
-
-if TYPE_CHECKING:
-    from support import WorkerProcess
+from testkit.worker import WorkerProcess, unique_env
 
 
 @dataclass(frozen=True)
@@ -54,10 +51,7 @@ def benchmark_broker(tmp: Path, heap: str = "1g") -> Iterator[str]:
 def running_worker(
     tmp: Path, bootstrap: str, **env: str
 ) -> Iterator[tuple[WorkerProcess, Settings, dict[str, str]]]:
-    """A worker (RocksDB store) on ``bootstrap`` with its topics created; stopped at the end.
-    Needs ``tests`` on ``sys.path`` (the worker is the tests' ``WorkerProcess``)."""
-    from support import WorkerProcess, unique_env
-
+    """A worker (RocksDB store) on ``bootstrap`` with its topics created; stopped at the end."""
     worker_env = unique_env(bootstrap, tmp / "state", DELIVERY_MONITOR_STORE="rocksdb://", **env)
     settings = Settings.from_env(worker_env)
     run_sync(ensure_topics(bootstrap, source_topics(settings), 1))

@@ -1,4 +1,4 @@
-"""Alert quality: ``make bench-alerts`` or ``python bench/alert_quality.py [options]``.
+"""Alert quality: ``make bench-alerts`` or ``python -m bench.alert_quality [options]``.
 
 Runs the labelled scenarios of :mod:`streams.scenarios` through one fresh worker each, on the
 local real Kafka broker (or KAFKA_BOOTSTRAP_SERVERS), in four feeding modes:
@@ -18,7 +18,7 @@ end; every mode is compared with the paced run (same incidents, headline scopes,
 
 Writes ``<out>/alert_quality-<stamp>.json`` and ``<out>/alert_quality-latest.json`` (the
 ``bench/run.py`` schema, one section ``alert_quality``) after every run, and prints the table.
-``python bench/write_benchmarks_md.py`` puts it in BENCHMARKS.md next to the other sections.
+``python -m bench.write_benchmarks_md`` puts it in BENCHMARKS.md next to the other sections.
 """
 
 from __future__ import annotations
@@ -36,22 +36,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench._broker import benchmark_broker_info
+from bench.harness import LoadMeter, wait_assigned
+from bench.report import alert_quality_table, render_summary
+from bench.run import log, new_results, now_iso
+from bench.sections import row
+from streams.asyncutil import run_sync
+from streams.feed import notifications, produce, wait_quiet, worker_inputs
+from streams.incidents import Incident, compare, incidents_of, score
+from streams.scenarios import MODES, SCENARIOS, SPIKE, SUITE, Scenario, build, feed_order
+from streams.settings import Settings
+from streams.topics import ensure_topics, source_topics
+from testkit.kafka import wait_drained
+from testkit.worker import WorkerProcess, unique_env
+
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-
-from _broker import benchmark_broker_info  # noqa: E402
-from harness import LoadMeter, WorkerProcess, unique_env, wait_assigned  # noqa: E402
-from report import alert_quality_table, render_summary  # noqa: E402
-from run import log, new_results, now_iso  # noqa: E402
-from sections import row  # noqa: E402
-from support import wait_drained  # noqa: E402
-
-from streams.asyncutil import run_sync  # noqa: E402
-from streams.feed import notifications, produce, wait_quiet, worker_inputs  # noqa: E402
-from streams.incidents import Incident, compare, incidents_of, score  # noqa: E402
-from streams.scenarios import MODES, SCENARIOS, SPIKE, SUITE, Scenario, build, feed_order  # noqa: E402
-from streams.settings import Settings  # noqa: E402
-from streams.topics import ensure_topics, source_topics  # noqa: E402
 
 DETECT_LIMIT_S = 180  # a clear spike is notified within 3 minutes of event time of its onset
 RESOLVE_LIMIT_S = 600  # and resolved within 10 minutes after it ends
@@ -201,7 +200,7 @@ class Killer:
         code = self.worker.kill()
         try:
             self.worker.start(timeout_s=180)
-        except AssertionError as exc:  # support.WorkerProcess: exited or not ready in time
+        except AssertionError as exc:  # WorkerProcess: exited or not ready in time
             self.failed = str(exc)[-1500:]
             return
         entry = {
@@ -327,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in MODES if m in (args.mode or MODES)]
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     tmp = Path(tempfile.mkdtemp(prefix="bench-alerts-"))
-    results = new_results("bench/alert_quality.py", argv, args)
+    results = new_results("bench.alert_quality", argv, args)
     runs: list[dict[str, Any]] = []
     scenarios: dict[str, Scenario] = {}
     failed = False

@@ -1,7 +1,7 @@
 """The throughput baseline: a plain aiokafka consumer that parses every raw webhook body with
 the project's parser and keeps no state (the consume-and-parse ceiling of one Python process).
 
-    python bench/baseline.py BOOTSTRAP TOPIC RECORDS
+    python -m bench.baseline BOOTSTRAP TOPIC RECORDS
 
 Run as its own process by the benchmark (so its CPU and peak RSS are its own); prints one JSON
 object: seconds (from the consumer's start to the last record), records, status events parsed,

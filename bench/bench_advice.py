@@ -1,6 +1,6 @@
 """Latency of POST /v1/advice with 10,000 recipients, on the local real broker and a worker.
 
-    python bench/bench_advice.py [--recipients 10000] [--repeat 20] [--json]
+    python -m bench.bench_advice [--recipients 10000] [--repeat 20] [--json]
 
 Starts a local Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and a worker, feeds it
 statuses for half of the recipients (some with 131049), then times batch advice requests.
@@ -17,14 +17,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from _broker import benchmark_broker, running_worker
-from support import WorkerProcess, produce, wait_drained
-
+from bench._broker import benchmark_broker, running_worker
 from streams.app import internal_topic_names
 from streams.settings import Settings
 from streams.simulate import Message, envelope, status_item
+from testkit.kafka import produce, wait_drained
+from testkit.worker import WorkerProcess
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """The audience pre-flight of a 1,000,000-recipient list against a worker holding state.
 
-    python bench/bench_audience.py [--recipients 1000000] [--known 500000] [--json]
+    python -m bench.bench_audience [--recipients 1000000] [--known 500000] [--json]
 
 Starts a local Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and a worker (RocksDB
 store), gives it state for ``--known`` recipients (a delivered marketing template each; every
@@ -21,14 +21,12 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from _broker import benchmark_broker, running_worker
-from support import REPO, WorkerProcess, produce, wait_drained
-
+from bench._broker import benchmark_broker, running_worker
 from streams.app import internal_topic_names
 from streams.settings import Settings
 from streams.simulate import Message, envelope, status_item
+from testkit.kafka import produce, wait_drained
+from testkit.worker import REPO, WorkerProcess
 
 PER_BODY = 50
 

@@ -1,6 +1,6 @@
 """Load run of the webhook ingress: N signed POSTs from concurrent clients, then count the records.
 
-Run ``python bench/bench_ingress.py`` (``--json`` for machine-readable output). It starts its own
+Run ``python -m bench.bench_ingress`` (``--json`` for machine-readable output). It starts its own
 local Kafka broker in a temporary directory unless ``KAFKA_BOOTSTRAP_SERVERS`` is set, runs
 ``delivery-monitor ingress`` as users run it (its own process, a fresh raw topic), sends
 ``--requests`` distinct signed status webhooks from ``--concurrency`` aiohttp clients, and then
@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,12 +31,10 @@ from pathlib import Path
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from streams.ingress import SIGNATURE_HEADER, sign  # noqa: E402
-from streams.localkafka import LocalKafka  # noqa: E402
-from streams.settings import Settings  # noqa: E402
+from streams.ingress import SIGNATURE_HEADER, sign
+from streams.localkafka import LocalKafka
+from streams.settings import Settings
+from testkit.worker import REPO, free_port
 
 SECRET = "bench-app-secret"
 
@@ -53,12 +50,6 @@ def webhook(i: int) -> bytes:
         '"origin":{"type":"marketing"}},"pricing":{"billable":true,"pricing_model":"PMP",'
         '"category":"marketing","type":"regular"}}]},"field":"messages"}]}]}'
     ).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_healthy(

@@ -1,6 +1,6 @@
 """Micro-benchmark of ``parse_webhook``: status events parsed per second on one core.
 
-Run ``python bench/bench_parse.py`` (``--json`` for machine-readable output). Scenarios:
+Run ``python -m bench.bench_parse`` (``--json`` for machine-readable output). Scenarios:
 
 - ``single``: realistic single-status bodies (compact JSON as Meta sends it), mixed statuses
   (sent/delivered/read/failed with 131049 and 131050), 10,000 distinct recipients spread over many
@@ -20,12 +20,9 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import msgspec
 import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streams.core import parse_webhook
 

@@ -1,6 +1,6 @@
-"""Throughput of the full worker against a same-run baseline: ``bench/run.py throughput`` alone.
+"""Throughput of the full worker against a same-run baseline: ``bench.run throughput`` alone.
 
-    python bench/bench_pipeline.py [--events 230000 | --messages 100000] [--json] [--profile F]
+    python -m bench.bench_pipeline [--events 230000 | --messages 100000] [--json] [--profile F]
 
 Kept for old command lines: it runs the throughput section of ``bench/run.py`` (pre-produced
 realistic workload, the baseline consumer + parser in its own process, then the full worker
@@ -22,13 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-
-from _broker import benchmark_broker_info  # noqa: E402
-from harness import WorkerProcess  # noqa: E402
-from run import parser as run_parser  # noqa: E402
-from sections import Bench, throughput  # noqa: E402
+from bench._broker import benchmark_broker_info
+from bench.run import parser as run_parser
+from bench.sections import Bench, throughput
+from testkit.worker import WorkerProcess
 
 EVENTS_PER_MESSAGE = 2.34  # of streams.simulate.generate's default spec
 

@@ -4,8 +4,8 @@ Not part of the test suite (the suite's bounded fuzzing is ``tests/unit/test_par
 atheris is not a project dependency. Run::
 
     .venv/bin/pip install atheris          # a manylinux wheel: no clang needed on x86_64
-    .venv/bin/python bench/fuzz_parser_atheris.py                         # 60 s
-    .venv/bin/python bench/fuzz_parser_atheris.py -max_total_time=600 -workers=2 -jobs=2
+    .venv/bin/python -m bench.fuzz_parser_atheris                         # 60 s
+    .venv/bin/python -m bench.fuzz_parser_atheris -max_total_time=600 -workers=2 -jobs=2
 
 Any libFuzzer flag is passed through. Without a corpus directory on the command line, a fresh
 one in a temporary directory is seeded with tests/fixtures/whatsapp/*.json (libFuzzer writes the
@@ -13,7 +13,7 @@ inputs it finds interesting there, never into the fixtures), and a dictionary of
 values guides mutations. The only allowed outcomes are a result or ``ParseError``: anything else
 (RecursionError, TypeError, a crash in msgspec) stops the run, writes ``crash-<sha1>`` with the
 input to the current directory and exits non-zero. Reproduce one with
-``.venv/bin/python bench/fuzz_parser_atheris.py crash-<sha1>``.
+``.venv/bin/python -m bench.fuzz_parser_atheris crash-<sha1>``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 import atheris
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 with atheris.instrument_imports(include=["streams"]):
     from streams.core import ParsedWebhook, ParseError, parse_webhook

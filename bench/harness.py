@@ -12,12 +12,13 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from testkit.worker import WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -348,10 +349,6 @@ async def produce_bodies(bootstrap: str, topic: str, bodies: Iterable[bytes]) ->
 
 # -- workers -------------------------------------------------------------------------------------
 
-sys.path.insert(0, str(REPO / "tests"))
-
-from support import WorkerProcess, free_port, unique_env  # noqa: E402
-
 
 async def scrape(session: Any, worker: WorkerProcess, timeout_s: float = 5.0) -> str | None:
     import aiohttp
@@ -383,7 +380,7 @@ def start_workers(envs: list[dict[str, str]], logs: list[Path]) -> list[WorkerPr
     try:
         with ThreadPoolExecutor(len(workers)) as pool:
             list(pool.map(lambda w: w.start(timeout_s=180), workers))
-    except AssertionError as exc:  # support.WorkerProcess: exited or not ready in time
+    except AssertionError as exc:  # WorkerProcess: exited or not ready in time
         stop_workers(workers)
         raise WorkerExited(str(exc)[-2000:]) from None
     except BaseException:
@@ -589,11 +586,9 @@ __all__ = [
     "LagProbe",
     "LoadMeter",
     "WorkerExited",
-    "WorkerProcess",
     "crash_summary",
     "drain",
     "first_final",
-    "free_port",
     "git_info",
     "growth",
     "machine_info",
@@ -605,5 +600,4 @@ __all__ = [
     "rss",
     "start_workers",
     "summary",
-    "unique_env",
 ]

@@ -358,7 +358,7 @@ def _run_cells(run: dict[str, Any]) -> list[str]:
         if m["end"] is not None:
             resolve.append(_minutes(m["resolve_s"]) if m["resolve_s"] is not None else "no")
         i = incidents.get(m["incident"]) or {}
-        first, last = i.get("headline_at_firing"), i.get("headline_at_end")
+        first, last = str(i.get("headline_at_firing")), str(i.get("headline_at_end"))
         heads.append(first if first == last else f"{first} -> {last}")
     vs = run.get("vs_paced")
     same = "" if vs is None else ("yes" if vs["same"] else "no")
@@ -481,7 +481,7 @@ def render_benchmarks_md(results: dict[str, Any]) -> str:
         "# Benchmarks",
         "",
         "Measured by `make bench` (`bench/run.py`) on the local real Kafka broker; regenerate "
-        "this page from a results file with `python bench/write_benchmarks_md.py "
+        "this page from a results file with `python -m bench.write_benchmarks_md "
         "bench/results/latest.json`. Figures depend on the machine and on what else ran on it: "
         "the load during each section is listed with it.",
         "",

@@ -1,4 +1,4 @@
-"""The benchmark: ``make bench`` or ``python bench/run.py [sections...] [--events N] [--out DIR]``.
+"""The benchmark: ``make bench`` or ``python -m bench.run [sections...] [--events N] [--out DIR]``.
 
 On the local real Kafka broker (or KAFKA_BOOTSTRAP_SERVERS), runs the sections asked for (all
 but ``steady`` by default; ``--steady-minutes N`` adds it):
@@ -20,7 +20,7 @@ but ``steady`` by default; ``--steady-minutes N`` adds it):
 Writes ``<out>/latest.json`` (every figure, the machine, Kafka, the commit, the load on the
 machine per section), ``<out>/latest.md`` (the short table, also printed) and a dated copy of the
 JSON. Workloads are cached under ``<out>/cache`` by kind, seed and size.
-``python bench/write_benchmarks_md.py`` renders ``BENCHMARKS.md`` from a results file.
+``python -m bench.write_benchmarks_md`` renders ``BENCHMARKS.md`` from a results file.
 """
 
 from __future__ import annotations
@@ -37,14 +37,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench._broker import benchmark_broker_info
+from bench.harness import LoadMeter, git_info, machine_info
+from bench.report import render_summary
+from bench.sections import DEFAULT_ALERT_PHASE, SECTIONS, Bench
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
-
-from _broker import benchmark_broker_info  # noqa: E402
-from harness import LoadMeter, git_info, machine_info  # noqa: E402
-from report import render_summary  # noqa: E402
-from sections import DEFAULT_ALERT_PHASE, SECTIONS, Bench  # noqa: E402
 
 DEFAULT_SECTIONS = ["throughput", "memory", "latency", "alert", "scaling"]
 
@@ -125,13 +124,13 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 
-def new_results(script: str, argv: list[str] | None, args: argparse.Namespace) -> dict[str, Any]:
+def new_results(module: str, argv: list[str] | None, args: argparse.Namespace) -> dict[str, Any]:
     """A results file before its sections: the command, options, machine, commit and code."""
     return {
         "schema": 1,
         "started_at": now_iso(),
         "finished_at": None,
-        "command": " ".join([f"python {script}", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join([f"python -m {module}", *(argv if argv is not None else sys.argv[1:])]),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": machine_info(),
         "git": git_info(),
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     tmp = Path(tempfile.mkdtemp(prefix="bench-run-"))
-    results = new_results("bench/run.py", argv, args)
+    results = new_results("bench.run", argv, args)
     failed = False
     try:
         with benchmark_broker_info(tmp) as broker:

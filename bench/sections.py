@@ -23,14 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import (
+from bench.harness import (
     DrainResult,
     LoadMeter,
     WorkerExited,
-    WorkerProcess,
     drain,
     first_final,
-    free_port,
     get_json_async,
     growth,
     metric_sum,
@@ -42,11 +40,10 @@ from harness import (
     start_workers,
     stop_workers,
     summary,
-    unique_env,
     wait_assigned,
 )
-from report import target_text as format_target
-from workload import (
+from bench.report import target_text as format_target
+from bench.workload import (
     Workload,
     alert_bodies,
     ensure_workload,
@@ -54,13 +51,12 @@ from workload import (
     probe_body,
     restamp,
 )
-
 from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
 from streams.settings import Settings
 from streams.topics import ensure_topics, source_topics
+from testkit.worker import REPO, WorkerProcess, free_port, unique_env
 
-BENCH = Path(__file__).resolve().parent
 MB = 2**20
 
 
@@ -209,8 +205,9 @@ def drain_figures(result: DrainResult, events: int, workers: int) -> dict[str, A
         steady = round(result.events_after_all_running / result.seconds_all_running)
     cpu = sum(result.cpu_s)
     stage_done: list[float | None] = []
-    for column in (1, 2, 3):
-        values = [t[column] for t in result.timeline]
+    stages = [t[1:4] for t in result.timeline]  # per poll: stage 1, 2 and 3 counters
+    for column in range(3):
+        values = [s[column] for s in stages]
         stage_done.append(
             result.timeline[first_final([(v,) for v in values])][0] if values else None
         )
@@ -254,16 +251,11 @@ def throughput(b: Bench) -> dict[str, Any]:
 
     b.log("baseline: plain aiokafka consumer + parse_webhook")
     out = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "baseline.py"),
-            b.bootstrap,
-            settings.topic_raw,
-            str(produced),
-        ],
+        [sys.executable, "-m", "bench.baseline", b.bootstrap, settings.topic_raw, str(produced)],
         capture_output=True,
         text=True,
         check=True,
+        cwd=REPO,
     )
     base = json.loads(out.stdout.strip().splitlines()[-1])
     base_eps = events / base["seconds"]
@@ -415,7 +407,8 @@ def memory(b: Bench) -> dict[str, Any]:
 async def _sample_recipients(worker: WorkerProcess, wl: Workload, n: int = 200) -> tuple[int, int]:
     """How many of ``n`` recipients spread over the workload the API knows."""
     import aiohttp
-    from workload import distinct_phone
+
+    from bench.workload import distinct_phone
 
     total = wl.info.distinct_recipients
     picks = sorted({i * total // n for i in range(n)})
@@ -664,7 +657,7 @@ def spike_start(wall: float, phase: float | None) -> float:
 
 
 def alert(b: Bench) -> dict[str, Any]:
-    from support import FakeSlack
+    from testkit.slack import FakeSlack
 
     fake = FakeSlack().start()
     try:
@@ -895,7 +888,7 @@ async def _steady_run(
     stop.set()
     await task
     await producer.stop()
-    from harness import LagProbe
+    from bench.harness import LagProbe
 
     # a snapshot of the lag when the load stops says little (every stage commits in batches):
     # how long the worker takes to catch up tells a backlog from records in flight

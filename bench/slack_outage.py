@@ -1,6 +1,6 @@
 """A real 5-minute Slack outage under a steady workload: alerts lost or doubled? stream slowed?
 
-    python bench/slack_outage.py [--outage 300] [--rate 1000] [--out result.json]
+    python -m bench.slack_outage [--outage 300] [--rate 1000] [--out result.json]
 
 A real worker on the real broker (``KAFKA_BOOTSTRAP_SERVERS`` or a local one) with the
 production Slack settings (10 s request timeout, backoff capped at 60 s, 24 h horizon) posts
@@ -31,12 +31,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from _broker import benchmark_broker
 from prometheus_client.parser import text_string_to_metric_families
-from support import OutageSlack, WorkerProcess, group_lag_async, unique_env
 
+from bench._broker import benchmark_broker
 from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
 from streams.core.alerts import NotificationKind, decode_notification
@@ -44,6 +41,9 @@ from streams.core.slack_format import render_slack_message
 from streams.settings import Settings
 from streams.simulate import spike_campaign
 from streams.topics import ensure_topics, source_topics
+from testkit.kafka import group_lag_async
+from testkit.slack import OutageSlack
+from testkit.worker import WorkerProcess, unique_env
 
 CAMPAIGN_START = 1_767_225_600
 CAMPAIGN_S = 40 * 60  # spike_campaign's length in event time

@@ -1,8 +1,8 @@
 """State bounds under load: millions of recipients over days of event time, in process.
 
-    .venv/bin/python bench/soak_state.py --block-cache-mb 128  # 5,000,000 recipients, 16 days
-    .venv/bin/python bench/soak_state.py --recipients 1000000  # Faust's default block cache
-    .venv/bin/python bench/soak_state.py --recipients 200000 --store memory --batch 1000
+    .venv/bin/python -m bench.soak_state --block-cache-mb 128  # 5,000,000 recipients, 16 days
+    .venv/bin/python -m bench.soak_state --recipients 1000000  # Faust's default block cache
+    .venv/bin/python -m bench.soak_state --recipients 200000 --store memory --batch 1000
 
 Drives the worker's stages (IngestStage -> MessageStage -> RecipientStage, advice included)
 without Kafka: generated webhook JSON in, state in one RocksDB per table partition opened with

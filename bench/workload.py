@@ -1,7 +1,7 @@
 """Benchmark workloads: webhook bodies generated once, cached on disk, streamed to Kafka.
 
 Three kinds, all built from :mod:`streams.simulate` (the same messages, lifecycles and webhook
-shapes as the tests and the demo):
+shapes as the tests and the demo; only the sizing, the cache and the restamping are here):
 
 - ``throughput``: a realistic mix sized in *status events*: mostly single-status bodies, some
   batched (2-6 statuses of one sending number), duplicated POSTs (Meta's retries), statuses out
@@ -36,19 +36,24 @@ import orjson
 
 from streams.simulate import (
     COUNTRY_PREFIXES,
-    ERRORS,
+    NON_US,
+    START,
     CampaignSpec,
     Message,
+    bodies,
     envelope,
     generate,
+    lifecycle,
     phone_for,
+    sending_numbers,
     status_item,
+    template_category,
+    template_names,
 )
 
 GENERATOR_VERSION = 1
 CHUNK_MESSAGES = 20_000
 CHUNK_SECONDS = 1_800
-START = 1_767_225_600  # 2026-01-01T00:00:00Z, as streams.simulate
 _HEADER = struct.Struct(">IH")
 
 #: Placeholders of the paced pool, replaced at send time by :func:`restamp`.
@@ -188,8 +193,8 @@ def recipient_bodies(recipients: int, seed: int, per_body: int = 1) -> Iterator[
     """One delivered marketing message to each of ``recipients`` distinct recipients,
     ``per_body`` statuses (of one sending number) per webhook body."""
     rng = random.Random(seed)
-    senders = [(f"10654035224{i:04d}", f"1555078{i:04d}") for i in range(3)]
-    templates = [f"promo_{i:02d}" for i in range(0, 12, 2)]  # the marketing ones
+    senders = sending_numbers(3)
+    templates = [t for t in template_names(12) if template_category(t) == "marketing"]
     span = 3_600  # an hour of event time, in order
     for first in range(0, recipients, per_body):
         sender, display = senders[(first // per_body) % len(senders)]
@@ -219,11 +224,12 @@ def paced_pool(statuses: int, seed: int) -> list[tuple[bytes, int]]:
     :data:`TS_SENTINEL` and every wamid containing :data:`ROUND_MARK` (see :func:`restamp`).
 
     The mix is the throughput workload's (lifecycles, batching, duplicates, shuffling); every
-    status of a message carries the same second, so event time can follow the wall clock."""
+    status of a message carries the same second, so event time can follow the wall clock, and
+    every read comes with its delivered."""
     rng = random.Random(seed)
-    spec = CampaignSpec(opaque_ratio=0.8)
-    senders = [(f"10654035224{i:04d}", f"1555078{i:04d}") for i in range(spec.senders)]
-    templates = [f"promo_{i:02d}" for i in range(spec.templates)]
+    spec = CampaignSpec(opaque_ratio=0.8, skip_delivered_ratio=0.0)
+    senders = sending_numbers(spec.senders)
+    templates = template_names(spec.templates)
     people = [(phone_for(c, rng), c) for c in rng.choices(spec.countries, k=50_000)]
     messages: list[Message] = []
     count = 0
@@ -232,19 +238,8 @@ def paced_pool(statuses: int, seed: int) -> list[tuple[bytes, int]]:
         sender, display = senders[i % len(senders)]
         phone, country = people[rng.randrange(len(people))]
         template = templates[rng.randrange(len(templates))]
-        category = "marketing" if template[-1] in "02468" else "utility"
-        lifecycle: list[tuple[str, int, int | None]]
-        if rng.random() < spec.failure_ratio:
-            code = rng.choice(list(ERRORS))
-            if category != "marketing" and code in (131049, 131050):
-                code = 131026
-            lifecycle = [("failed", TS_SENTINEL, code)]
-            if rng.random() < 0.3:
-                lifecycle.insert(0, ("sent", TS_SENTINEL, None))
-        else:
-            lifecycle = [("sent", TS_SENTINEL, None), ("delivered", TS_SENTINEL, None)]
-            if rng.random() < spec.read_ratio:
-                lifecycle.append(("read", TS_SENTINEL, None))
+        category = template_category(template)
+        sequence = lifecycle(rng, spec, category, TS_SENTINEL, spread=False)
         messages.append(
             Message(
                 wamid=f"wamid.LIVE{ROUND_MARK.decode()}{i:09d}",
@@ -255,19 +250,13 @@ def paced_pool(statuses: int, seed: int) -> list[tuple[bytes, int]]:
                 template=template,
                 category=category,
                 sent_at=TS_SENTINEL,
-                statuses=lifecycle,
+                statuses=sequence,
                 opaque=rng.random() < spec.opaque_ratio,
             )
         )
-        count += len(lifecycle)
+        count += len(sequence)
         i += 1
-    return [(body, count_statuses(body)) for body in _bodies(messages, spec, rng)]
-
-
-def _bodies(messages: list[Message], spec: CampaignSpec, rng: random.Random) -> list[bytes]:
-    from streams.simulate import _bodies as simulate_bodies
-
-    return simulate_bodies(messages, spec, rng)
+    return [(body, count_statuses(body)) for body in bodies(messages, spec, rng)]
 
 
 _TS_QUOTED = b'"%d"' % TS_SENTINEL
@@ -311,13 +300,12 @@ def alert_bodies(
     131049 at ``background_ratio``, on ``spike_template`` at ``spike_ratio`` while ``spike``;
     the others sent and delivered (one body per status). Returns (body, part of the spike):
     only a 131049 of the spike template while ``spike`` is part of the spike."""
-    countries = [c for c in COUNTRY_PREFIXES if c != "US"]
     out: list[tuple[bytes, bool]] = []
     for name in templates:
         spiking = spike and name == spike_template
         ratio = spike_ratio if spiking else background_ratio
         for _ in range(n):
-            country = rng.choice(countries)
+            country = rng.choice(NON_US)
             m = Message(
                 wamid=f"wamid.ALERT{seq:09d}",
                 sender="106540352242922",

@@ -1,13 +1,13 @@
 """Render ``BENCHMARKS.md`` (repo root) from results files of ``bench/run.py``.
 
-    python bench/write_benchmarks_md.py [RESULTS_JSON...] [--out BENCHMARKS.md]
+    python -m bench.write_benchmarks_md [RESULTS_JSON...] [--out BENCHMARKS.md]
 
 The first file gives the page's header and its sections; the sections of the others (e.g. an
 ``alert_quality-*.json`` of ``bench/alert_quality.py``) are added after them, each with the run
 it comes from. Default: ``bench/results/latest.json``, plus
 ``bench/results/alert_quality-latest.json`` when it exists.
 
-    python bench/write_benchmarks_md.py --only alert_quality bench/results/alert_quality-latest.json
+    python -m bench.write_benchmarks_md --only alert_quality bench/results/alert_quality-latest.json
 
 replaces just that section of the existing page (or adds it before the hand-written part) and
 leaves the rest as it is.
@@ -25,10 +25,9 @@ import json
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+from bench.report import merge_results, render_benchmarks_md, render_section, splice_section
 
-from report import merge_results, render_benchmarks_md, render_section, splice_section  # noqa: E402
+BENCH = Path(__file__).resolve().parent
 
 RESULTS = BENCH / "results"
 

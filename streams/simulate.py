@@ -21,6 +21,8 @@ import orjson
 
 from streams.core.catalog import lookup
 
+START = 1_767_225_600  # 2026-01-01T00:00:00Z: where generated event time begins by default
+
 # Valid mobile numbers per country (prefix + random digits to the national length).
 COUNTRY_PREFIXES: dict[str, tuple[str, int]] = {
     "US": ("1212555", 11),
@@ -49,9 +51,29 @@ ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
+#: Recipient countries of the spike traffic: no US numbers, so a 131049 is the per-user limit
+#: (in the US it is the marketing pause).
+NON_US = tuple(c for c in COUNTRY_PREFIXES if c != "US")
+
+
 def phone_for(country: str, rng: random.Random) -> str:
     prefix, length = COUNTRY_PREFIXES[country]
     return prefix + "".join(str(rng.randint(0, 9)) for _ in range(length - len(prefix)))
+
+
+def sending_numbers(n: int) -> list[tuple[str, str]]:
+    """(phone_number_id, display number) of ``n`` sending numbers."""
+    return [(f"10654035224{i:04d}", f"1555078{i:04d}") for i in range(n)]
+
+
+def template_names(n: int) -> list[str]:
+    """``n`` templates, ``promo_00`` on; see :func:`template_category`."""
+    return [f"promo_{i:02d}" for i in range(n)]
+
+
+def template_category(template: str) -> str:
+    """Even-numbered templates of :func:`template_names` are marketing, odd ones utility."""
+    return "marketing" if template[-1] in "02468" else "utility"
 
 
 @dataclass
@@ -96,11 +118,12 @@ class CampaignSpec:
     messages: int = 20_000
     templates: int = 12
     senders: int = 3
-    start: int = 1_767_225_600  # 2026-01-01T00:00:00Z
+    start: int = START
     duration: int = 1_800  # seconds over which messages are sent
     countries: tuple[str, ...] = tuple(COUNTRY_PREFIXES)
     failure_ratio: float = 0.12
     read_ratio: float = 0.5
+    skip_delivered_ratio: float = 0.5  # read messages whose delivered status never comes
     opaque_ratio: float = 0.5  # the rest is attributed by the send log only
     duplicate_ratio: float = 0.10
     batch_ratio: float = 0.2  # share of bodies that batch several statuses
@@ -119,10 +142,41 @@ def _outcome_class(code: int, country: str) -> str:
     return cls
 
 
+def lifecycle(
+    rng: random.Random, spec: CampaignSpec, category: str, t0: int, *, spread: bool = True
+) -> list[tuple[str, int, int | None]]:
+    """The statuses of one message sent at ``t0``: failed (``failure_ratio``; marketing-only
+    codes become 131026 for other categories), now and then after a sent; or sent, delivered and
+    read (``read_ratio``), the delivered missing at ``skip_delivered_ratio``. ``spread``: the
+    later statuses come seconds to minutes after ``t0``; else every status carries ``t0`` (for
+    bodies whose timestamps are set when they are sent)."""
+
+    def later(low: int, high: int) -> int:
+        return t0 + rng.randint(low, high) if spread else t0
+
+    statuses: list[tuple[str, int, int | None]] = []
+    if rng.random() < spec.failure_ratio:
+        code = rng.choice(list(ERRORS))
+        if category != "marketing" and code in (131049, 131050):
+            code = 131026
+        if rng.random() < 0.3:
+            statuses.append(("sent", t0, None))
+        statuses.append(("failed", later(0, 5), code))
+    else:
+        statuses.append(("sent", t0, None))
+        statuses.append(("delivered", later(1, 30), None))
+        if rng.random() < spec.read_ratio:
+            statuses.append(("read", later(31, 300), None))
+            # no draw at a ratio of 0: the other statuses stay as they were
+            if spec.skip_delivered_ratio and rng.random() < spec.skip_delivered_ratio:
+                statuses.remove(statuses[1])  # read without delivered
+    return statuses
+
+
 def generate(spec: CampaignSpec = CampaignSpec(), seed: int = 7) -> Campaign:
     rng = random.Random(seed)
-    senders = [(f"10654035224{i:04d}", f"1555078{i:04d}") for i in range(spec.senders)]
-    templates = [f"promo_{i:02d}" for i in range(spec.templates)]
+    senders = sending_numbers(spec.senders)
+    templates = template_names(spec.templates)
     n_recipients = spec.recipients or max(1, spec.messages // 2)
     people = []
     for _ in range(n_recipients):
@@ -133,23 +187,9 @@ def generate(spec: CampaignSpec = CampaignSpec(), seed: int = 7) -> Campaign:
         sender, display = senders[i % len(senders)]
         phone, country = people[rng.randrange(len(people))]
         template = templates[rng.randrange(len(templates))]
-        category = "marketing" if template[-1] in "02468" else "utility"
+        category = template_category(template)
         t0 = spec.start + rng.randrange(spec.duration)
-        statuses: list[tuple[str, int, int | None]] = []
-        if rng.random() < spec.failure_ratio:
-            code = rng.choice(list(ERRORS))
-            if category != "marketing" and code in (131049, 131050):
-                code = 131026
-            if rng.random() < 0.3:
-                statuses.append(("sent", t0, None))
-            statuses.append(("failed", t0 + rng.randint(0, 5), code))
-        else:
-            statuses.append(("sent", t0, None))
-            statuses.append(("delivered", t0 + rng.randint(1, 30), None))
-            if rng.random() < spec.read_ratio:
-                statuses.append(("read", t0 + rng.randint(31, 300), None))
-                if rng.random() < 0.5:
-                    statuses.remove(statuses[1])  # read without delivered
+        statuses = lifecycle(rng, spec, category, t0)
         messages.append(
             Message(
                 wamid=f"wamid.SIM{seed:03d}{i:09d}",
@@ -166,7 +206,7 @@ def generate(spec: CampaignSpec = CampaignSpec(), seed: int = 7) -> Campaign:
                 opaque_campaign=i % 5 != 4,
             )
         )
-    payloads = _bodies(messages, spec, rng)
+    payloads = bodies(messages, spec, rng)
     garbage = [garbage_body(rng, k) for k in range(int(len(payloads) * spec.garbage_ratio))]
     for g in garbage:
         payloads.insert(rng.randrange(len(payloads) + 1), g)
@@ -291,7 +331,10 @@ def errors_envelope(sender: str | None, codes: list[int], time: int | None) -> b
     return orjson.dumps({"object": "whatsapp_business_account", "entry": [entry]})
 
 
-def _bodies(messages: list[Message], spec: CampaignSpec, rng: random.Random) -> list[bytes]:
+def bodies(messages: list[Message], spec: CampaignSpec, rng: random.Random) -> list[bytes]:
+    """The webhook bodies of ``messages`` in the order Meta would POST them: statuses in time
+    order, ``batch_ratio`` of the bodies carrying 2-6 statuses of one sending number,
+    ``duplicate_ratio`` POSTed twice, shuffled within windows of ``shuffle_window``."""
     events = [(ts, m, s, code) for m in messages for s, ts, code in m.statuses]
     events.sort(key=lambda e: e[0])
     bodies: list[bytes] = []
@@ -353,7 +396,7 @@ def spike_campaign(
     spike_minutes: int = 6,
     spike_ratio: float = 0.45,
     background_ratio: float = 0.01,
-    start: int = 1_767_225_600,
+    start: int = START,
     seed: int = 21,
     campaign: str = "sim",
     spike_campaign_id: str | None = None,
@@ -363,8 +406,7 @@ def spike_campaign(
     sends ``per_minute`` messages a minute, in ``campaign`` (the spike template in
     ``spike_campaign_id`` when given)."""
     rng = random.Random(seed)
-    names = [f"promo_{i:02d}" for i in range(templates - 1)] + [spike_template]
-    countries = [c for c in COUNTRY_PREFIXES if c != "US"]
+    names = [*template_names(templates - 1), spike_template]
     messages: list[Message] = []
     recipients: set[str] = set()
     n = 0
@@ -375,7 +417,7 @@ def spike_campaign(
             )
             ratio = spike_ratio if in_spike else background_ratio
             for _ in range(per_minute):
-                country = rng.choice(countries)
+                country = rng.choice(NON_US)
                 t0 = start + minute * 60 + rng.randrange(60)
                 if rng.random() < ratio:
                     statuses: list[tuple[str, int, int | None]] = [("failed", t0, 131049)]
@@ -404,7 +446,7 @@ def spike_campaign(
                 )
                 n += 1
     spec = CampaignSpec(duplicate_ratio=0.0, garbage_ratio=0.0, batch_ratio=0.0, shuffle_window=20)
-    payloads = _bodies(messages, spec, rng)
+    payloads = bodies(messages, spec, rng)
     send_log: list[tuple[bytes, bytes]] = []
     return Campaign(messages, payloads, send_log, [], truth_of(messages))
 
@@ -599,7 +641,7 @@ class LiveTraffic:
         self.seed = seed
         self.rng = random.Random(seed)
         rng = self.rng
-        self.senders = [(f"10654035224{i:04d}", f"1555078{i:04d}") for i in range(spec.senders)]
+        self.senders = sending_numbers(spec.senders)
         self.templates = demo_templates(spec, rng)
         self._template_cum = _cumulative([t.weight for t in self.templates])
         countries = [c for c, _ in spec.countries]

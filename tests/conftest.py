@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import WorkerProcess, unique_env
 
 from streams.localkafka import LocalKafka
 from streams.settings import Settings
+from testkit.worker import WorkerProcess, unique_env
 
 
 def docker_available() -> bool:

@@ -9,19 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import (
-    WorkerProcess,
-    consume_all,
-    get_json,
-    memory_worker,
-    produce,
-    wait_drained,
-    wait_until,
-)
 
 from streams.app import internal_topic_names
 from streams.core.alerts import NotificationKind, decode_notification
 from streams.simulate import Message, envelope, errors_envelope, status_item
+from testkit.kafka import consume_all, produce, wait_drained
+from testkit.worker import WorkerProcess, get_json, memory_worker, wait_until
 
 pytestmark = [pytest.mark.kafka]
 

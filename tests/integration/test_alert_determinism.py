@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from support import WorkerProcess, get_json, unique_env, wait_drained, wait_until
 
 from streams.asyncutil import run_sync
 from streams.feed import produce, wait_quiet, worker_inputs
@@ -27,6 +26,8 @@ from streams.incidents import Incident, incidents_of
 from streams.scenarios import Scenario, build, feed_order
 from streams.settings import Settings
 from streams.topics import ensure_topics, source_topics
+from testkit.kafka import wait_drained
+from testkit.worker import WorkerProcess, get_json, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

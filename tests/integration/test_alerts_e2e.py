@@ -8,19 +8,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import (
-    FakeSlack,
-    WorkerProcess,
-    alert_campaign,
-    consume_all,
-    produce,
-    unique_env,
-    wait_until,
-)
+from support import alert_campaign
 
 from streams.asyncutil import run_sync
 from streams.settings import Settings
 from streams.topics import ensure_topics, source_topics
+from testkit.kafka import consume_all, produce
+from testkit.slack import FakeSlack
+from testkit.worker import WorkerProcess, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka]
 

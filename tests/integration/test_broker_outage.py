@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 
 import pytest
-from support import WorkerProcess, produce, produce_keyed, unique_env, wait_drained, wait_until
 from test_pipeline_e2e import all_topics, assert_counts_equal_truth, setup_topics
 
 from streams.localkafka import LocalKafka
 from streams.settings import Settings
 from streams.simulate import CampaignSpec, generate
+from testkit.kafka import produce, produce_keyed, wait_drained
+from testkit.worker import WorkerProcess, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

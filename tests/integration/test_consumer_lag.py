@@ -10,10 +10,10 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
-from support import free_port
 
 from streams.lag import ConsumerLag
 from streams.topics import TopicSpec, ensure_topics
+from testkit.worker import free_port
 
 T0 = 1_767_225_600.0
 

@@ -43,18 +43,6 @@ from urllib.parse import quote
 
 import orjson
 import pytest
-from support import (
-    FakeSlack,
-    WorkerProcess,
-    committed_offsets,
-    consume_all,
-    get_json,
-    produce,
-    produce_keyed,
-    unique_env,
-    wait_drained,
-    wait_until,
-)
 
 from streams.api import is_us_recipient
 from streams.app import internal_topic_names
@@ -80,6 +68,9 @@ from streams.stages.messages import MessageStage
 from streams.stages.recipients import RecipientStage
 from streams.state import DictKeyValue
 from streams.topics import ensure_topics, source_topics
+from testkit.kafka import committed_offsets, consume_all, produce, produce_keyed, wait_drained
+from testkit.slack import FakeSlack
+from testkit.worker import WorkerProcess, get_json, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

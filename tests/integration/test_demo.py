@@ -14,7 +14,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from support import REPO, FakeSlack, WorkerProcess, get_json, unique_env, wait_until
 
 from streams.asyncutil import run_sync
 from streams.core import parse_webhook
@@ -23,6 +22,8 @@ from streams.core.detector import SpikeDetector, scope_of_bucket
 from streams.settings import Settings
 from streams.simulate import LiveSpec, LiveTraffic, Message, _outcome_class
 from streams.topics import ensure_topics, source_topics
+from testkit.slack import FakeSlack
+from testkit.worker import REPO, WorkerProcess, get_json, unique_env, wait_until
 
 SPIKE = "weekend_flash_deal"
 

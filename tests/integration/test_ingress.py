@@ -20,7 +20,6 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
-from support import REPO
 
 from streams.ingress import (
     MAX_BODY_BYTES,
@@ -32,6 +31,7 @@ from streams.ingress import (
 from streams.localkafka import LocalKafka
 from streams.settings import Secret, Settings, SettingsError
 from streams.topics import TopicSpec, ensure_topics
+from testkit.worker import REPO
 
 pytestmark = [pytest.mark.kafka]
 

@@ -35,13 +35,13 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from prometheus_client.parser import text_string_to_metric_families
-from support import REPO, free_port, unique_env, wait_until
 from test_ingress import TOKEN, create_topic, read_topic, serve, webhook
 
 from streams.core import ParseError, parse_webhook
 from streams.ingress import MAX_BODY_BYTES, STATUS, Reason, sign, verify_handshake
 from streams.settings import Secret, Settings
 from streams.topics import TopicSpec, ensure_topics
+from testkit.worker import REPO, free_port, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka]
 

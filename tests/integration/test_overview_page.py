@@ -18,12 +18,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from support import REPO, WorkerProcess, get_json, produce, unique_env, wait_until
 
 from streams.asyncutil import run_sync
 from streams.settings import Settings
 from streams.simulate import Message, envelope, spike_campaign, status_item
 from streams.topics import ensure_topics, source_topics
+from testkit.kafka import produce
+from testkit.worker import REPO, WorkerProcess, get_json, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka]
 

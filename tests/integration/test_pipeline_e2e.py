@@ -7,22 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import (
-    WorkerProcess,
-    consume_all,
-    get_json,
-    produce,
-    produce_keyed,
-    unique_env,
-    wait_drained,
-    wait_until,
-)
 
 from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
 from streams.settings import Settings
 from streams.simulate import Campaign, CampaignSpec, generate
 from streams.topics import ensure_topics, source_topics
+from testkit.kafka import consume_all, produce, produce_keyed, wait_drained
+from testkit.worker import WorkerProcess, get_json, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka]
 

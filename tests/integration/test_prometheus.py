@@ -31,22 +31,14 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import (
-    REPO,
-    WorkerProcess,
-    free_port,
-    produce,
-    produce_keyed,
-    unique_env,
-    wait_drained,
-    wait_until,
-)
 
 from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
 from streams.settings import Settings
 from streams.simulate import Campaign, CampaignSpec, generate
 from streams.topics import ensure_topics, source_topics
+from testkit.kafka import produce, produce_keyed, wait_drained
+from testkit.worker import REPO, WorkerProcess, free_port, unique_env, wait_until
 
 RULES_DIR = REPO / "deploy" / "prometheus"
 NAME = re.compile(r"\b(whatsapp_monitor_[a-zA-Z0-9_]+|up|ALERTS)\b")

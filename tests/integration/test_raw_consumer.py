@@ -13,11 +13,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
-from support import committed_offsets_async, produce_async
 
 from streams.faust_state import BatchPolicy
 from streams.raw_consumer import consume_raw
 from streams.topics import TopicSpec, ensure_topics
+from testkit.kafka import committed_offsets_async, produce_async
 
 pytestmark = [pytest.mark.kafka]
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import REPO, consume_all, unique_env
 
 from streams.asyncutil import run_sync
 from streams.simulate import CampaignSpec, generate
 from streams.topics import TopicSpec, ensure_topics
+from testkit.kafka import consume_all
+from testkit.worker import REPO, unique_env
 
 pytestmark = [pytest.mark.kafka]
 

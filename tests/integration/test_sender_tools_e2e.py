@@ -27,17 +27,6 @@ from history_support import (
     expected_plans,
     partition_clock,
 )
-from support import (
-    REPO,
-    WorkerProcess,
-    consume_all,
-    free_port,
-    get_json,
-    produce_keyed,
-    unique_env,
-    wait_drained,
-    wait_until,
-)
 
 from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
@@ -46,6 +35,8 @@ from streams.simulate import phone_for
 from streams.simulate_history import History, HistorySpec, generate_history
 from streams.stages import partition_for
 from streams.topics import ensure_topics, source_topics
+from testkit.kafka import consume_all, produce_keyed, wait_drained
+from testkit.worker import REPO, WorkerProcess, free_port, get_json, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka]
 CONSUMED = "whatsapp_monitor_records_consumed_total"

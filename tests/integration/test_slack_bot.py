@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import FakeClock, FakeSlack, SlackApi, incident_lifecycle
+from support import FakeClock, incident_lifecycle
 
 from streams.core.alerts import Notification
 from streams.core.routing import parse_routes
@@ -25,6 +25,7 @@ from streams.settings import Secret
 from streams.slack import RetryPolicy, SlackNotifier, SlackOutcome
 from streams.slack_threads import ThreadStore
 from streams.state import DictKeyValue
+from testkit.slack import FakeSlack, SlackApi
 
 GRAFANA = "https://grafana.example.com"
 FAST = RetryPolicy(initial_backoff=0.5, max_backoff=4.0, give_up_after=60.0, request_timeout=2.0)

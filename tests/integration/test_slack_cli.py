@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import REPO, FakeSlack, SlackApi
+
+from testkit.slack import FakeSlack, SlackApi
+from testkit.worker import REPO
 
 
 @pytest.fixture

@@ -27,18 +27,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from support import (
-    FakeClock,
-    OutageSlack,
-    WorkerProcess,
-    alert_campaign,
-    free_port,
-    get_json,
-    produce,
-    unique_env,
-    wait_drained,
-    wait_until,
-)
+from support import FakeClock, alert_campaign
 
 from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
@@ -58,6 +47,9 @@ from streams.settings import Secret, Settings
 from streams.simulate import spike_campaign
 from streams.slack import RetryPolicy, SlackNotifier, SlackOutcome
 from streams.topics import ensure_topics, source_topics
+from testkit.kafka import produce, wait_drained
+from testkit.slack import OutageSlack
+from testkit.worker import WorkerProcess, free_port, get_json, unique_env, wait_until
 
 T0 = 1_751_000_000
 GRAFANA = "https://grafana.example.com"

@@ -1,5 +1,5 @@
 """Slack bot mode end to end: real broker, the worker as a subprocess, a local server that
-answers Slack's Web API like Slack (``support.SlackApi``).
+answers Slack's Web API like Slack (``testkit.slack.SlackApi``).
 
 A 131049 spike gives one top-level message in the channel its template is routed to, its thread
 holds the updates, and it ends edited as resolved; two templates spiking one after the other go
@@ -14,20 +14,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import (
-    Posted,
-    SlackApi,
-    WorkerProcess,
-    alert_campaign,
-    produce,
-    unique_env,
-    wait_until,
-)
+from support import alert_campaign
 
 from streams.asyncutil import run_sync
 from streams.settings import Settings
 from streams.simulate import spike_campaign
 from streams.topics import ensure_topics, source_topics
+from testkit.kafka import produce
+from testkit.slack import Posted, SlackApi
+from testkit.worker import WorkerProcess, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka]
 

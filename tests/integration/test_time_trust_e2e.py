@@ -11,10 +11,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from support import WorkerProcess, consume_all, get_json, memory_worker, produce, wait_drained
 
 from streams.app import internal_topic_names
 from streams.simulate import Message, envelope, status_item
+from testkit.kafka import consume_all, produce, wait_drained
+from testkit.worker import WorkerProcess, get_json, memory_worker
 
 pytestmark = [pytest.mark.kafka]
 DAY = 86_400

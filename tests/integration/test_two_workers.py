@@ -9,10 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import WorkerProcess, free_port, get_json, unique_env, wait_drained, wait_until
 from test_pipeline_e2e import all_topics, produce_campaign, setup_topics
 
 from streams.simulate import Campaign, CampaignSpec, generate
+from testkit.kafka import wait_drained
+from testkit.worker import WorkerProcess, free_port, get_json, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka]
 

@@ -7,20 +7,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from support import (
-    WorkerProcess,
-    committed_offsets,
-    list_topics,
-    produce,
-    unique_env,
-    wait_until,
-)
 
 from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
 from streams.raw_consumer import ingest_group
 from streams.settings import Settings
 from streams.topics import changelog_topic, ensure_topics, source_topics, table_partitions
+from testkit.kafka import committed_offsets, list_topics, produce
+from testkit.worker import WorkerProcess, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka]
 
@@ -210,8 +204,9 @@ def test_worker_refuses_a_send_log_that_is_not_co_partitioned(
 def test_testcontainers_kafka_round_trip() -> None:
     """Optional path: with a Docker engine, testcontainers' Kafka works as a test broker too
     (DELIVERY_MONITOR_TEST_KAFKA=testcontainers makes the whole suite use it)."""
-    from support import consume_all
     from testcontainers.kafka import KafkaContainer
+
+    from testkit.kafka import consume_all
 
     with KafkaContainer().with_kraft() as container:
         bootstrap = container.get_bootstrap_server()

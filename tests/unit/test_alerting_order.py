@@ -4,7 +4,10 @@ backlog whose partitions run at different speeds, or with the send log after the
 from __future__ import annotations
 
 import pytest
-from inprocess import (
+
+from streams.core.alerts import NotificationKind
+from streams.scenarios import build
+from testkit.inprocess import (
     Pipeline,
     campaign,
     feed_backlog,
@@ -14,9 +17,6 @@ from inprocess import (
     scenario_traffic,
     summary,
 )
-
-from streams.core.alerts import NotificationKind
-from streams.scenarios import build
 
 T0 = 1_767_225_600
 

@@ -4,19 +4,13 @@ Markdown rendering. No broker, no timing assertions."""
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-import harness
-import report
-import workload
-from sections import outside_budget, row
-
+from bench import harness, report, workload
+from bench.sections import outside_budget, row
 from streams.core import parse_webhook
 
 # -- percentiles and summaries -----------------------------------------------------------------
@@ -104,7 +98,7 @@ def results_fixture() -> dict[str, object]:
     return {
         "started_at": "2026-11-25T02:00:00+00:00",
         "finished_at": "2026-11-25T02:30:00+00:00",
-        "command": "python bench/run.py --events 100000",
+        "command": "python -m bench.run --events 100000",
         "args": {"events": 100_000, "recipients": 100_000},
         "machine": {"cores": 2, "cpu_model": "Test CPU", "ram_gib": 23.5, "python": "3.11.7"},
         "kafka": {"version": "3.9.1", "where": "local"},
@@ -317,7 +311,7 @@ def test_a_section_on_changed_code_is_flagged() -> None:
 
 
 def test_the_hand_written_tail_of_benchmarks_md_is_kept() -> None:
-    import write_benchmarks_md
+    from bench import write_benchmarks_md
 
     page = "# Benchmarks\n\n| a |\n\n## Reading these figures (hand-written, today)\n\n- x\n"
     assert write_benchmarks_md.hand_written(page) == (
@@ -363,7 +357,7 @@ def alert_quality_results() -> dict[str, object]:
     return {
         "started_at": "2026-12-06T05:00:00+00:00",
         "finished_at": "2026-12-06T05:50:00+00:00",
-        "command": "python bench/alert_quality.py",
+        "command": "python -m bench.alert_quality",
         "git": {"commit": "def5678", "dirty": False},
         "sections": {"alert_quality": section},
     }
@@ -387,12 +381,12 @@ def test_alert_quality_table_has_a_line_per_run_and_the_false_incidents() -> Non
 
 
 def test_a_merged_or_spliced_section_says_which_run_it_comes_from() -> None:
-    import write_benchmarks_md
+    from bench import write_benchmarks_md
 
     merged = report.merge_results(results_fixture(), alert_quality_results())
     text = report.render_benchmarks_md(merged)
     assert "## Alert quality" in text and "## Memory per tracked recipient" in text
-    assert "From a separate run: `python bench/alert_quality.py`" in text
+    assert "From a separate run: `python -m bench.alert_quality`" in text
     assert "commit def5678." in text
     page = "# Benchmarks\n\n## Memory\n\nold\n\n## Notes (hand-written)\n\n- kept\n"
     section = merged["sections"]["alert_quality"]

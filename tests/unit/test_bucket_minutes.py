@@ -12,12 +12,12 @@ from collections import Counter
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from inprocess import T0, Pipeline
 
 from streams.core.aggregates import Bucket
 from streams.core.facts import SendLogRecord, StatusFact
 from streams.core.messages import BucketDelta, Effects, MessageLedger, MessageState
 from streams.simulate import Message, envelope, phone_for, status_item
+from testkit.inprocess import T0, Pipeline
 
 STATUS, SEND_LOG = 100_000, 200_000  # two input sources
 BASE = 29_000_000 * 60

@@ -7,16 +7,11 @@ retention is reached although new recipients keep coming. Recipients are kept 4 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-from soak_state import DAY, SWEPT_FAMILIES, T0, MemoryKeyValue, Soak, Traffic
-
+from bench.soak_state import DAY, SWEPT_FAMILIES, T0, MemoryKeyValue, Soak, Traffic
 from streams.stages.messages import Retention
 from streams.stages.recipients import RecipientRetention
 
