@@ -174,8 +174,9 @@ class Finding(msgspec.Struct, frozen=True):
     since: int | None = None
     #: seconds between reminders while it fires (0: the book's policy)
     repeat_seconds: int = 0
-    #: a change of this value while firing is worth an UPDATED (a storm that grew)
-    update_key: str = ""
+    #: a level above every one notified while it fires is worth an UPDATED (a storm that grew
+    #: past a step; 0: never)
+    update_level: int = 0
 
     @property
     def key(self) -> str:
@@ -306,7 +307,9 @@ class IncidentRecord(msgspec.Struct):
     resolved_at: int | None = None
     waiting_since: int | None = None
     members: dict[str, AlertSnapshot] = {}
-    update_keys: dict[str, str] = {}  # member -> its update_key when last notified
+    #: member -> the highest update_level notified while the incident fires (a storm back down
+    #: to a step it passed is no news)
+    levels: dict[str, int] = {}
 
 
 #: Resolved incidents the book remembers (``BookState.resolved``): 24 h of event time, at most
@@ -461,12 +464,12 @@ class AlertBook:
                         continue  # collecting related alerts first
                 for snap in now_firing:
                     incident.members[snap.key] = snap
-                keys = self._update_keys(firing_records.get(group, []))
+                levels = self._update_levels(firing_records.get(group, []))
                 if not incident.notified:
                     incident.notified, incident.members = True, {s.key: s for s in now_firing}
                     incident.waiting_since = None
                     incident.since = min(s.firing_since or at for s in now_firing)
-                    incident.update_keys = keys
+                    incident.levels = levels
                     out.append(self._message(group, incident, NotificationKind.FIRING, at))
                     continue
                 previous = incident.members.get(incident.headline)
@@ -476,10 +479,9 @@ class AlertBook:
                     previous.state is not AlertState.RESOLVED
                     and now_firing[0].scope.specificity > previous.scope.specificity
                 )
-                grew = any(
-                    key and incident.update_keys.get(member) != key for member, key in keys.items()
-                )
-                incident.update_keys = keys
+                grew = any(n > incident.levels.get(m, 0) for m, n in levels.items())
+                for member, level in levels.items():
+                    incident.levels[member] = max(level, incident.levels.get(member, 0))
                 repeat = min(
                     (r.finding.repeat_seconds for r in firing_records.get(group, [])),
                     default=0,
@@ -503,8 +505,8 @@ class AlertBook:
         return out
 
     @staticmethod
-    def _update_keys(records: list[AlertRecord]) -> dict[str, str]:
-        return {r.finding.key: r.finding.update_key for r in records if r.finding.update_key}
+    def _update_levels(records: list[AlertRecord]) -> dict[str, int]:
+        return {r.finding.key: r.finding.update_level for r in records if r.finding.update_level}
 
     def _remember_resolved(self, message: Notification) -> None:
         kept = self.state.resolved

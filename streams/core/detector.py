@@ -536,6 +536,23 @@ class SpikeDetector:
                 del streak[cls]
         return sorted(fired.values(), key=lambda f: f.key)
 
+    def explained_by(self, finding: Finding, removed: int) -> bool:
+        """Whether the positive spike ``finding`` is one no longer once ``removed`` of its
+        window's sends are taken out as failures of its class: premature resends (sent less than
+        24 h after the recipient's 131049, so expected to fail again) are a resend storm's
+        doing, not a spike of the scope's own traffic."""
+        cls, e = finding.error_class, finding.evidence
+        if removed <= 0 or cls is None or cls not in self.config.thresholds:
+            return False
+        fast = e.window_seconds <= 60  # the last minute's or the partial minute's test
+        t = (self._fast if fast else self.config.thresholds)[cls]
+        errors = e.count - min(removed, e.count)
+        attempts = max(e.attempts - removed, errors)
+        p0 = e.baseline_ratio or 0.0
+        if errors < t.min_count or errors / attempts < max(t.ratio_floor, t.min_rise * p0):
+            return True
+        return binomial_sf(errors, attempts, p0) > t.alpha
+
     def scopes(self) -> list[Scope]:
         """Every scope with minutes kept."""
         return sorted(self._series, key=str)

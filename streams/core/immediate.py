@@ -50,6 +50,7 @@ from streams.core.alerts import (
     Family,
     Finding,
     Scope,
+    ScopeKind,
     Severity,
     Verdict,
 )
@@ -447,6 +448,15 @@ class ResendStormRule:
                 kept.remove(before)
         kept.append(resend)
 
+    def resends_in(self, scope: Scope, lo: int, hi: int) -> int:
+        """Premature resends in ``[lo, hi)`` that belong to ``scope``."""
+        return sum(
+            1
+            for sender, kept in self._resends.items()
+            for r in kept
+            if lo <= r.ts < hi and _belongs(r, sender, scope)
+        )
+
     def export(self, into: ImmediateState) -> None:
         into.storms = [(sender, list(v)) for sender, v in sorted(self._resends.items()) if v]
 
@@ -503,8 +513,23 @@ class ResendStormRule:
             resolve_evaluations=cfg.resolve_evaluations,
             family=Family.STORM,
             since=_storm_start(kept, now, cfg.window_seconds, cfg.threshold),
-            update_key=f"{step}+ recipients",
+            update_level=step,
         )
+
+
+def _belongs(r: Resend, sender: str, scope: Scope) -> bool:
+    """Whether resend ``r`` from ``sender`` is part of ``scope``'s traffic (never of a
+    country's: a resend's country is not kept)."""
+    kind = scope.kind
+    if kind is ScopeKind.COUNTRY or (scope.sender and sender != scope.sender):
+        return False
+    if kind is ScopeKind.SENDER:
+        return sender == scope.key
+    if kind is ScopeKind.TEMPLATE:
+        return r.template == scope.key
+    if kind is ScopeKind.CAMPAIGN:
+        return r.campaign == scope.key
+    return True
 
 
 def _storm_start(resends: list[Resend], now: int, window: int, threshold: int) -> int:

@@ -56,7 +56,9 @@ from streams.core.alerts import (
     Notification,
     Scope,
     ScopeKind,
+    Verdict,
 )
+from streams.core.catalog import ErrorClass
 from streams.core.detector import RULE as SPIKE_RULE
 from streams.core.detector import (
     DetectorConfig,
@@ -88,6 +90,10 @@ RULES_KEY = b"rules"
 STANDING_KEY = b"standing"
 HOURS_KEY = b"detector"
 PENDING_KEY = b"pending"
+
+#: A spike found late that would have fired up to this long before an incident about its alert
+#: fired (that has resolved since) is that incident's episode, not a new one.
+SAME_EPISODE_S = 1800
 
 #: (dim, key, minute) of a minute bucket -> its counts by outcome
 Cells = dict[tuple[str, str, int], dict[str, int]]
@@ -559,14 +565,39 @@ class AlertingStage:
             for key, record in self.book.state.alerts.items()
             if record.finding.rule == SPIKE_RULE and record.state is AlertState.FIRING
         }
+        spikes = self._unexplained(self.detector.evaluate(at, watch))
         for evaluation in (
-            self.detector.evaluate(at, watch),
+            spikes,
             self.standing.evaluate(at, self.detector),
             self.immediate.evaluate(at),
             self.storms.evaluate(at),
         ):
             out.extend(self.book.apply(evaluation))
         return out
+
+    def _unexplained(self, evaluation: Evaluation) -> Evaluation:
+        """The spike evaluation without the 131049 positives that premature resends in their
+        window account for: a retry job's campaign failing again is the resend storm's doing,
+        and the storm's incident names it. An alert already firing keeps its positives
+        (nothing sent is taken back)."""
+        alerts = self.book.state.alerts
+        kept: list[Finding] = []
+        explained = False
+        for f in evaluation.findings:
+            if (
+                f.verdict is Verdict.POSITIVE
+                and f.error_class is ErrorClass.PER_USER_MARKETING_LIMIT
+                and ((a := alerts.get(f.key)) is None or a.state is not AlertState.FIRING)
+            ):
+                end = f.since if f.since is not None else evaluation.at
+                removed = self.storms.resends_in(f.scope, end - f.evidence.window_seconds, end)
+                if self.detector.explained_by(f, removed):
+                    explained = True
+                    continue
+            kept.append(f)
+        if not explained:
+            return evaluation
+        return msgspec.structs.replace(evaluation, findings=tuple(kept))
 
     def _judge_late(self, at: int) -> list[Notification]:
         """Counts that arrived after their minutes were judged (an input the clock stopped
@@ -587,13 +618,31 @@ class AlertingStage:
         for scope, minute in sorted(late.items(), key=lambda item: str(item[0])):
             for finding in self.detector.judge_again(scope, minute + 1, at // 60 - 1):
                 record = alerts.get(finding.key)
-                if record is None or record.state is not AlertState.FIRING:
-                    detail = "found late: its counts arrived after their minutes were judged"
-                    evidence = msgspec.structs.replace(finding.evidence, detail=detail)
-                    findings.append(msgspec.structs.replace(finding, evidence=evidence))
-        if not findings:
+                if (record is not None and record.state is AlertState.FIRING) or self._told(
+                    finding
+                ):
+                    continue
+                detail = "found late: its counts arrived after their minutes were judged"
+                evidence = msgspec.structs.replace(finding.evidence, detail=detail)
+                findings.append(msgspec.structs.replace(finding, evidence=evidence))
+        evaluation = self._unexplained(
+            Evaluation(at=at, rules=frozenset(), findings=tuple(findings))
+        )
+        if not evaluation.findings:
             return []
-        return self.book.apply(Evaluation(at=at, rules=frozenset(), findings=tuple(findings)))
+        return self.book.apply(evaluation)
+
+    def _told(self, finding: Finding) -> bool:
+        """Whether a resolved incident already told of the spike ``finding`` found late: one
+        naming its alert (scope and class) that fired less than :data:`SAME_EPISODE_S` after
+        the spike would have and resolved after that: the same episode, seen on the counts
+        known then. A scope it did not name is news (the template behind a country's spike)."""
+        since = finding.since if finding.since is not None else 0
+        return any(
+            n.since - SAME_EPISODE_S <= since <= n.at
+            and any(s.key == finding.key for s in (n.headline, *n.related))
+            for n in self.book.state.resolved
+        )
 
     def _evaluate_partial(self, at: int) -> list[Notification]:
         """The spike detector's check of the minute in progress at ``at``: positives of alerts
@@ -603,6 +652,7 @@ class AlertingStage:
             return []
         evaluation = self.detector.evaluate_partial(at)
         alerts = self.book.state.alerts
+        evaluation = self._unexplained(evaluation)
         findings = tuple(
             f
             for f in evaluation.findings

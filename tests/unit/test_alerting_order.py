@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from streams.core.alerts import NotificationKind
-from streams.scenarios import build
+from streams.core.alerts import NotificationKind, encode_notification
+from streams.incidents import Incident, incidents_of, score
+from streams.scenarios import Scenario, build
 from testkit.inprocess import (
     Pipeline,
     campaign,
@@ -103,3 +104,38 @@ def test_a_send_log_later_than_the_wait_still_reveals_the_spike_at_its_time() ->
     spike = next(n for n in late if n.headline.scope.key == "small")
     assert spike.at >= T0 + 45 * 60  # known only once the send log came (after the webhooks)
     assert "found late" in spike.headline.evidence.detail
+
+
+def scenario_incidents(name: str, feed: str) -> tuple[Scenario, list[Incident]]:
+    scenario = build(name)
+    traffic, pipeline = scenario_traffic(scenario), Pipeline()
+    if feed == "live":
+        feed_live(traffic, pipeline)
+    elif feed == "backlog":
+        feed_backlog(traffic, pipeline, 1)
+    else:
+        feed_send_log_late(traffic, pipeline, 1, read_all_first=feed == "webhooks_first")
+    pipeline.settle(3_600)
+    return scenario, incidents_of(encode_notification(n) for n in pipeline.notifications)
+
+
+@pytest.mark.parametrize("feed", ["live", "backlog", "late"])
+def test_a_retry_job_is_one_storm_and_no_spike_in_any_feed(feed: str) -> None:
+    """Premature resends failing again make the retry campaign's 131049 share jump: that is
+    the storm (one incident for the number), not a spike of its own."""
+    scenario, incidents = scenario_incidents("resend_storm", feed)
+    result = score(scenario.expected, incidents, scenario.end)
+    assert [m.incident is not None for m in result.matches] == [True]
+    assert result.false == []
+    assert {i.kind for i in incidents} == {"storm"}
+
+
+def test_a_spike_found_late_is_not_told_again_after_its_incident_resolved() -> None:
+    """The send log after every webhook was read: the spike fires on the part attributed by
+    callback data and resolves; the rest, attributed late, is the same episode (no second
+    incident)."""
+    scenario, incidents = scenario_incidents("small_spike", "webhooks_first")
+    assert [(i.kind, str(i.last_headline)) for i in incidents] == [
+        ("spike", "template:promo_small")
+    ]
+    assert score(scenario.expected, incidents, scenario.end).false == []

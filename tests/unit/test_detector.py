@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 
@@ -13,6 +14,7 @@ from streams.core.alerts import (
     AlertBook,
     Evaluation,
     Family,
+    Finding,
     Notification,
     NotificationKind,
     Scope,
@@ -594,3 +596,67 @@ def test_evaluations_list_only_elevated_scopes() -> None:
     det = SpikeDetector()
     det.observe(Scope.for_country("BR"), M0, 1000, {LIMIT: 1})
     assert det.evaluate((M0 + 1) * 60) == Evaluation(at=(M0 + 1) * 60, rules=frozenset({"spike"}))
+
+
+def test_a_storm_that_shrinks_back_past_a_step_is_not_updated_again() -> None:
+    """UPDATED says a storm grew: back down to a step it passed (and up again) is no news."""
+    rule, book = ResendStormRule(ResendStormConfig(threshold=10)), AlertBook()
+    for i in range(25):  # 25 recipients in the first half hour: 20+
+        rule.record("promo", "1555000", T0 + 60 * i, f"r{i}")
+    kinds = [n.kind for n in book.apply(rule.evaluate(T0 + 1500))]
+    assert kinds == [NotificationKind.FIRING]
+    for i in range(25, 55):  # the window reaches 50+
+        rule.record("promo", "1555000", T0 + 1500 + 30 * i - 750, f"r{i}")
+    (grew,) = book.apply(rule.evaluate(T0 + 2400))
+    assert (grew.kind, grew.headline.evidence.count) == (NotificationKind.UPDATED, 55)
+    # the window slides past the early resends: 30 recipients (20+), then 10 (10+)
+    counts = []
+    for at in (T0 + 3600 + 1500, T0 + 3600 + 2100):
+        notes = book.apply(rule.evaluate(at))
+        assert [n.kind for n in notes if n.kind is NotificationKind.UPDATED] == []
+        (record,) = book.state.alerts.values()
+        counts.append(record.finding.evidence.count)
+    assert counts == [30, 10]
+
+
+def test_resends_in_counts_a_scope_s_premature_resends() -> None:
+    rule = ResendStormRule()
+    rule.record("promo", "1555000", T0 + 10, "r1", "retry")
+    rule.record("promo", "1555000", T0 + 20, "r2", "")
+    rule.record("other", "1555000", T0 + 30, "r3", "retry")
+    rule.record("promo", "1555999", T0 + 40, "r4", "retry")
+    rule.record("promo", "1555999", T0 + 400, "r5", "retry")  # outside the window
+    count = functools.partial(rule.resends_in, lo=T0, hi=T0 + 300)
+    assert count(Scope.for_template("promo")) == 3
+    assert count(Scope.for_template("promo", "1555999")) == 1
+    assert count(Scope.for_sender("1555000")) == 3
+    assert count(Scope.for_campaign("retry")) == 3
+    assert count(Scope.for_account()) == 4
+    assert count(Scope.for_country("GB")) == 0  # a resend's country is not kept
+
+
+def _spike_finding(errors: int, attempts: int, baseline_ratio: float = 0.016) -> Finding:
+    det = SpikeDetector()
+    feed(det, SALE, M0, DAY_MINUTES, 100, round(100 * baseline_ratio))
+    spike = M0 + DAY_MINUTES
+    for m in range(spike, spike + 5):
+        det.observe(SALE, m, attempts // 5, {LIMIT: errors // 5})
+    evaluation = det.evaluate((spike + 5) * 60)
+    (finding,) = [f for f in evaluation.findings if f.verdict is Verdict.POSITIVE]
+    assert finding.evidence.window_seconds == 300
+    return finding
+
+
+def test_a_spike_made_of_premature_resends_is_explained_by_them() -> None:
+    """A retry campaign whose resends fail again (20 of 30 in 5 minutes) is not a spike once
+    its premature resends are taken out; a real spike (150 of 500) with a few resends in its
+    window stays one."""
+    det = SpikeDetector()
+    retry = _spike_finding(errors=20, attempts=30)
+    assert det.explained_by(retry, removed=30)
+    assert det.explained_by(retry, removed=12)  # at most 8 of 18 left: under min_count
+    assert not det.explained_by(retry, removed=0)
+    assert not det.explained_by(retry, removed=2)  # 18 of 28 without them: still a spike
+    real = _spike_finding(errors=150, attempts=500)
+    assert not det.explained_by(real, removed=5)
+    assert det.explained_by(real, removed=150)
