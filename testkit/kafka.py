@@ -164,4 +164,11 @@ def wait_drained(
         streak = streak + 1 if lag == 0 else 0
         return streak >= 2
 
-    wait_until(probe, timeout_s, f"consumer group {group} to drain {topics} {what}", 1.0)
+    try:
+        wait_until(probe, timeout_s, f"consumer group {group} to drain {topics} {what}", 1.0)
+    except AssertionError as timed_out:
+        try:  # which topic is behind says which stage stalled
+            behind: object = {t: group_lag(bootstrap, group, [t]) for t in topics}
+        except KafkaError as e:
+            behind = repr(e)
+        raise AssertionError(f"{timed_out}\nlag by topic: {behind}") from None
