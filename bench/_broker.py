@@ -12,7 +12,7 @@ from streams.asyncutil import run_sync
 from streams.localkafka import LocalKafka
 from streams.settings import Settings
 from streams.topics import ensure_topics, source_topics
-from testkit.worker import WorkerProcess, unique_env
+from testkit.worker import IDLE_AS_IN_PRODUCTION, WorkerProcess, unique_env
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,12 @@ def running_worker(
     tmp: Path, bootstrap: str, **env: str
 ) -> Iterator[tuple[WorkerProcess, Settings, dict[str, str]]]:
     """A worker (RocksDB store) on ``bootstrap`` with its topics created; stopped at the end."""
-    worker_env = unique_env(bootstrap, tmp / "state", DELIVERY_MONITOR_STORE="rocksdb://", **env)
+    worker_env = unique_env(
+        bootstrap,
+        tmp / "state",
+        DELIVERY_MONITOR_STORE="rocksdb://",
+        **{**IDLE_AS_IN_PRODUCTION, **env},
+    )
     settings = Settings.from_env(worker_env)
     run_sync(ensure_topics(bootstrap, source_topics(settings), 1))
     worker = WorkerProcess(worker_env, tmp / "worker.log").start()

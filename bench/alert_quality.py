@@ -48,7 +48,7 @@ from streams.scenarios import MODES, SCENARIOS, SPIKE, SUITE, Scenario, build, f
 from streams.settings import Settings
 from streams.topics import ensure_topics, source_topics
 from testkit.kafka import wait_drained
-from testkit.worker import WorkerProcess, unique_env
+from testkit.worker import IDLE_AS_IN_PRODUCTION, WorkerProcess, unique_env
 
 BENCH = Path(__file__).resolve().parent
 
@@ -98,6 +98,7 @@ class Run:
             self.tmp / f"{scenario}-{mode}" / "state",
             DELIVERY_MONITOR_STORE=self.args.store,
             DELIVERY_MONITOR_LOG_LEVEL="warning",
+            **IDLE_AS_IN_PRODUCTION,
         )
         env["DELIVERY_MONITOR_APP_ID"] = (
             f"aq-{scenario}-{mode}-{env['DELIVERY_MONITOR_APP_ID'][5:]}"

@@ -43,7 +43,7 @@ from streams.simulate import spike_campaign
 from streams.topics import ensure_topics, source_topics
 from testkit.kafka import group_lag_async
 from testkit.slack import OutageSlack
-from testkit.worker import WorkerProcess, unique_env
+from testkit.worker import IDLE_AS_IN_PRODUCTION, WorkerProcess, unique_env
 
 CAMPAIGN_START = 1_767_225_600
 CAMPAIGN_S = 40 * 60  # spike_campaign's length in event time
@@ -94,6 +94,7 @@ class Bench:
             DELIVERY_MONITOR_STORE=args.store,
             DELIVERY_MONITOR_SLACK_WEBHOOK_URL=self.slack.url,
             DELIVERY_MONITOR_GRAFANA_URL=GRAFANA,
+            **IDLE_AS_IN_PRODUCTION,
         )
         self.settings = Settings.from_env(self.env)
         self.worker = WorkerProcess(self.env, tmp / "worker.log")

@@ -48,6 +48,10 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
 
 
+#: for tests whose incidents must not depend on a pause in the feed (a SIGKILL, a late send log)
+IDLE_AS_IN_PRODUCTION = {"DELIVERY_MONITOR_ALERT_IDLE_SECONDS": "30"}
+
+
 def unique_env(bootstrap: str, data_dir: Path, **overrides: str) -> dict[str, str]:
     """Environment for one worker under test: its own app id, topics, data dir and port."""
     tag = uuid.uuid4().hex[:10]
@@ -64,6 +68,10 @@ def unique_env(bootstrap: str, data_dir: Path, **overrides: str) -> dict[str, st
         "DELIVERY_MONITOR_LOG_LEVEL": "info",
         # a SIGKILLed worker's partitions move after this many seconds
         "DELIVERY_MONITOR_SESSION_TIMEOUT": "8",
+        # alerting stops waiting for a quiet input (the unused send log) after 5 s, not 30: a
+        # test's incident resolves 25 s sooner; tests that pause or kill mid-feed and compare
+        # incidents keep the production 30 s (IDLE_AS_IN_PRODUCTION)
+        "DELIVERY_MONITOR_ALERT_IDLE_SECONDS": "5",
     }
     env.update(overrides)
     return env

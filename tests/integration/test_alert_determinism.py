@@ -27,7 +27,7 @@ from streams.scenarios import Scenario, build, feed_order
 from streams.settings import Settings
 from streams.topics import ensure_topics, source_topics
 from testkit.kafka import wait_drained
-from testkit.worker import WorkerProcess, get_json, unique_env, wait_until
+from testkit.worker import IDLE_AS_IN_PRODUCTION, WorkerProcess, get_json, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -86,7 +86,12 @@ def fed(
     settings: dict[str, Settings] = {}
     produced: dict[str, dict[str, int]] = {}
     for feed in FEEDS:
-        env = unique_env(kafka_bootstrap, tmp / feed / "state", DELIVERY_MONITOR_STORE="memory://")
+        env = unique_env(
+            kafka_bootstrap,
+            tmp / feed / "state",
+            DELIVERY_MONITOR_STORE="memory://",
+            **IDLE_AS_IN_PRODUCTION,
+        )
         settings[feed] = Settings.from_env(env)
         run_sync(ensure_topics(kafka_bootstrap, source_topics(settings[feed]), 1))
         workers[feed] = WorkerProcess(env, tmp / f"{feed}.log")

@@ -70,7 +70,7 @@ from streams.state import DictKeyValue
 from streams.topics import ensure_topics, source_topics
 from testkit.kafka import committed_offsets, consume_all, produce, produce_keyed, wait_drained
 from testkit.slack import FakeSlack
-from testkit.worker import WorkerProcess, get_json, unique_env, wait_until
+from testkit.worker import IDLE_AS_IN_PRODUCTION, WorkerProcess, get_json, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -478,6 +478,7 @@ def test_five_sigkills_over_200k_events_keep_everything_exact(
             tmp_path / "state",
             DELIVERY_MONITOR_STORE="rocksdb://",
             DELIVERY_MONITOR_SLACK_WEBHOOK_URL=fake.url,
+            **IDLE_AS_IN_PRODUCTION,
             # the broker's minimum: a killed worker's partitions move 6 s after its last beat
             DELIVERY_MONITOR_SESSION_TIMEOUT="6",
         )

@@ -22,7 +22,7 @@ from streams.simulate import spike_campaign
 from streams.topics import ensure_topics, source_topics
 from testkit.kafka import produce
 from testkit.slack import Posted, SlackApi
-from testkit.worker import WorkerProcess, unique_env, wait_until
+from testkit.worker import IDLE_AS_IN_PRODUCTION, WorkerProcess, unique_env, wait_until
 
 pytestmark = [pytest.mark.kafka]
 
@@ -59,7 +59,7 @@ def bot_env(
         DELIVERY_MONITOR_SLACK_CHANNEL="C0DEFAULT",
         DELIVERY_MONITOR_SLACK_API_URL=slack.api_url,
         DELIVERY_MONITOR_GRAFANA_URL="http://grafana.example.test",
-        **extra,
+        **{**IDLE_AS_IN_PRODUCTION, **extra},
     )
     run_sync(ensure_topics(kafka_bootstrap, source_topics(Settings.from_env(env)), 1))
     return env
