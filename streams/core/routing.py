@@ -112,7 +112,8 @@ _SCOPE_FIELDS = {
 
 
 def routing_facts(notification: Notification) -> RoutingFacts:
-    """The facts of the incident's headline and related scopes (the ones its message names)."""
+    """The facts of the incident's headline and related scopes, and the templates and campaigns
+    their evidence lists (what its message names)."""
     found: dict[str, set[str]] = {name: set() for name in _SCOPE_FIELDS.values()}
     for snap in (notification.headline, *notification.related):
         scope = snap.scope
@@ -121,6 +122,8 @@ def routing_facts(notification: Notification) -> RoutingFacts:
             found[name].add(scope.key)
         if scope.sender:
             found["senders"].add(scope.sender)
+        for part in ("templates", "campaigns"):  # a storm names its top ones in its evidence
+            found[part].update(name for name, _ in snap.evidence.breakdown.get(part, ()))
     rule = notification.headline.rule
     return RoutingFacts(
         kind=RULE_KINDS.get(rule, rule),

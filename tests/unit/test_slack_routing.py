@@ -103,6 +103,32 @@ def test_continue_lets_an_incident_reach_several_channels_and_wabas_map_senders(
     assert names(reordered, both) == ["number ops", "growth"]
 
 
+def test_campaigns_and_senders_route_from_scopes_and_from_a_storm_s_evidence() -> None:
+    routes = parse_routes(
+        'default = "C0DEFAULT"\n'
+        '[[route]]\nname = "retries"\nchannel = "C0RETRY"\ncampaigns = ["retry*"]\n'
+        '[[route]]\nname = "number"\nchannel = "C0NUM"\nsenders = ["106540352242923"]\n',
+        "r.toml",
+        mode="bot",
+    )
+    firing = incident_lifecycle()[0]
+    on_campaign = with_scopes(firing, Scope.for_campaign("retry-2026-12"))
+    assert names(routes, on_campaign) == ["retries"]
+    on_number = with_scopes(firing, Scope.for_sender("106540352242923"))
+    assert names(routes, on_number) == ["number"]
+    assert names(routes, with_scopes(firing, Scope.for_sender("1555"))) == ["default"]
+    # a resend storm is about a number; the campaigns it names are in its evidence
+    storm = with_scopes(firing, Scope.for_sender("1555"))
+    evidence = msgspec.structs.replace(
+        storm.headline.evidence, breakdown={"campaigns": [("retry-job", 40)], "templates": []}
+    )
+    storm = msgspec.structs.replace(
+        storm, headline=msgspec.structs.replace(storm.headline, evidence=evidence)
+    )
+    assert routing_facts(storm).campaigns == {"retry-job"}
+    assert names(routes, storm) == ["retries"]
+
+
 def test_kinds_match_the_alert_kind_or_the_rule() -> None:
     firing = incident_lifecycle()[0]
     paused = msgspec.structs.replace(
