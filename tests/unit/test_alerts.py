@@ -358,3 +358,29 @@ def test_a_member_left_firing_after_the_headline_resolved_is_not_announced() -> 
         held = (msgspec.structs.replace(template, verdict=Verdict.HOLD),) if i < 8 else ()
         sent += book.apply(Evaluation(T0 + 60 * i, RULES, held))
     assert [(n.kind, n.headline.scope) for n in sent] == [(NotificationKind.RESOLVED, number)]
+
+
+def test_a_campaign_carrying_most_of_a_spike_is_named_in_its_message() -> None:
+    """The message names the campaign behind at least half of the headline's excess errors
+    (over its baseline), and no campaign when none carries that much."""
+
+    def fired(campaign_errors: int) -> str:
+        def finding(scope: Scope, count: int) -> Finding:
+            return Finding(
+                rule="spike",
+                scope=scope,
+                group="spike:per_user_marketing_limit",
+                verdict=Verdict.POSITIVE,
+                evidence=Evidence(count, 1000, count / 1000, 0.02, 1_440_000, 1e-30, 300),
+                title="131049 spike",
+                error_class=ErrorClass.PER_USER_MARKETING_LIMIT,
+            )
+
+        found = (finding(SALE, 220), finding(Scope.for_campaign("c-42"), campaign_errors))
+        (note,) = AlertBook().apply(Evaluation(T0, frozenset({"spike"}), found))
+        assert note.headline.scope == SALE
+        return json.dumps(render_slack_message(note, grafana_url=GRAFANA))
+
+    # excess over the 2 % baseline: 200 for the template; 160 (80 %) and 40 (20 %) for c-42
+    assert "Mostly campaign `c-42` (80% of the excess errors)" in fired(180)
+    assert "Mostly campaign" not in fired(60)
