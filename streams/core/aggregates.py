@@ -129,6 +129,7 @@ class OutcomeSummary(NamedTuple):
     #: counted for sending numbers only
     account_errors: int
     account_errors_by_class: dict[str, int]
+    account_errors_by_code: dict[str, int]
 
 
 LIMIT_CLASSES = frozenset({"per_user_marketing_limit", "us_marketing_pause"})
@@ -143,6 +144,11 @@ def summarize(counts: Mapping[str, int]) -> OutcomeSummary:
     account = {
         k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("account_error.") and v
     }
+    codes = {
+        k.split(".", 1)[1]: v
+        for k, v in counts.items()
+        if k.startswith("account_error_code.") and v
+    }
     return OutcomeSummary(
         attempted=attempted,
         sent=counts.get("sent", 0),
@@ -155,4 +161,5 @@ def summarize(counts: Mapping[str, int]) -> OutcomeSummary:
         limit_error_ratio=limit / attempted if attempted else 0.0,
         account_errors=sum(account.values()),
         account_errors_by_class=dict(sorted(account.items())),
+        account_errors_by_code=dict(sorted(codes.items())),
     )

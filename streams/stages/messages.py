@@ -98,6 +98,7 @@ class AccountErrorLedger(msgspec.Struct, array_like=True, gc=False):
 
 #: Bucket outcome prefix of account-level errors (in the sender dimension only).
 ACCOUNT_ERROR = "account_error."
+ACCOUNT_ERROR_CODE = "account_error_code."
 
 
 def meta_key(partition: int) -> bytes:
@@ -488,19 +489,24 @@ class MessageStage:
         self, partition: int, facts: list[AccountErrorFact], meta: PartitionMeta
     ) -> None:
         """Count account-level errors once per raw origin: in the sending number's minute
-        buckets (``account_error.<class>``), the stats for metrics, and ``ErrorCount`` signals
-        for the immediate rules. A replayed origin only re-adds its bucket delta, which the
-        bucket skips if it has it (buckets of these deltas are keyed by the origin too)."""
+        buckets (``account_error.<class>``, ``account_error_code.<code>``), the stats for
+        metrics, and ``ErrorCount`` signals for the immediate rules. A replayed origin only
+        re-adds its bucket deltas, which the bucket skips if it has them (buckets of these
+        deltas are keyed by the origin too)."""
         key = account_ledger_key(partition)
         ledger = self.state.get(partition, key, AccountErrorLedger) or AccountErrorLedger()
         writer = self._bucket_writer(partition)
         bucket_index = self._indexes(partition)[1]
         signals = self._signals
         for fact in facts:
-            delta = BucketDelta(
-                "s", fact.sender, fact.timestamp // 60, ACCOUNT_ERROR + fact.error_class, fact.count
-            )
-            for bucket_id in writer.add(fact.origin, [delta]):
+            minute = fact.timestamp // 60
+            deltas = [
+                BucketDelta("s", fact.sender, minute, ACCOUNT_ERROR + fact.error_class, fact.count),
+                BucketDelta(
+                    "s", fact.sender, minute, f"{ACCOUNT_ERROR_CODE}{fact.code}", fact.count
+                ),
+            ]
+            for bucket_id in writer.add(fact.origin, deltas):
                 bucket_index.touch(bucket_id.encode(), bucket_id.minute * 60, meta.buckets)
             if already_applied(ledger.applied, fact.origin):
                 self.stats.replays += 1

@@ -57,6 +57,7 @@ def test_value_errors_are_counted_once_and_alert_per_sending_number(
     window = body["windows"]["5m"]
     assert window["account_errors"] == 25
     assert window["account_errors_by_class"] == {"spam_quality": 25}
+    assert window["account_errors_by_code"] == {"131048": 25}
     assert (window["delivered"], window["failed"]) == (1, 0)  # not failures of messages
     _, throttled = get_json(f"{worker.base_url}/v1/senders/{THROTTLED}?at={t0 + 120}")
     assert isinstance(throttled, dict)

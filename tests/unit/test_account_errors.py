@@ -57,28 +57,36 @@ class Pipeline:
             self.consumed[p] = len(values)
             self.messages.flush(p)
 
-    def sender_counts(self, sender: str = SENDER, minute: int = T0 // 60) -> dict[str, int]:
+    def sender_counts(
+        self, sender: str = SENDER, minute: int = T0 // 60, codes: bool = False
+    ) -> dict[str, int]:
+        """The sender's minute counts by class (and by code with ``codes``)."""
         buckets = []
         for p in range(N):
             raw = self.kv.get(p, BucketId("s", sender, p, minute).encode().encode())
             if raw is not None:
                 buckets.append(decode(raw, Bucket))
-        return sum_counts(buckets)
+        counts = sum_counts(buckets)
+        return {k: v for k, v in counts.items() if codes or not k.startswith("account_error_code.")}
 
 
 def test_account_errors_are_counted_per_sender_class_and_code() -> None:
     run = Pipeline()
     run.raw(0, errors_body([131048] * 25 + [130429] * 3 + [131000]))
     run.consume()
-    counts = run.sender_counts()
+    counts = run.sender_counts(codes=True)
     assert counts == {
         "account_error.spam_quality": 25,
         "account_error.throughput": 3,
         "account_error.transient": 1,
+        "account_error_code.131048": 25,
+        "account_error_code.130429": 3,
+        "account_error_code.131000": 1,
     }
     window = summarize(counts)
     assert (window.account_errors, window.failed, window.attempted) == (29, 0, 0)
     assert window.account_errors_by_class == {"spam_quality": 25, "throughput": 3, "transient": 1}
+    assert window.account_errors_by_code == {"130429": 3, "131000": 1, "131048": 25}
     assert run.messages.stats.take_account_errors() == {
         (SENDER, "spam_quality", 131048): 25,
         (SENDER, "throughput", 130429): 3,
