@@ -53,8 +53,8 @@ import orjson
 from streams.app import Monitor
 from streams.core.advice import AdvicePolicy
 from streams.core.expiry import SweepCursor
-from streams.core.messages import MessageState
-from streams.core.recipients import RecipientState
+from streams.core.ledger import MessageState
+from streams.core.recipient_state import RecipientState
 from streams.core.retries import RetryPlan
 from streams.simulate import Message, envelope, status_item
 from streams.stages import partition_for

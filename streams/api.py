@@ -37,7 +37,7 @@ from streams.core.advice import advise
 from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
 from streams.core.geography import Geography, locate_recipient
 from streams.core.phones import RecipientFormatError, normalize_recipient
-from streams.core.recipients import RecipientState, recipient_view
+from streams.core.recipient_state import RecipientState, recipient_view
 from streams.core.times import iso_utc
 from streams.metrics import monitor_state
 from streams.rankings import (

@@ -26,7 +26,7 @@ from streams.api import recipient_geography
 from streams.core.advice import advise
 from streams.core.audience import Verdict, verdict
 from streams.core.phones import normalize_recipient
-from streams.core.recipients import RecipientState
+from streams.core.recipient_state import RecipientState
 from streams.core.retries import PlanStatus, RetryPlan, plan_record
 from streams.stages import partition_for
 from streams.stages.recipients import (

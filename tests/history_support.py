@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from streams.core.advice import Advice, advise
-from streams.core.recipients import RecipientState
+from streams.core.recipient_state import RecipientState
 from streams.core.signals import ResendSignal
 from streams.simulate_history import History, RecipientTruth
 from streams.stages import partition_for

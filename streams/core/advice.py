@@ -34,7 +34,7 @@ import msgspec
 
 from streams.core.engagement import DEFAULT_POLICY as DEFAULT_ENGAGEMENT
 from streams.core.engagement import Engagement, EngagementPolicy, engagement, window_open
-from streams.core.recipients import RecipientState, count_since
+from streams.core.recipient_state import RecipientState, count_since
 
 HOUR = 3_600
 DAY = 24 * HOUR

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import msgspec
 
 from streams.core.facts import Applied, Position
-from streams.core.messages import BucketDelta
+from streams.core.ledger import BucketDelta
 
 DIMENSIONS = {"t": "template", "s": "sender", "c": "country", "g": "campaign"}
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 if TYPE_CHECKING:
-    from streams.core.recipients import RecipientState
+    from streams.core.recipient_state import RecipientState
 
 DAY = 86_400
 

@@ -75,7 +75,7 @@ from streams.core.immediate import (
     TemplateQualityChange,
     TemplateStatusChange,
 )
-from streams.core.messages import UNKNOWN_TEMPLATE
+from streams.core.ledger import UNKNOWN_TEMPLATE
 from streams.core.signals import PartitionReport, SignalBatch
 from streams.core.standing import StandingRule, StandingState
 from streams.state import KeyValue, Snapshots, decode, encode

@@ -32,7 +32,7 @@ from streams.core.facts import (
     source_partition,
 )
 from streams.core.immediate import ErrorCount
-from streams.core.messages import BucketDelta, Effects, MessageLedger, MessageState
+from streams.core.ledger import BucketDelta, Effects, MessageLedger, MessageState
 from streams.core.signals import (
     INCIDENT_CODES,
     BucketSignal,

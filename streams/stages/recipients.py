@@ -1,6 +1,6 @@
 """Stage 3: per-recipient state (keyed by recipient: phone number, else BSUID).
 
-Besides each recipient's state (:mod:`streams.core.recipients`) the stage keeps, in the same
+Besides each recipient's state (:mod:`streams.core.recipient_state`) the stage keeps, in the same
 table partition, the retry plans of failed messages (:mod:`streams.core.retries`, one key per
 plan, sorted by due time) and an event-time timer index of them. Timers run on the webhooks'
 event time: per stage-2 partition, the newest status time of the facts it sent here, and the
@@ -21,7 +21,7 @@ import msgspec
 
 from streams.core.expiry import ExpiryIndex, SweepCursor
 from streams.core.facts import RecipientFact, RecipientFactKind, decode_batch, source_topic
-from streams.core.recipients import (
+from streams.core.recipient_state import (
     OpenPlan,
     RecipientState,
     Windows,

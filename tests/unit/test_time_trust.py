@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.core.eventtime import TimeVerdict, trust
-from streams.core.recipients import RecipientState
+from streams.core.recipient_state import RecipientState
 from streams.stages.ingest import IngestStage
 from streams.stages.messages import MessageStage
 from streams.stages.recipients import RecipientRetention, RecipientStage, recipient_key
