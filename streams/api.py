@@ -34,14 +34,23 @@ import msgspec
 from aiohttp import web
 
 from streams.core.advice import advise
-from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
+from streams.core.aggregates import Bucket, sum_counts, summarize
 from streams.core.geography import Geography, locate_recipient
+from streams.core.keys import (
+    BucketId,
+    Dimension,
+    messages_meta_key,
+    prefix_range,
+    recipient_key,
+    recipients_meta_key,
+    template_key,
+    template_of_key,
+)
 from streams.core.phones import RecipientFormatError, normalize_recipient
 from streams.core.recipient_state import RecipientState, recipient_view
 from streams.core.times import iso_utc
 from streams.metrics import monitor_state
 from streams.rankings import (
-    DIM_NAMES,
     DIMS,
     WINDOWS,
     BadQuery,
@@ -55,8 +64,8 @@ from streams.rankings import (
 )
 from streams.stages import partition_for
 from streams.stages.alerting import AlertingStage
-from streams.stages.messages import PartitionMeta, TemplateState, meta_key, template_key
-from streams.stages.recipients import RecipientMeta, recipient_key, recipient_meta_key
+from streams.stages.messages import PartitionMeta, TemplateState
+from streams.stages.recipients import RecipientMeta
 from streams.state import decode
 from streams.views import alerts_view
 
@@ -125,13 +134,13 @@ class Api:
     def watermark(self) -> int:
         best = 0
         for p in self.local_partitions(self.messages_topic):
-            raw = self.m.messages_kv.read(meta_key(p), p)
+            raw = self.m.messages_kv.read(messages_meta_key(p), p)
             if raw is not None:
                 best = max(best, decode(raw, PartitionMeta).watermark)
         return best
 
     # -- aggregates -----------------------------------------------------------------------------
-    def local_counts(self, dim: str, key: str, at: int) -> dict[str, dict[str, int]]:
+    def local_counts(self, dim: Dimension, key: str, at: int) -> dict[str, dict[str, int]]:
         """Every window's counts from one read of the longest window's minute buckets (one
         multi-get per local partition)."""
         end = at // 60
@@ -153,11 +162,11 @@ class Api:
 
     def local_template_states(self) -> dict[str, dict[str, Any]]:
         """Every template Meta said something about, on the local partitions (few)."""
-        lo, hi = template_key(""), template_key("")[:-1] + b"\x20"
+        lo, hi = prefix_range(template_key(""))
         out = {}
         for p in self.local_partitions(self.messages_topic):
             for key, raw in self.m.messages_kv.scan(p, lo, hi):
-                out[key[len(lo) :].decode()] = template_state_view(decode(raw, TemplateState))
+                out[template_of_key(key)] = template_state_view(decode(raw, TemplateState))
         return out
 
     async def local(self, request: web.Request) -> web.Response:
@@ -165,7 +174,7 @@ class Api:
         key = request.match_info["key"]
         at = int(request.query["at"])
         body: dict[str, Any] = {"counts": self.local_counts(dim, key, at)}
-        if dim == "t":
+        if dim == Dimension.TEMPLATE:
             body["state"] = self.local_template_state(key)
         return _json(body)
 
@@ -177,7 +186,7 @@ class Api:
         except ValueError:
             return _json({"error": "at must be unix seconds"}, 400)
         counts = self.local_counts(dim, key, at)
-        state = self.local_template_state(key) if dim == "t" else None
+        state = self.local_template_state(key) if dim == Dimension.TEMPLATE else None
         partial = False
         results = await self.ask_peers(f"/v1/_local/{kind}/{quote(key, safe='')}?at={at}")
         for result in results:
@@ -194,18 +203,18 @@ class Api:
         for label, c in counts.items():
             summary = summarize(c)
             windows[label] = {**summary._asdict(), "counts": c}
-        body = {DIM_NAMES[dim]: key, "as_of": at, "windows": windows, "partial": partial}
-        if dim == "t":
+        body = {dim.noun: key, "as_of": at, "windows": windows, "partial": partial}
+        if dim == Dimension.TEMPLATE:
             body["state"] = state
         return _json(body)
 
     # -- rankings -------------------------------------------------------------------------------
-    def local_ranking(self, dim: str, window: str, at: int) -> dict[str, Any]:
+    def local_ranking(self, dim: Dimension, window: str, at: int) -> dict[str, Any]:
         first, end = window_minutes(window, at)
         partitions = self.local_partitions(self.messages_topic)
         counts = local_counts(self.m.messages_kv.scan, partitions, dim, first, end, self.hours)
         body: dict[str, Any] = {"counts": counts}
-        if dim == "t":
+        if dim == Dimension.TEMPLATE:
             body["states"] = self.local_template_states()
         return body
 
@@ -233,7 +242,7 @@ class Api:
                 merge(counts, result["counts"])
                 states = {**result.get("states", {}), **states}
         total, entries = rank(dim, counts, query)
-        if dim == "t":
+        if dim == Dimension.TEMPLATE:
             for entry in entries:
                 entry["state"] = states.get(entry["template"])
         return {
@@ -281,7 +290,7 @@ class Api:
         if partition not in self.local_partitions(self.recipients_topic):
             return await self._forward(rid, request)
         raw = self.m.recipients_kv.read(recipient_key(rid), partition)
-        meta_raw = self.m.recipients_kv.read(recipient_meta_key(partition), partition)
+        meta_raw = self.m.recipients_kv.read(recipients_meta_key(partition), partition)
         now = decode(meta_raw, RecipientMeta).watermark if meta_raw else int(time.time())
         if "at" in request.query:
             now = int(request.query["at"])
@@ -303,7 +312,7 @@ class Api:
 
         def now(partition: int) -> int:
             if partition not in seen:
-                meta_raw = self.m.recipients_kv.read(recipient_meta_key(partition), partition)
+                meta_raw = self.m.recipients_kv.read(recipients_meta_key(partition), partition)
                 watermark = decode(meta_raw, RecipientMeta).watermark if meta_raw else 0
                 seen[partition] = max(watermark, wall)
             return seen[partition]

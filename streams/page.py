@@ -25,7 +25,7 @@ from aiohttp import web
 
 from streams.core.aggregates import LIMIT_CLASSES
 from streams.core.times import iso_utc
-from streams.rankings import DIM_NAMES, DIMS, RankingQuery
+from streams.rankings import DIMS, RankingQuery
 
 if TYPE_CHECKING:
     from streams.api import Api
@@ -137,7 +137,7 @@ def _alerts(overview: Overview) -> str:
 
 
 def _ranking(kind: str, body: dict[str, Any]) -> str:
-    field_name = DIM_NAMES[DIMS[kind]]
+    field_name = DIMS[kind].noun
     entries = body["entries"]
     top = max((x["limit_errors"] for x in entries), default=0)
     rows = []

@@ -25,17 +25,12 @@ from aiohttp import web
 from streams.api import recipient_geography
 from streams.core.advice import advise
 from streams.core.audience import Verdict, verdict
+from streams.core.keys import PLAN_PREFIX, plan_key, recipient_key, recipients_meta_key
 from streams.core.phones import normalize_recipient
 from streams.core.recipient_state import RecipientState
 from streams.core.retries import PlanStatus, RetryPlan, plan_record
 from streams.stages import partition_for
-from streams.stages.recipients import (
-    PLAN_PREFIX,
-    RecipientMeta,
-    plan_key,
-    recipient_key,
-    recipient_meta_key,
-)
+from streams.stages.recipients import RecipientMeta
 from streams.state import decode
 
 if TYPE_CHECKING:
@@ -111,7 +106,7 @@ class SenderApi:
             return int(request.query["at"])
         newest = 0
         for p in self.api.local_partitions(self.api.recipients_topic):
-            raw = self.m.recipients_kv.read(recipient_meta_key(p), p)
+            raw = self.m.recipients_kv.read(recipients_meta_key(p), p)
             if raw is not None:
                 newest = max(newest, decode(raw, RecipientMeta).watermark)
         return max(newest, int(time.time()))
