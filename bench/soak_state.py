@@ -45,13 +45,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Protocol
 
 import orjson
 
-from streams.app import Monitor
-from streams.core.advice import AdvicePolicy
+from streams.core.advice import advice_record  # the worker's own advice records
 from streams.core.expiry import SweepCursor
 from streams.core.keys import (
     BUCKET_INDEX,
@@ -533,14 +531,6 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-_monitor = SimpleNamespace(advice_policy=AdvicePolicy())
-
-
-def advice_record(state: RecipientState, recipient: str, now: int) -> tuple[str, bytes]:
-    """The worker's own advice signature and record (Monitor._advice_record)."""
-    return Monitor._advice_record(_monitor, state, recipient, now)  # type: ignore[arg-type]
 
 
 @dataclass

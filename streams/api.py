@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -35,7 +35,7 @@ from aiohttp import web
 
 from streams.core.advice import advise
 from streams.core.aggregates import Bucket, sum_counts, summarize
-from streams.core.geography import Geography, locate_recipient
+from streams.core.geography import is_us_recipient
 from streams.core.keys import (
     BucketId,
     Dimension,
@@ -50,6 +50,7 @@ from streams.core.phones import RecipientFormatError, normalize_recipient
 from streams.core.recipient_state import RecipientState, recipient_view
 from streams.core.times import iso_utc
 from streams.metrics import monitor_state
+from streams.ports import ApiSource, Table
 from streams.rankings import (
     DIMS,
     WINDOWS,
@@ -68,9 +69,6 @@ from streams.stages.messages import PartitionMeta, TemplateState
 from streams.stages.recipients import RecipientMeta
 from streams.state import decode
 from streams.views import alerts_view
-
-if TYPE_CHECKING:
-    from streams.app import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +89,9 @@ def template_state_view(s: TemplateState) -> dict[str, Any]:
 
 
 class Api:
-    def __init__(self, monitor: Monitor) -> None:
+    """The routes' handlers over what the API reads of the worker (:class:`ApiSource`)."""
+
+    def __init__(self, monitor: ApiSource) -> None:
         self.m = monitor
         self.n = monitor.settings.topic_partitions
         self.region = monitor.settings.default_phone_region
@@ -122,7 +122,7 @@ class Api:
             out.setdefault(tp.topic, []).append(tp.partition)
         return {topic: sorted(ps) for topic, ps in sorted(out.items())}
 
-    def _peers(self) -> list[str]:
+    def peers(self) -> list[str]:
         """Web URLs of the other workers that own partitions of the messages table."""
         try:
             metadata = self.m.app.router.table_metadata(self.m.messages_table.name)
@@ -258,14 +258,14 @@ class Api:
 
     async def ask_peers(self, path: str) -> list[dict[str, Any] | None]:
         """``path`` of every other worker's API (``None`` for one that did not answer)."""
-        peers = self._peers()
+        peers = self.peers()
         if not peers:
             return []
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            return list(await asyncio.gather(*(self._fetch(session, u + path) for u in peers)))
+            return list(await asyncio.gather(*(self.fetch_json(session, u + path) for u in peers)))
 
     @staticmethod
-    async def _fetch(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    async def fetch_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
         try:
             async with session.get(url) as resp:
                 if resp.status != 200:
@@ -376,7 +376,7 @@ class Api:
             if partition_for(rid, self.n) in local:
                 answers[i] = self.local_advice(given, now, at)
             else:
-                owner = self._owner(rid)
+                owner = self.owner_of(rid)
                 if owner is None:
                     answers[i] = {"recipient": given, "error": "owner unknown, retry"}
                 else:
@@ -404,7 +404,7 @@ class Api:
         return _json({"advice": [self.local_advice(r, now, at) for r in body["recipients"]]})
 
     async def _forward(self, rid: str, request: web.Request) -> web.Response:
-        owner = self._owner(rid)
+        owner = self.owner_of(rid)
         if owner is None:
             return _json({"error": "the owner of this recipient is not known yet"}, 503)
         return await self._forward_to(owner, request)
@@ -420,7 +420,7 @@ class Api:
                 status=resp.status, body=await resp.read(), content_type="application/json"
             )
 
-    def _owner(self, key: str, table: Any = None) -> str | None:
+    def owner_of(self, key: str, table: Table | None = None) -> str | None:
         """Web URL of the worker that owns ``key`` of ``table`` (default: recipients)."""
         name = (table if table is not None else self.m.recipients_table).name
         try:
@@ -442,7 +442,7 @@ class Api:
         """``None`` when the alerting stage runs here (or nobody else is known to run it)."""
         if 0 in self.local_partitions(self.signals_topic):
             return None
-        owner = self._owner("stage", self.m.alerting_table)
+        owner = self.owner_of("stage", self.m.alerting_table)
         me = str(self.m.app.conf.canonical_url).rstrip("/")
         return None if owner == me else owner
 
@@ -458,7 +458,7 @@ class Api:
         if owner is None:
             return self.local_alerts()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            return await self._fetch(session, f"{owner}/v1/alerts")
+            return await self.fetch_json(session, f"{owner}/v1/alerts")
 
     async def health(self, request: web.Request) -> web.Response:
         s = self.m.messages.stats
@@ -471,7 +471,7 @@ class Api:
                     "recipients": self.local_partitions(self.recipients_topic),
                 },
                 "watermark": self.watermark(),
-                "peers": self._peers(),
+                "peers": self.peers(),
                 "assigned": self._assigned(),
                 "ingest": {
                     "records": self.m.ingest.stats.records,
@@ -533,19 +533,8 @@ def _optional_at(value: object) -> int | None:
     return int(value)
 
 
-def recipient_geography(rid: str) -> Geography:
-    """Country of a normalized recipient id (phone digits, else a BSUID's region)."""
-    if rid.isdigit():
-        return locate_recipient(rid, None)
-    return locate_recipient(None, rid)
-
-
-def is_us_recipient(rid: str) -> bool:
-    """US number (+1 with a US area code) or a US BSUID: the US marketing pause applies."""
-    return recipient_geography(rid).is_us
-
-
-def register(monitor: Monitor, web_app: web.Application) -> Api:
+def register(monitor: ApiSource, web_app: web.Application) -> Api:
+    """The JSON API's routes (:mod:`streams.sender_api` registers its own next to them)."""
     api = Api(monitor)
     web_app.router.add_get("/v1/health", api.health)
     web_app.router.add_get("/v1/alerts", api.alerts)
@@ -558,7 +547,4 @@ def register(monitor: Monitor, web_app: web.Application) -> Api:
     web_app.router.add_get(f"/v1/_local/{{dim:{dims}}}/{{key}}", api.local)
     web_app.router.add_get(f"/v1/{{dim:{dims}}}", api.ranking)
     web_app.router.add_get(f"/v1/{{dim:{dims}}}/{{key}}", api.aggregate)
-    from streams import sender_api  # audience pre-flight and retry plans (it imports this module)
-
-    sender_api.register(api, web_app)
     return api

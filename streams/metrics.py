@@ -38,12 +38,12 @@ from streams.core.catalog import CATALOG, ErrorClass
 from streams.core.detector import RULE as SPIKE_RULE
 from streams.core.immediate import IMMEDIATE_RULES, RESEND_STORM
 from streams.core.keys import Dimension
+from streams.ports import GaugeSource
 from streams.stages.ingest import LAG_BUCKETS, IngestStats
 from streams.stages.messages import MessageStats
 from streams.stages.recipients import RecipientStats
 
 if TYPE_CHECKING:
-    from streams.app import Monitor
     from streams.lag import LagReport
 
 log = logging.getLogger(__name__)
@@ -498,7 +498,7 @@ class MonitorMetrics:
         for topic in topics:
             self.records_consumed.labels(topic=topic)
 
-    def watch(self, monitor: Monitor) -> None:
+    def watch(self, monitor: GaugeSource) -> None:
         """Serve the scrape-time gauges of ``monitor``'s state (see :func:`monitor_state`)."""
         self.watch_state(lambda: monitor_state(monitor))
 
@@ -762,7 +762,7 @@ class _StateCollector:
         yield from f.values()
 
 
-def monitor_state(monitor: Monitor) -> StateSnapshot:
+def monitor_state(monitor: GaugeSource) -> StateSnapshot:
     """The scrape-time gauges of one worker, from what its stages maintain incrementally.
 
     - recipients opted out / in a 131049 cool-down: per-partition counters in each recipients
