@@ -45,34 +45,40 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Protocol
 
 import orjson
 
-from streams.app import Monitor
-from streams.core.advice import AdvicePolicy
+from streams.core.advice import advice_record  # the worker's own advice records
 from streams.core.expiry import SweepCursor
-from streams.core.messages import MessageState
-from streams.core.recipients import RecipientState
+from streams.core.keys import (
+    BUCKET_INDEX,
+    BUCKET_PREFIX,
+    MESSAGE_INDEX,
+    MESSAGE_PREFIX,
+    PARTITION_RECORD,
+    PLAN_PREFIX,
+    RECIPIENT_INDEX,
+    RETRY_TIMERS,
+    TEMPLATE_PREFIX,
+    BucketId,
+    message_key,
+    messages_meta_key,
+    parse_index_key,
+    recipient_key,
+    recipients_meta_key,
+)
+from streams.core.ledger import MessageState
+from streams.core.recipient_state import RecipientState
 from streams.core.retries import RetryPlan
 from streams.simulate import Message, envelope, status_item
 from streams.stages import partition_for
 from streams.stages.ingest import IngestStage
-from streams.stages.messages import (
-    MessageStage,
-    PartitionMeta,
-    Retention,
-    message_key,
-    meta_key,
-)
+from streams.stages.messages import MessageStage, PartitionMeta, Retention
 from streams.stages.recipients import (
-    PLAN_PREFIX,
     RecipientMeta,
     RecipientRetention,
     RecipientStage,
-    recipient_key,
-    recipient_meta_key,
     timer_clock,
 )
 from streams.state import DictKeyValue, decode
@@ -494,27 +500,27 @@ SWEPT_FAMILIES = (
 
 
 def message_family(key: bytes) -> str:
-    if key.startswith(b"m\x1f"):
+    if key.startswith(MESSAGE_PREFIX.encode()):
         return "messages"
-    if key.startswith(b"b\x1f"):
+    if key.startswith(BUCKET_PREFIX.encode()):
         return "buckets"
-    if key.startswith(b"xm"):
+    if key.startswith(MESSAGE_INDEX.encode()):
         return "message_index"
-    if key.startswith(b"xb"):
+    if key.startswith(BUCKET_INDEX.encode()):
         return "bucket_index"
-    if key.startswith(b"T\x1f"):
+    if key.startswith(TEMPLATE_PREFIX):
         return "templates"
     return "meta"
 
 
 def recipient_family(key: bytes) -> str:
-    if key.startswith(b"xr"):
+    if key.startswith(RECIPIENT_INDEX.encode()):
         return "recipient_index"
-    if key.startswith(b"xq"):
+    if key.startswith(RETRY_TIMERS.encode()):
         return "retry_index"
     if key.startswith(PLAN_PREFIX):
         return "retry_plans"
-    if key.startswith(b"\x00"):
+    if key.startswith(PARTITION_RECORD):
         return "meta"
     return "recipients"
 
@@ -525,14 +531,6 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-_monitor = SimpleNamespace(advice_policy=AdvicePolicy())
-
-
-def advice_record(state: RecipientState, recipient: str, now: int) -> tuple[str, bytes]:
-    """The worker's own advice signature and record (Monitor._advice_record)."""
-    return Monitor._advice_record(_monitor, state, recipient, now)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -632,9 +630,9 @@ class Soak:
     def metas(self) -> tuple[list[PartitionMeta], list[RecipientMeta]]:
         mm, rm = [], []
         for p in range(self.partitions):
-            raw = self.mkv.get(p, meta_key(p))
+            raw = self.mkv.get(p, messages_meta_key(p))
             mm.append(decode(raw, PartitionMeta) if raw is not None else PartitionMeta())
-            raw = self.rkv.get(p, recipient_meta_key(p))
+            raw = self.rkv.get(p, recipients_meta_key(p))
             rm.append(decode(raw, RecipientMeta) if raw is not None else RecipientMeta())
         return mm, rm
 
@@ -721,10 +719,10 @@ class Soak:
                     out["messages"] += last // DAY < m_horizon
                     out["messages_older_than_retention"] += last < m.watermark - r.messages
                 elif family == "buckets":
-                    out["buckets"] += int(key.split(b"\x1f")[3]) < b_horizon
+                    out["buckets"] += BucketId.decode(key).minute < b_horizon
                 elif family in ("message_index", "bucket_index"):
                     cursor = m.messages if family == "message_index" else m.buckets
-                    out[family] += int(key.split(b"\x1f")[2]) < cursor.next_day
+                    out[family] += parse_index_key(key).day < cursor.next_day
             now = timer_clock(rmeta, self.partitions)
             horizon = (now - rr.idle) // DAY
             # a closed retry plan is deleted keep_s after its due time (settled, minute index)
@@ -738,9 +736,9 @@ class Soak:
                         older = rr.expires(state) < now
                         out["recipients_older_than_retention"] += older
                 elif family == "recipient_index":
-                    out[family] += int(key.split(b"\x1f")[2]) < rmeta.cursor.next_day
+                    out[family] += parse_index_key(key).day < rmeta.cursor.next_day
                 elif family == "retry_index":
-                    out[family] += int(key.split(b"\x1f")[2]) < rmeta.retries.next_day
+                    out[family] += parse_index_key(key).day < rmeta.retries.next_day
                 elif family == "retry_plans":
                     out[family] += decode(raw, RetryPlan).due < plans_horizon
         return out

@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -34,14 +34,24 @@ import msgspec
 from aiohttp import web
 
 from streams.core.advice import advise
-from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
-from streams.core.geography import Geography, locate_recipient
+from streams.core.aggregates import Bucket, sum_counts, summarize
+from streams.core.geography import is_us_recipient
+from streams.core.keys import (
+    BucketId,
+    Dimension,
+    messages_meta_key,
+    prefix_range,
+    recipient_key,
+    recipients_meta_key,
+    template_key,
+    template_of_key,
+)
 from streams.core.phones import RecipientFormatError, normalize_recipient
-from streams.core.recipients import RecipientState, recipient_view
+from streams.core.recipient_state import RecipientState, recipient_view
 from streams.core.times import iso_utc
 from streams.metrics import monitor_state
+from streams.ports import ApiSource, Table
 from streams.rankings import (
-    DIM_NAMES,
     DIMS,
     WINDOWS,
     BadQuery,
@@ -55,13 +65,10 @@ from streams.rankings import (
 )
 from streams.stages import partition_for
 from streams.stages.alerting import AlertingStage
-from streams.stages.messages import PartitionMeta, TemplateState, meta_key, template_key
-from streams.stages.recipients import RecipientMeta, recipient_key, recipient_meta_key
+from streams.stages.messages import PartitionMeta, TemplateState
+from streams.stages.recipients import RecipientMeta
 from streams.state import decode
 from streams.views import alerts_view
-
-if TYPE_CHECKING:
-    from streams.app import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +89,9 @@ def template_state_view(s: TemplateState) -> dict[str, Any]:
 
 
 class Api:
-    def __init__(self, monitor: Monitor) -> None:
+    """The routes' handlers over what the API reads of the worker (:class:`ApiSource`)."""
+
+    def __init__(self, monitor: ApiSource) -> None:
         self.m = monitor
         self.n = monitor.settings.topic_partitions
         self.region = monitor.settings.default_phone_region
@@ -113,7 +122,7 @@ class Api:
             out.setdefault(tp.topic, []).append(tp.partition)
         return {topic: sorted(ps) for topic, ps in sorted(out.items())}
 
-    def _peers(self) -> list[str]:
+    def peers(self) -> list[str]:
         """Web URLs of the other workers that own partitions of the messages table."""
         try:
             metadata = self.m.app.router.table_metadata(self.m.messages_table.name)
@@ -125,13 +134,13 @@ class Api:
     def watermark(self) -> int:
         best = 0
         for p in self.local_partitions(self.messages_topic):
-            raw = self.m.messages_kv.read(meta_key(p), p)
+            raw = self.m.messages_kv.read(messages_meta_key(p), p)
             if raw is not None:
                 best = max(best, decode(raw, PartitionMeta).watermark)
         return best
 
     # -- aggregates -----------------------------------------------------------------------------
-    def local_counts(self, dim: str, key: str, at: int) -> dict[str, dict[str, int]]:
+    def local_counts(self, dim: Dimension, key: str, at: int) -> dict[str, dict[str, int]]:
         """Every window's counts from one read of the longest window's minute buckets (one
         multi-get per local partition)."""
         end = at // 60
@@ -153,11 +162,11 @@ class Api:
 
     def local_template_states(self) -> dict[str, dict[str, Any]]:
         """Every template Meta said something about, on the local partitions (few)."""
-        lo, hi = template_key(""), template_key("")[:-1] + b"\x20"
+        lo, hi = prefix_range(template_key(""))
         out = {}
         for p in self.local_partitions(self.messages_topic):
             for key, raw in self.m.messages_kv.scan(p, lo, hi):
-                out[key[len(lo) :].decode()] = template_state_view(decode(raw, TemplateState))
+                out[template_of_key(key)] = template_state_view(decode(raw, TemplateState))
         return out
 
     async def local(self, request: web.Request) -> web.Response:
@@ -165,7 +174,7 @@ class Api:
         key = request.match_info["key"]
         at = int(request.query["at"])
         body: dict[str, Any] = {"counts": self.local_counts(dim, key, at)}
-        if dim == "t":
+        if dim == Dimension.TEMPLATE:
             body["state"] = self.local_template_state(key)
         return _json(body)
 
@@ -177,7 +186,7 @@ class Api:
         except ValueError:
             return _json({"error": "at must be unix seconds"}, 400)
         counts = self.local_counts(dim, key, at)
-        state = self.local_template_state(key) if dim == "t" else None
+        state = self.local_template_state(key) if dim == Dimension.TEMPLATE else None
         partial = False
         results = await self.ask_peers(f"/v1/_local/{kind}/{quote(key, safe='')}?at={at}")
         for result in results:
@@ -194,18 +203,18 @@ class Api:
         for label, c in counts.items():
             summary = summarize(c)
             windows[label] = {**summary._asdict(), "counts": c}
-        body = {DIM_NAMES[dim]: key, "as_of": at, "windows": windows, "partial": partial}
-        if dim == "t":
+        body = {dim.noun: key, "as_of": at, "windows": windows, "partial": partial}
+        if dim == Dimension.TEMPLATE:
             body["state"] = state
         return _json(body)
 
     # -- rankings -------------------------------------------------------------------------------
-    def local_ranking(self, dim: str, window: str, at: int) -> dict[str, Any]:
+    def local_ranking(self, dim: Dimension, window: str, at: int) -> dict[str, Any]:
         first, end = window_minutes(window, at)
         partitions = self.local_partitions(self.messages_topic)
         counts = local_counts(self.m.messages_kv.scan, partitions, dim, first, end, self.hours)
         body: dict[str, Any] = {"counts": counts}
-        if dim == "t":
+        if dim == Dimension.TEMPLATE:
             body["states"] = self.local_template_states()
         return body
 
@@ -233,7 +242,7 @@ class Api:
                 merge(counts, result["counts"])
                 states = {**result.get("states", {}), **states}
         total, entries = rank(dim, counts, query)
-        if dim == "t":
+        if dim == Dimension.TEMPLATE:
             for entry in entries:
                 entry["state"] = states.get(entry["template"])
         return {
@@ -249,14 +258,14 @@ class Api:
 
     async def ask_peers(self, path: str) -> list[dict[str, Any] | None]:
         """``path`` of every other worker's API (``None`` for one that did not answer)."""
-        peers = self._peers()
+        peers = self.peers()
         if not peers:
             return []
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            return list(await asyncio.gather(*(self._fetch(session, u + path) for u in peers)))
+            return list(await asyncio.gather(*(self.fetch_json(session, u + path) for u in peers)))
 
     @staticmethod
-    async def _fetch(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    async def fetch_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
         try:
             async with session.get(url) as resp:
                 if resp.status != 200:
@@ -281,7 +290,7 @@ class Api:
         if partition not in self.local_partitions(self.recipients_topic):
             return await self._forward(rid, request)
         raw = self.m.recipients_kv.read(recipient_key(rid), partition)
-        meta_raw = self.m.recipients_kv.read(recipient_meta_key(partition), partition)
+        meta_raw = self.m.recipients_kv.read(recipients_meta_key(partition), partition)
         now = decode(meta_raw, RecipientMeta).watermark if meta_raw else int(time.time())
         if "at" in request.query:
             now = int(request.query["at"])
@@ -303,7 +312,7 @@ class Api:
 
         def now(partition: int) -> int:
             if partition not in seen:
-                meta_raw = self.m.recipients_kv.read(recipient_meta_key(partition), partition)
+                meta_raw = self.m.recipients_kv.read(recipients_meta_key(partition), partition)
                 watermark = decode(meta_raw, RecipientMeta).watermark if meta_raw else 0
                 seen[partition] = max(watermark, wall)
             return seen[partition]
@@ -367,7 +376,7 @@ class Api:
             if partition_for(rid, self.n) in local:
                 answers[i] = self.local_advice(given, now, at)
             else:
-                owner = self._owner(rid)
+                owner = self.owner_of(rid)
                 if owner is None:
                     answers[i] = {"recipient": given, "error": "owner unknown, retry"}
                 else:
@@ -395,7 +404,7 @@ class Api:
         return _json({"advice": [self.local_advice(r, now, at) for r in body["recipients"]]})
 
     async def _forward(self, rid: str, request: web.Request) -> web.Response:
-        owner = self._owner(rid)
+        owner = self.owner_of(rid)
         if owner is None:
             return _json({"error": "the owner of this recipient is not known yet"}, 503)
         return await self._forward_to(owner, request)
@@ -411,7 +420,7 @@ class Api:
                 status=resp.status, body=await resp.read(), content_type="application/json"
             )
 
-    def _owner(self, key: str, table: Any = None) -> str | None:
+    def owner_of(self, key: str, table: Table | None = None) -> str | None:
         """Web URL of the worker that owns ``key`` of ``table`` (default: recipients)."""
         name = (table if table is not None else self.m.recipients_table).name
         try:
@@ -433,7 +442,7 @@ class Api:
         """``None`` when the alerting stage runs here (or nobody else is known to run it)."""
         if 0 in self.local_partitions(self.signals_topic):
             return None
-        owner = self._owner("stage", self.m.alerting_table)
+        owner = self.owner_of("stage", self.m.alerting_table)
         me = str(self.m.app.conf.canonical_url).rstrip("/")
         return None if owner == me else owner
 
@@ -449,7 +458,7 @@ class Api:
         if owner is None:
             return self.local_alerts()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            return await self._fetch(session, f"{owner}/v1/alerts")
+            return await self.fetch_json(session, f"{owner}/v1/alerts")
 
     async def health(self, request: web.Request) -> web.Response:
         s = self.m.messages.stats
@@ -462,7 +471,7 @@ class Api:
                     "recipients": self.local_partitions(self.recipients_topic),
                 },
                 "watermark": self.watermark(),
-                "peers": self._peers(),
+                "peers": self.peers(),
                 "assigned": self._assigned(),
                 "ingest": {
                     "records": self.m.ingest.stats.records,
@@ -524,19 +533,8 @@ def _optional_at(value: object) -> int | None:
     return int(value)
 
 
-def recipient_geography(rid: str) -> Geography:
-    """Country of a normalized recipient id (phone digits, else a BSUID's region)."""
-    if rid.isdigit():
-        return locate_recipient(rid, None)
-    return locate_recipient(None, rid)
-
-
-def is_us_recipient(rid: str) -> bool:
-    """US number (+1 with a US area code) or a US BSUID: the US marketing pause applies."""
-    return recipient_geography(rid).is_us
-
-
-def register(monitor: Monitor, web_app: web.Application) -> Api:
+def register(monitor: ApiSource, web_app: web.Application) -> Api:
+    """The JSON API's routes (:mod:`streams.sender_api` registers its own next to them)."""
     api = Api(monitor)
     web_app.router.add_get("/v1/health", api.health)
     web_app.router.add_get("/v1/alerts", api.alerts)
@@ -549,7 +547,4 @@ def register(monitor: Monitor, web_app: web.Application) -> Api:
     web_app.router.add_get(f"/v1/_local/{{dim:{dims}}}/{{key}}", api.local)
     web_app.router.add_get(f"/v1/{{dim:{dims}}}", api.ranking)
     web_app.router.add_get(f"/v1/{{dim:{dims}}}/{{key}}", api.aggregate)
-    from streams import sender_api  # audience pre-flight and retry plans (it imports this module)
-
-    sender_api.register(api, web_app)
     return api

@@ -21,16 +21,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
-import msgspec
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from streams import api, page
-from streams.api import is_us_recipient
-from streams.core.advice import AdvicePolicy, advise
+from streams import api, page, sender_api
+from streams.core.advice import AdvicePolicy, advice_record
 from streams.core.alerts import Notification, decode_notification, encode_notification
 from streams.core.attribution import AttributionConfig
 from streams.core.eventtime import TimeTrust, received_at
+from streams.core.recipient_state import RecipientState
 from streams.core.retries import RetryPolicy
 from streams.core.signals import SignalBatch, decode_signals, encode_signals
 from streams.core.times import iso_utc
@@ -477,7 +476,9 @@ class Monitor:
 
         web_app: Any = app.web.web_app  # type: ignore[attr-defined]  # faust's aiohttp driver
         web_app.router.add_get("/metrics", make_aiohttp_handler(registry))
-        page.register(self, web_app, api.register(self, web_app))
+        routes = api.register(self, web_app)
+        sender_api.register(routes, web_app)  # audience pre-flight and retry plans
+        page.register(self, web_app, routes)
 
     def _alerting_stage(self) -> AlertingStage:
         s = self.settings
@@ -514,17 +515,8 @@ class Monitor:
         await self._signal(self.ingest.drain_signals())
         self.metrics.observe_ingest(self.ingest.stats)
 
-    def _advice_record(self, state: Any, recipient: str, now: int) -> tuple[str, bytes]:
-        advice = advise(
-            state, recipient, now, is_us=is_us_recipient(recipient), policy=self.advice_policy
-        )
-        tier = advice.engagement.tier if advice.engagement is not None else ""
-        signature = (
-            f"{advice.may_send_marketing}|{','.join(advice.reasons)}|"
-            f"{None if advice.may_send_marketing else advice.not_before}|"
-            f"{advice.customer_service_window_open_until}|{tier}"
-        )
-        return signature, msgspec.json.encode(advice)
+    def _advice_record(self, state: RecipientState, recipient: str, now: int) -> tuple[str, bytes]:
+        return advice_record(state, recipient, now, self.advice_policy)
 
     async def _signal(self, batch: SignalBatch | None) -> None:
         """Send and wait until Kafka has it: a stage commits its inputs after this, and

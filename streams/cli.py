@@ -225,11 +225,11 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_audience(settings: Settings, args: argparse.Namespace) -> int:
-    from streams import audience
+    from streams import audience_cli
 
     try:
-        return audience.run(audience.options_from(args, settings))
-    except audience.AudienceError as exc:
+        return audience_cli.run(audience_cli.options_from(args, settings))
+    except audience_cli.AudienceError as exc:
         raise CliError(str(exc)) from exc
 
 
@@ -243,9 +243,9 @@ def cmd_slack(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
-    from streams import inspect
+    from streams import inspection
 
-    return inspect.main(args.rest)
+    return inspection.main(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,12 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("rest", nargs=argparse.REMAINDER)
     inspect.set_defaults(func=cmd_inspect)
 
-    from streams import audience, demo, replay
+    from streams import audience_cli, demo, replay
 
     for name, func, module, text in (
         ("demo", cmd_demo, demo, "realistic webhook traffic with a 131049 spike, to the raw topic"),
         ("replay", cmd_replay, replay, "produce saved webhook logs to the raw topic, in order"),
-        ("audience", cmd_audience, audience, "pre-flight of a recipient list: now, wait, never"),
+        (
+            "audience",
+            cmd_audience,
+            audience_cli,
+            "pre-flight of a recipient list: now, wait, never",
+        ),
     ):
         command = sub.add_parser(name, help=text, description=module.DESCRIPTION)
         module.add_arguments(command)
@@ -325,9 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["inspect"]:
-        from streams import inspect  # its own options, leading ones included
+        from streams import inspection  # its own options, leading ones included
 
-        return inspect.main(argv[1:])
+        return inspection.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()

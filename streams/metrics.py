@@ -37,12 +37,13 @@ from streams.core.attribution import UNATTRIBUTED_REASONS
 from streams.core.catalog import CATALOG, ErrorClass
 from streams.core.detector import RULE as SPIKE_RULE
 from streams.core.immediate import IMMEDIATE_RULES, RESEND_STORM
+from streams.core.keys import Dimension
+from streams.ports import GaugeSource
 from streams.stages.ingest import LAG_BUCKETS, IngestStats
 from streams.stages.messages import MessageStats
 from streams.stages.recipients import RecipientStats
 
 if TYPE_CHECKING:
-    from streams.app import Monitor
     from streams.lag import LagReport
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,8 @@ class StateSnapshot:
     recipients_in_cooldown: int = 0
     recipients_opted_out: int = 0
     templates_paused: int = 0
-    #: (dim, key) -> (attempted, limit errors) over the last 5 minutes of event time;
-    #: dim ``t`` = template, ``s`` = sending number.
+    #: (dim, key) -> (attempted, limit errors) over the last 5 minutes of event time (dim: a
+    #: :class:`~streams.core.keys.Dimension`, template or sending number).
     recent: Mapping[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
 
@@ -451,11 +452,11 @@ class MonitorMetrics:
             campaign_label_cap,
             self.campaign_overflow,
         )
-        self._dims = {
-            "t": self.templates,
-            "s": self.senders,
-            "c": self.countries,
-            "g": self.campaigns,
+        self._dims: dict[str, _Dimension] = {
+            Dimension.TEMPLATE: self.templates,
+            Dimension.SENDER: self.senders,
+            Dimension.COUNTRY: self.countries,
+            Dimension.CAMPAIGN: self.campaigns,
         }
         self._precreate()
 
@@ -497,7 +498,7 @@ class MonitorMetrics:
         for topic in topics:
             self.records_consumed.labels(topic=topic)
 
-    def watch(self, monitor: Monitor) -> None:
+    def watch(self, monitor: GaugeSource) -> None:
         """Serve the scrape-time gauges of ``monitor``'s state (see :func:`monitor_state`)."""
         self.watch_state(lambda: monitor_state(monitor))
 
@@ -702,25 +703,25 @@ class _StateCollector:
                 "templates_paused",
                 "Templates whose last status update from Meta is PAUSED or DISABLED",
             ),
-            "t_ratio": gauge(
+            f"{Dimension.TEMPLATE}_ratio": gauge(
                 "template_limit_error_ratio",
                 "Limit errors (131049 per-user limit and US pause) / attempted sends per "
                 "template over the last 5 minutes of event time (this worker's partitions)",
                 ["template"],
             ),
-            "t_attempts": gauge(
+            f"{Dimension.TEMPLATE}_attempts": gauge(
                 "template_window_attempts",
                 "Attempted sends per template in the same 5-minute window (to weight ratios "
                 "across workers)",
                 ["template"],
             ),
-            "s_ratio": gauge(
+            f"{Dimension.SENDER}_ratio": gauge(
                 "sender_limit_error_ratio",
                 "Limit errors / attempted sends per sending number over the last 5 minutes of "
                 "event time (this worker's partitions)",
                 ["sender"],
             ),
-            "s_attempts": gauge(
+            f"{Dimension.SENDER}_attempts": gauge(
                 "sender_window_attempts",
                 "Attempted sends per sending number in the same 5-minute window",
                 ["sender"],
@@ -741,9 +742,13 @@ class _StateCollector:
         f["opted_out"].add_metric([], snap.recipients_opted_out)
         f["paused"].add_metric([], snap.templates_paused)
         m = self.metrics
+        gauged: dict[str, _Dimension] = {
+            Dimension.TEMPLATE: m.templates,
+            Dimension.SENDER: m.senders,
+        }
         folded: dict[tuple[str, str], list[int]] = {}
         for (dim, key), (attempts, limit) in snap.recent.items():
-            d = m.templates if dim == "t" else m.senders if dim == "s" else None
+            d = gauged.get(dim)
             if d is None or d.cap is None:
                 continue
             cell = folded.setdefault((dim, d.cap.peek(key)), [0, 0])
@@ -757,7 +762,7 @@ class _StateCollector:
         yield from f.values()
 
 
-def monitor_state(monitor: Monitor) -> StateSnapshot:
+def monitor_state(monitor: GaugeSource) -> StateSnapshot:
     """The scrape-time gauges of one worker, from what its stages maintain incrementally.
 
     - recipients opted out / in a 131049 cool-down: per-partition counters in each recipients

@@ -25,11 +25,11 @@ from aiohttp import web
 
 from streams.core.aggregates import LIMIT_CLASSES
 from streams.core.times import iso_utc
-from streams.rankings import DIM_NAMES, DIMS, RankingQuery
+from streams.ports import PageSource
+from streams.rankings import DIMS, RankingQuery
 
 if TYPE_CHECKING:
     from streams.api import Api
-    from streams.app import Monitor
 
 log = logging.getLogger("streams.summary")
 
@@ -137,7 +137,7 @@ def _alerts(overview: Overview) -> str:
 
 
 def _ranking(kind: str, body: dict[str, Any]) -> str:
-    field_name = DIM_NAMES[DIMS[kind]]
+    field_name = DIMS[kind].noun
     entries = body["entries"]
     top = max((x["limit_errors"] for x in entries), default=0)
     rows = []
@@ -258,7 +258,7 @@ def render(overview: Overview) -> str:
     )
 
 
-async def gather(api: Api, monitor: Monitor) -> Overview:
+async def gather(api: Api, monitor: PageSource) -> Overview:
     """The page's data, summed across workers like the JSON endpoints."""
     query = RankingQuery("1h", None, "limit_errors", TOP)
     alerts, *bodies = await asyncio.gather(
@@ -324,7 +324,7 @@ class Summary:
     """Once a minute (the setting): statuses per second and limit errors since the last line,
     read from this worker's counters, and the open incidents."""
 
-    def __init__(self, api: Api, monitor: Monitor, clock: Any = time.monotonic) -> None:
+    def __init__(self, api: Api, monitor: PageSource, clock: Any = time.monotonic) -> None:
         self.api, self.monitor, self.clock = api, monitor, clock
         self._last = (clock(), self._totals())
         s = monitor.settings
@@ -348,7 +348,7 @@ class Summary:
         return summary_line(overview, seconds, rate, totals[1] - limits, self.url)
 
 
-def register(monitor: Monitor, web_app: web.Application, api: Api) -> None:
+def register(monitor: PageSource, web_app: web.Application, api: Api) -> None:
     """The page at ``/`` and, every ``summary_interval_s``, the summary line in the log."""
 
     async def page(request: web.Request) -> web.Response:

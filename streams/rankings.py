@@ -23,13 +23,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from streams.core.aggregates import Bucket, summarize
+from streams.core.keys import Dimension, bucket_name, bucket_prefix
 from streams.state import decode
 
 WINDOWS = {"5m": 5, "1h": 60, "24h": 1440}
-#: path segment -> bucket dimension code
-DIMS = {"templates": "t", "senders": "s", "countries": "c", "campaigns": "g"}
-#: bucket dimension code -> the name's field in the JSON answers
-DIM_NAMES = {"t": "template", "s": "sender", "c": "country", "g": "campaign"}
+#: path segment -> bucket dimension
+DIMS = {
+    "templates": Dimension.TEMPLATE,
+    "senders": Dimension.SENDER,
+    "countries": Dimension.COUNTRY,
+    "campaigns": Dimension.CAMPAIGN,
+}
 #: sort keys: the summary fields, largest first, and ``name`` (alphabetical)
 SORTS = (
     "limit_errors",
@@ -88,10 +92,6 @@ def window_minutes(window: str, at: int) -> tuple[int, int]:
     return end - WINDOWS[window], end
 
 
-def _prefix(dim: str, partition: int, minute: int) -> bytes:
-    return f"b\x1f{dim}\x1f{partition}\x1f{minute}\x1f".encode()
-
-
 def _spans(first: int, end: int) -> Iterator[tuple[int, int]]:
     """``[first, end)`` cut where the minute's number of digits changes (keys sort as text)."""
     while first < end:
@@ -105,8 +105,9 @@ def scan_minutes(
 ) -> None:
     """Add the counts of the ``dim`` buckets of minutes ``[first, end)`` to ``into`` (by name)."""
     for lo, hi in _spans(first, end):
-        for key, raw in scan(partition, _prefix(dim, partition, lo), _prefix(dim, partition, hi)):
-            name = key.split(b"\x1f", 4)[4].decode()
+        start, stop = bucket_prefix(dim, partition, lo), bucket_prefix(dim, partition, hi)
+        for key, raw in scan(partition, start, stop):
+            name = bucket_name(key)
             total = into.get(name)
             if total is None:
                 total = into[name] = {}
@@ -196,9 +197,9 @@ def rank(
     dim: str, counts: Mapping[str, Counts], query: RankingQuery
 ) -> tuple[int, list[dict[str, Any]]]:
     """(names with traffic, the first ``limit`` entries in ``query.sort`` order): each entry is
-    the name, the window's summary fields (as the per-name endpoints give them) and its
-    counts. Ties go by name."""
-    field = DIM_NAMES[dim]
+    the name (under the :class:`Dimension`'s noun), the window's summary fields (as the
+    per-name endpoints give them) and its counts. Ties go by name."""
+    field = Dimension(dim).noun
     entries = []
     for name, c in counts.items():
         nonzero = {k: v for k, v in sorted(c.items()) if v}

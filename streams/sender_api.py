@@ -22,24 +22,19 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from streams.api import recipient_geography
 from streams.core.advice import advise
 from streams.core.audience import Verdict, verdict
+from streams.core.geography import recipient_geography
+from streams.core.keys import PLAN_PREFIX, plan_key, recipient_key, recipients_meta_key
 from streams.core.phones import normalize_recipient
-from streams.core.recipients import RecipientState
+from streams.core.recipient_state import RecipientState
 from streams.core.retries import PlanStatus, RetryPlan, plan_record
 from streams.stages import partition_for
-from streams.stages.recipients import (
-    PLAN_PREFIX,
-    RecipientMeta,
-    plan_key,
-    recipient_key,
-    recipient_meta_key,
-)
+from streams.stages.recipients import RecipientMeta
 from streams.state import decode
 
 if TYPE_CHECKING:
-    from streams.api import Api  # (streams.api registers these routes)
+    from streams.api import Api
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +106,7 @@ class SenderApi:
             return int(request.query["at"])
         newest = 0
         for p in self.api.local_partitions(self.api.recipients_topic):
-            raw = self.m.recipients_kv.read(recipient_meta_key(p), p)
+            raw = self.m.recipients_kv.read(recipients_meta_key(p), p)
             if raw is not None:
                 newest = max(newest, decode(raw, RecipientMeta).watermark)
         return max(newest, int(time.time()))
@@ -188,7 +183,7 @@ class SenderApi:
                 mine.append((n, given))
                 continue
             if p not in owners:
-                owners[p] = self.api._owner(rid)
+                owners[p] = self.api.owner_of(rid)
             owner = owners[p]
             if owner is None:
                 mine.append((n, None))  # judged as an error below
@@ -276,12 +271,12 @@ class SenderApi:
             )
         plans = [plan_record(p) for p in self.local_retries(due_before, limit, statuses)]
         partial = False
-        peers = self.api._peers()
+        peers = self.api.peers()
         if peers:
             query = f"due_before={due_before}&limit={limit}&status={','.join(sorted(statuses))}"
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
                 results = await asyncio.gather(
-                    *(self.api._fetch(session, f"{u}/v1/_local/retries?{query}") for u in peers)
+                    *(self.api.fetch_json(session, f"{u}/v1/_local/retries?{query}") for u in peers)
                 )
             for result in results:
                 if result is None:

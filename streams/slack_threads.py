@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from streams.core.alerts import Notification
+from streams.core.keys import THREAD_INDEX_KEY, thread_record_key
 from streams.core.routing import Route, RoutingTable
 from streams.core.slack_format import render_slack_message
 from streams.core.threads import (
@@ -72,8 +73,6 @@ class ThreadStore:
     key lists every record with its last change); a firing incident's REPEAT keeps it fresh.
     """
 
-    INDEX = b"index"
-
     def __init__(
         self,
         kv: KeyValue,
@@ -87,13 +86,13 @@ class ThreadStore:
         self.retention_s, self.max_records = retention_s, max_records
 
     def get(self, key: str) -> ThreadRecord:
-        raw = self.kv.get(0, b"thread:" + key.encode())
+        raw = self.kv.get(0, thread_record_key(key))
         return decode(raw, ThreadRecord) if raw is not None else ThreadRecord(channels={})
 
     async def save(self, key: str, record: ThreadRecord) -> None:
         now = record.touched = self._wall()
-        self.kv.set(0, b"thread:" + key.encode(), encode(record))
-        raw = self.kv.get(0, self.INDEX)
+        self.kv.set(0, thread_record_key(key), encode(record))
+        raw = self.kv.get(0, THREAD_INDEX_KEY)
         index: dict[str, float] = decode(raw, dict[str, float]) if raw is not None else {}
         index.pop(key, None)
         index[key] = now  # last: the index is kept in order of last change
@@ -101,8 +100,8 @@ class ThreadStore:
         stale += [k for k in list(index)[: max(0, len(index) - self.max_records)]]
         for old in stale:
             if index.pop(old, None) is not None:
-                self.kv.delete(0, b"thread:" + old.encode())
-        self.kv.set(0, self.INDEX, encode(index))
+                self.kv.delete(0, thread_record_key(old))
+        self.kv.set(0, THREAD_INDEX_KEY, encode(index))
         if self._persist is not None:
             await self._persist()
 

@@ -13,13 +13,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from streams.core.advice import Advice, advise
-from streams.core.recipients import RecipientState
+from streams.core.keys import recipient_key
+from streams.core.recipient_state import RecipientState
 from streams.core.signals import ResendSignal
 from streams.simulate_history import History, RecipientTruth
 from streams.stages import partition_for
 from streams.stages.ingest import IngestStage
 from streams.stages.messages import MessageStage
-from streams.stages.recipients import RecipientStage, recipient_key
+from streams.stages.recipients import RecipientStage
 from streams.state import DictKeyValue, decode
 
 HOUR = 3_600

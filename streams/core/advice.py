@@ -34,7 +34,8 @@ import msgspec
 
 from streams.core.engagement import DEFAULT_POLICY as DEFAULT_ENGAGEMENT
 from streams.core.engagement import Engagement, EngagementPolicy, engagement, window_open
-from streams.core.recipients import RecipientState, count_since
+from streams.core.geography import is_us_recipient
+from streams.core.recipient_state import RecipientState, count_since
 
 HOUR = 3_600
 DAY = 24 * HOUR
@@ -144,3 +145,19 @@ def advise(
         known=state is not None,
         engagement=engagement(state, now, policy.engagement),
     )
+
+
+def advice_record(
+    state: RecipientState | None, recipient: str, now: int, policy: AdvicePolicy = AdvicePolicy()
+) -> tuple[str, bytes]:
+    """The advice topic's record for ``recipient`` (a normalized id) at ``now`` (JSON), and its
+    signature: what a sender acts on (may send, reasons, not before, the customer-service
+    window, the engagement tier). A record is published only when its signature changed."""
+    advice = advise(state, recipient, now, is_us=is_us_recipient(recipient), policy=policy)
+    tier = advice.engagement.tier if advice.engagement is not None else ""
+    signature = (
+        f"{advice.may_send_marketing}|{','.join(advice.reasons)}|"
+        f"{None if advice.may_send_marketing else advice.not_before}|"
+        f"{advice.customer_service_window_open_until}|{tier}"
+    )
+    return signature, msgspec.json.encode(advice)

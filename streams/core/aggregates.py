@@ -15,21 +15,8 @@ from typing import NamedTuple
 import msgspec
 
 from streams.core.facts import Applied, Position
-from streams.core.messages import BucketDelta
-
-DIMENSIONS = {"t": "template", "s": "sender", "c": "country", "g": "campaign"}
-
-
-class BucketId(NamedTuple):
-    """One minute of one dimension value on one partition."""
-
-    dim: str
-    key: str
-    partition: int
-    minute: int
-
-    def encode(self) -> str:
-        return f"b\x1f{self.dim}\x1f{self.partition}\x1f{self.minute}\x1f{self.key}"
+from streams.core.keys import BucketId
+from streams.core.ledger import BucketDelta
 
 
 class Bucket(msgspec.Struct, array_like=True, gc=False):

@@ -110,6 +110,7 @@ from streams.core.alerts import (
     alert_key,
 )
 from streams.core.catalog import ErrorClass
+from streams.core.keys import Dimension
 
 RULE = "spike"
 
@@ -380,17 +381,16 @@ class _Series:
             self.applied[hour] = record.applied
 
 
-_DIMENSION_KINDS = {
-    "t": ScopeKind.TEMPLATE,
-    "s": ScopeKind.SENDER,
-    "c": ScopeKind.COUNTRY,
-    "g": ScopeKind.CAMPAIGN,
+_DIMENSION_KINDS: dict[str, ScopeKind] = {
+    Dimension.TEMPLATE: ScopeKind.TEMPLATE,
+    Dimension.SENDER: ScopeKind.SENDER,
+    Dimension.COUNTRY: ScopeKind.COUNTRY,
+    Dimension.CAMPAIGN: ScopeKind.CAMPAIGN,
 }
 
 
 def scope_of_bucket(dim: str, key: str) -> Scope:
-    """The scope of a minute bucket's dimension (``t`` template, ``s`` sender, ``c`` country,
-    ``g`` campaign)."""
+    """The scope of a minute bucket of dimension ``dim`` (a :class:`Dimension`)."""
     return Scope(_DIMENSION_KINDS[dim], key)
 
 

@@ -17,14 +17,29 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 
-if TYPE_CHECKING:
-    from streams.core.recipients import RecipientState
-
 DAY = 86_400
+
+
+class History(Protocol):
+    """What engagement reads of a recipient's state
+    (:class:`streams.core.recipient_state.RecipientState`, which builds its API view with
+    :func:`engagement`)."""
+
+    @property
+    def marketing_delivered(self) -> list[int]: ...
+
+    @property
+    def marketing_read(self) -> list[int]: ...
+
+    @property
+    def last_inbound(self) -> int: ...
+
+    @property
+    def csw_open_until(self) -> int: ...
 
 
 class EngagementTier(enum.StrEnum):
@@ -58,7 +73,7 @@ def _count(times: list[int], since: int, until: int) -> int:
     return sum(1 for t in times if since < t <= until)
 
 
-def window_open(state: RecipientState, now: int) -> bool:
+def window_open(state: History, now: int) -> bool:
     """A customer-service window is open at ``now``: the user wrote less than 24 h before."""
     if state.last_inbound and state.last_inbound <= now:
         return now - state.last_inbound < DAY
@@ -66,7 +81,7 @@ def window_open(state: RecipientState, now: int) -> bool:
 
 
 def engagement(
-    state: RecipientState | None, now: int, policy: EngagementPolicy = DEFAULT_POLICY
+    state: History | None, now: int, policy: EngagementPolicy = DEFAULT_POLICY
 ) -> Engagement:
     """The recipient's engagement at ``now`` (``state`` None: a recipient never seen)."""
     if state is None:

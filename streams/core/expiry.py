@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import msgspec
 
+from streams.core.keys import chunk_key, manifest_key
+
 DAY = 86_400
 
 
@@ -22,14 +24,6 @@ class SweepCursor(msgspec.Struct, array_like=True, gc=False):
 
     next_day: int = -1
     chunk: int = 0
-
-
-def manifest_key(prefix: str, partition: int, day: int) -> str:
-    return f"{prefix}m\x1f{partition}\x1f{day}"
-
-
-def chunk_key(prefix: str, partition: int, day: int, index: int) -> str:
-    return f"{prefix}c\x1f{partition}\x1f{day}\x1f{index}"
 
 
 class ExpiryIndex:

@@ -167,6 +167,18 @@ def locate_recipient(phone: str | None, user_id: str | None) -> Geography:
     return _DEFAULT.recipient(phone, user_id)
 
 
+def recipient_geography(rid: str) -> Geography:
+    """Country of a normalized recipient id (phone digits, else a BSUID's region)."""
+    if rid.isdigit():
+        return locate_recipient(rid, None)
+    return locate_recipient(None, rid)
+
+
+def is_us_recipient(rid: str) -> bool:
+    """US number (+1 with a US area code) or a US BSUID: the US marketing pause applies."""
+    return recipient_geography(rid).is_us
+
+
 def default_resolver() -> GeographyResolver:
     """The process-wide resolver used by :func:`streams.core.parse.parse_webhook`."""
     return _DEFAULT

@@ -24,6 +24,7 @@ from typing import Final
 import msgspec
 
 from streams.core import _wire as w
+from streams.core.account_updates import notification_event
 from streams.core.catalog import ErrorClass, classify
 from streams.core.events import (
     AccountErrorEvent,
@@ -39,7 +40,6 @@ from streams.core.events import (
     UserPreferenceEvent,
 )
 from streams.core.geography import GeographyResolver, default_resolver
-from streams.core.notifications import notification_event
 
 MAX_PAYLOAD_BYTES: Final = 3 * 1024 * 1024
 """Meta sends webhook bodies of up to 3 MB; anything larger is rejected unread."""

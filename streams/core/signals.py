@@ -20,7 +20,7 @@ INCIDENT_CODES = frozenset({131042, 131048, 471})
 
 
 class BucketSignal(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """Deltas of one minute bucket (``dim``: t template, s sender, c country).
+    """Deltas of one minute bucket (``dim``: a :class:`~streams.core.keys.Dimension`'s code).
 
     ``source`` is the input (topic partition) the deltas came from and ``upto`` the offset of
     the last input that contributed: deltas re-derived from inputs replayed after a crash

@@ -75,7 +75,21 @@ from streams.core.immediate import (
     TemplateQualityChange,
     TemplateStatusChange,
 )
-from streams.core.messages import UNKNOWN_TEMPLATE
+from streams.core.keys import (
+    BOOK_KEY,
+    HOURS_KEY,
+    PENDING_KEY,
+    RESOLVED_KEY,
+    RULES_KEY,
+    STAGE_KEY,
+    STANDING_KEY,
+    Dimension,
+    hour_index_key,
+    hour_key,
+    pending_key,
+    standing_hour_key,
+)
+from streams.core.ledger import UNKNOWN_TEMPLATE
 from streams.core.signals import PartitionReport, SignalBatch
 from streams.core.standing import StandingRule, StandingState
 from streams.state import KeyValue, Snapshots, decode, encode
@@ -83,13 +97,6 @@ from streams.state import KeyValue, Snapshots, decode, encode
 log = logging.getLogger(__name__)
 
 PARTITION = 0  # the alerting table has one partition
-STAGE_KEY = b"stage"
-BOOK_KEY = b"book"
-RESOLVED_KEY = b"resolved"
-RULES_KEY = b"rules"
-STANDING_KEY = b"standing"
-HOURS_KEY = b"detector"
-PENDING_KEY = b"pending"
 
 #: A spike found late that would have fired up to this long before an incident about its alert
 #: fired (that has resolved since) is that incident's episode, not a new one.
@@ -97,22 +104,8 @@ SAME_EPISODE_S = 1800
 
 #: (dim, key, minute) of a minute bucket -> its counts by outcome
 Cells = dict[tuple[str, str, int], dict[str, int]]
-
-
-def hour_index_key(hour: int) -> bytes:
-    return b"dh\x1f%d" % hour
-
-
-def hour_key(scope: Scope, hour: int) -> bytes:
-    return f"d\x1f{hour}\x1f{scope.kind}\x1f{scope.sender}\x1f{scope.key}".encode()
-
-
-def pending_key(point: int) -> bytes:
-    return b"q\x1f%d" % point
-
-
-def standing_hour_key(hour: int) -> bytes:
-    return b"us\x1f%d" % hour
+#: Dimensions whose names come from attribution (template ``unknown``, no campaign: not judged)
+_ATTRIBUTED = (Dimension.TEMPLATE, Dimension.CAMPAIGN)
 
 
 class Channel(msgspec.Struct, array_like=True, gc=False):
@@ -375,7 +368,7 @@ class AlertingStage:
                     continue  # re-derived from a replayed input whose signal came through
                 if b.upto > self._absorbed.get(b.source, -1):
                     self._absorbed[b.source] = b.upto
-            if b.dim in ("t", "g") and b.key in (UNKNOWN_TEMPLATE, ""):
+            if b.dim in _ATTRIBUTED and b.key in (UNKNOWN_TEMPLATE, ""):
                 continue  # not attributed (yet): no template or campaign to judge
             self._take(b.visible, (b.dim, b.key, b.minute), b.counts)
         for u in batch.us_paused:

@@ -32,7 +32,18 @@ from streams.core.facts import (
     source_partition,
 )
 from streams.core.immediate import ErrorCount
-from streams.core.messages import BucketDelta, Effects, MessageLedger, MessageState
+from streams.core.keys import (
+    BUCKET_INDEX,
+    MESSAGE_INDEX,
+    MESSAGE_PREFIX,
+    BucketId,
+    Dimension,
+    account_ledger_key,
+    message_key,
+    messages_meta_key,
+    template_key,
+)
+from streams.core.ledger import BucketDelta, Effects, MessageLedger, MessageState
 from streams.core.signals import (
     INCIDENT_CODES,
     BucketSignal,
@@ -99,22 +110,6 @@ class AccountErrorLedger(msgspec.Struct, array_like=True, gc=False):
 #: Bucket outcome prefix of account-level errors (in the sender dimension only).
 ACCOUNT_ERROR = "account_error."
 ACCOUNT_ERROR_CODE = "account_error_code."
-
-
-def meta_key(partition: int) -> bytes:
-    return f"\x00meta\x1f{partition}".encode()
-
-
-def account_ledger_key(partition: int) -> bytes:
-    return f"\x00acct\x1f{partition}".encode()
-
-
-def message_key(wamid: str) -> bytes:
-    return b"m\x1f" + wamid.encode()
-
-
-def template_key(name: str) -> bytes:
-    return b"T\x1f" + name.encode()
 
 
 #: Template statuses that stop sends (the API's ``paused``).
@@ -186,7 +181,7 @@ class Retention:
 
 
 #: Bucket dimensions the recent window keeps (the ratio gauges): templates, sending numbers.
-_WINDOW_DIMS = frozenset({"t", "s"})
+_WINDOW_DIMS = frozenset({Dimension.TEMPLATE, Dimension.SENDER})
 #: Bucket outcomes the recent window keeps: index 0 attempted sends, 1 limit errors.
 _WINDOW_OUTCOMES = {"attempted": 0} | {f"failed.{c}": 1 for c in sorted(LIMIT_CLASSES)}
 
@@ -296,16 +291,16 @@ class MessageStage:
 
     # -- helpers ------------------------------------------------------------------------------
     def meta(self, partition: int) -> PartitionMeta:
-        meta = self.state.get(partition, meta_key(partition), PartitionMeta)
+        meta = self.state.get(partition, messages_meta_key(partition), PartitionMeta)
         if meta is None:
             meta = PartitionMeta()
-            self.state.put(partition, meta_key(partition), meta)
+            self.state.put(partition, messages_meta_key(partition), meta)
         return meta
 
     def _indexes(self, partition: int) -> tuple[ExpiryIndex, ExpiryIndex]:
         if partition not in self._message_index:
-            self._message_index[partition] = ExpiryIndex("xm", partition)
-            self._bucket_index[partition] = ExpiryIndex("xb", partition, day=60)
+            self._message_index[partition] = ExpiryIndex(MESSAGE_INDEX, partition)
+            self._bucket_index[partition] = ExpiryIndex(BUCKET_INDEX, partition, day=60)
         return self._message_index[partition], self._bucket_index[partition]
 
     def _bucket_writer(self, partition: int) -> BucketWriter:
@@ -368,7 +363,7 @@ class MessageStage:
         """Tell alerting about a US-pause failure counted in the buckets (again when replayed:
         alerting counts distinct recipients, a repeat changes nothing)."""
         for d in fx.deltas:
-            if d.dim == "s" and d.outcome == US_PAUSED_OUTCOME and d.delta > 0:
+            if d.dim == Dimension.SENDER and d.outcome == US_PAUSED_OUTCOME and d.delta > 0:
                 number = recipient_number(fact.recipient)
                 self._signals.us_paused.append(USPaused(d.minute, d.visible, number))
                 return
@@ -395,7 +390,7 @@ class MessageStage:
         self._reported.add(partition)
         for index, fact in enumerate(batch.statuses):
             position = (source, offset, index)
-            skey = "m\x1f" + fact.wamid  # message_key(wamid), as str for the expiry index
+            skey = MESSAGE_PREFIX + fact.wamid  # message_key(wamid), as str for the expiry index
             key = skey.encode()
             state = state_store.get(partition, key, MessageState)
             first_status = state is None or not state.seen
@@ -450,7 +445,7 @@ class MessageStage:
             meta.raw_partitions = max(meta.raw_partitions, batch.raw_partitions)
             behind = set(meta.origin_behind).difference(batch.marks).union(batch.behind)
             meta.origin_behind = sorted(behind)
-        self.state.put(partition, meta_key(partition), meta)
+        self.state.put(partition, messages_meta_key(partition), meta)
 
     def handle_send_log(
         self, partition: int, offset: int, raw: bytes, received: int | None = None
@@ -499,11 +494,13 @@ class MessageStage:
         bucket_index = self._indexes(partition)[1]
         signals = self._signals
         for fact in facts:
-            minute = fact.timestamp // 60
+            minute, sender = fact.timestamp // 60, Dimension.SENDER
             deltas = [
-                BucketDelta("s", fact.sender, minute, ACCOUNT_ERROR + fact.error_class, fact.count),
                 BucketDelta(
-                    "s", fact.sender, minute, f"{ACCOUNT_ERROR_CODE}{fact.code}", fact.count
+                    sender, fact.sender, minute, ACCOUNT_ERROR + fact.error_class, fact.count
+                ),
+                BucketDelta(
+                    sender, fact.sender, minute, f"{ACCOUNT_ERROR_CODE}{fact.code}", fact.count
                 ),
             ]
             for bucket_id in writer.add(fact.origin, deltas):
@@ -559,8 +556,8 @@ class MessageStage:
 
             def expire_bucket(key: str) -> bool:
                 view.delete(key)
-                _, dim, _, minute, _ = key.split("\x1f", 4)
-                changed.add((dim, int(minute) // 60))
+                bucket = BucketId.decode(key)
+                changed.add((bucket.dim, bucket.minute // 60))
                 return True
 
             self.stats.expired_messages += message_index.sweep(
@@ -584,7 +581,7 @@ class MessageStage:
             message_index.flush(view.get, view.put)
             bucket_index.flush(view.get, view.put)
             self.recent.advance(partition, meta.watermark)
-            self.state.put(partition, meta_key(partition), meta)
+            self.state.put(partition, messages_meta_key(partition), meta)
         writes = self.state.flush(partition)
         self.on_buckets_changed(partition, changed)
         return writes
@@ -665,7 +662,7 @@ class MessageStage:
         meta record (one read per partition)."""
         total = 0
         for p in partitions:
-            raw = self.state.kv.get(p, meta_key(p))
+            raw = self.state.kv.get(p, messages_meta_key(p))
             if raw is not None:
                 total += decode(raw, PartitionMeta).paused_templates
         return total

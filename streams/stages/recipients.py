@@ -1,6 +1,6 @@
 """Stage 3: per-recipient state (keyed by recipient: phone number, else BSUID).
 
-Besides each recipient's state (:mod:`streams.core.recipients`) the stage keeps, in the same
+Besides each recipient's state (:mod:`streams.core.recipient_state`) the stage keeps, in the same
 table partition, the retry plans of failed messages (:mod:`streams.core.retries`, one key per
 plan, sorted by due time) and an event-time timer index of them. Timers run on the webhooks'
 event time: per stage-2 partition, the newest status time of the facts it sent here, and the
@@ -21,7 +21,16 @@ import msgspec
 
 from streams.core.expiry import ExpiryIndex, SweepCursor
 from streams.core.facts import RecipientFact, RecipientFactKind, decode_batch, source_topic
-from streams.core.recipients import (
+from streams.core.keys import (
+    RECIPIENT_INDEX,
+    RETRY_TIMERS,
+    plan_key,
+    recipient_entry,
+    recipient_key,
+    recipient_of_entry,
+    recipients_meta_key,
+)
+from streams.core.recipient_state import (
     OpenPlan,
     RecipientState,
     Windows,
@@ -128,19 +137,6 @@ def _track_gauges(meta: RecipientMeta, before: tuple[bool, int], state: Recipien
         slots[new] = slots.get(new, 0) + 1
 
 
-def recipient_key(recipient: str) -> bytes:
-    """Table key of a recipient: the id itself (so Faust routes API requests by it)."""
-    return recipient.encode()
-
-
-#: Prefix of retry-plan keys; the due time is zero-padded so keys sort by it.
-PLAN_PREFIX = b"R\x1f"
-
-
-def plan_key(due: int, wamid: str) -> bytes:
-    return PLAN_PREFIX + b"%012d\x1f" % due + wamid.encode()
-
-
 #: Fact kinds that are sends of a message: they cancel retry plans of the same template.
 _SENDS = frozenset(
     {
@@ -152,10 +148,6 @@ _SENDS = frozenset(
 _FAILURES = frozenset({RecipientFactKind.LIMIT_FAILURE, RecipientFactKind.RETRYABLE_FAILURE})
 #: A per-user limit failure without a code (a fact written before codes were carried).
 _DEFAULT_LIMIT_CODE = 131049
-
-
-def recipient_meta_key(partition: int) -> bytes:
-    return f"\x00rmeta\x1f{partition}".encode()
 
 
 @dataclass
@@ -190,8 +182,7 @@ class RecipientRetention:
         return max(state.last_ts + self.idle, state.last_engagement + self.engaged)
 
 
-#: Prefix of the retry timer index's records (see streams.core.expiry; a "day" is a minute).
-_TIMER_PREFIX = "xq"
+#: The retry timers' "day" (see streams.core.expiry): a minute.
 _TIMER_UNIT = 60
 
 
@@ -226,7 +217,7 @@ class RecipientStage:
         self._max_ts = 0
 
     def meta(self, partition: int) -> RecipientMeta:
-        key = recipient_meta_key(partition)
+        key = recipients_meta_key(partition)
         meta = self.state.get(partition, key, RecipientMeta)
         if meta is None:
             meta = RecipientMeta()
@@ -236,13 +227,13 @@ class RecipientStage:
     def _index_for(self, partition: int) -> ExpiryIndex:
         index = self._index.get(partition)
         if index is None:
-            index = self._index[partition] = ExpiryIndex("xr", partition)
+            index = self._index[partition] = ExpiryIndex(RECIPIENT_INDEX, partition)
         return index
 
     def _timers_for(self, partition: int) -> ExpiryIndex:
         timers = self._timers.get(partition)
         if timers is None:
-            timers = self._timers[partition] = ExpiryIndex(_TIMER_PREFIX, partition, _TIMER_UNIT)
+            timers = self._timers[partition] = ExpiryIndex(RETRY_TIMERS, partition, _TIMER_UNIT)
         return timers
 
     def handle_batch(self, partition: int, offset: int, raw: bytes) -> None:
@@ -281,8 +272,8 @@ class RecipientStage:
                 self.state.delete(partition, key)
                 continue
             self.state.put(partition, key, state)
-            index.touch("r\x1f" + fact.recipient, state.last_ts, meta.cursor)
-        self.state.put(partition, recipient_meta_key(partition), meta)
+            index.touch(recipient_entry(fact.recipient), state.last_ts, meta.cursor)
+        self.state.put(partition, recipients_meta_key(partition), meta)
 
     def _relay(self, partition: int, progress: dict[int, int]) -> None:
         """Tell alerting (with the next signals, after this batch's resends) how far this
@@ -505,7 +496,7 @@ class RecipientStage:
             kept: list[tuple[str, int]] = []
 
             def expire_or_keep(indexed: str) -> bool:
-                key = recipient_key(indexed.split("\x1f", 1)[1])
+                key = recipient_key(recipient_of_entry(indexed))
                 state = self.state.get(partition, key, RecipientState)
                 if state is None:
                     return False
@@ -527,7 +518,7 @@ class RecipientStage:
             over = [slot for slot in meta.cooldown_slots if slot * COOLDOWN_SLOT <= meta.watermark]
             for slot in over:
                 del meta.cooldown_slots[slot]
-            self.state.put(partition, recipient_meta_key(partition), meta)
+            self.state.put(partition, recipients_meta_key(partition), meta)
         return self.state.flush(partition)
 
     def changed_advice(
@@ -566,7 +557,7 @@ class RecipientStage:
         each partition's flushed meta record: one read per partition, no scan."""
         in_cooldown = opted_out = 0
         for p in partitions:
-            raw = self.state.kv.get(p, recipient_meta_key(p))
+            raw = self.state.kv.get(p, recipients_meta_key(p))
             if raw is not None:
                 meta = decode(raw, RecipientMeta)
                 in_cooldown += meta.in_cooldown()

@@ -44,12 +44,12 @@ from urllib.parse import quote
 import orjson
 import pytest
 
-from streams.api import is_us_recipient
 from streams.app import internal_topic_names
 from streams.asyncutil import run_sync
 from streams.core.alerts import Scope
 from streams.core.catalog import ErrorClass
 from streams.core.detector import DEFAULT_THRESHOLDS
+from streams.core.geography import is_us_recipient
 from streams.raw_consumer import ingest_group
 from streams.settings import Settings
 from streams.simulate import (

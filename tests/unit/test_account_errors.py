@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
+from streams.core.aggregates import Bucket, sum_counts, summarize
 from streams.core.alerts import AlertBook, NotificationKind, Scope
 from streams.core.facts import decode_batch
 from streams.core.immediate import (
@@ -17,6 +17,7 @@ from streams.core.immediate import (
     ImmediateConfig,
     ImmediateRules,
 )
+from streams.core.keys import BucketId
 from streams.metrics import MonitorMetrics
 from streams.simulate import errors_envelope
 from streams.stages.ingest import IngestStage

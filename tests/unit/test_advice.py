@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from streams.core.advice import AdvicePolicy, AdviceReason, advise
 from streams.core.facts import RecipientFact, RecipientFactKind
-from streams.core.recipients import RecipientState, apply_fact
+from streams.core.recipient_state import RecipientState, apply_fact
 
 K = RecipientFactKind
 T = 1_767_225_600

@@ -9,8 +9,9 @@ import pytest
 
 from streams.core.alerts import Notification, NotificationKind, Scope
 from streams.core.detector import HourRecord, MinuteTally
+from streams.core.keys import HOURS_KEY, hour_index_key, hour_key
 from streams.core.signals import BucketSignal, PartitionReport, ResendSignal, SignalBatch
-from streams.stages.alerting import HOURS_KEY, AlertingStage, hour_index_key, hour_key
+from streams.stages.alerting import AlertingStage
 from streams.state import DictKeyValue, Snapshots, decode
 
 LIMIT = "per_user_marketing_limit"

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streams.core import Attribution, AttributionConfig, decode_callback_data
-from streams.core.aggregates import Bucket, BucketId, sum_counts
+from streams.core.aggregates import Bucket, sum_counts
 from streams.core.attribution import (
     NO_ATTRIBUTION,
     UNATTRIBUTED_REASONS,
@@ -16,6 +16,7 @@ from streams.core.attribution import (
     compile_pattern,
 )
 from streams.core.facts import FactBatch, StatusFact, encode_batch
+from streams.core.keys import BucketId
 from streams.metrics import MonitorMetrics
 from streams.stages.messages import MessageStage
 from streams.state import DictKeyValue, decode

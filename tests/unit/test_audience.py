@@ -8,7 +8,7 @@ import io
 import pytest
 from test_advice import state_of
 
-from streams.audience import AudienceError, ListStats, _check, entries, parse_at
+from streams.audience_cli import AudienceError, ListStats, _check, entries, parse_at
 from streams.core.advice import Advice, advise
 from streams.core.audience import AudienceSummary, Group, Verdict, verdict
 from streams.core.facts import RecipientFactKind

@@ -4,7 +4,7 @@ MAX_BATCH_FACTS facts, so its driver sends before handling more input."""
 from __future__ import annotations
 
 from streams.core.facts import MAX_BATCH_FACTS, decode_batch
-from streams.core.messages import FACTS_PER_ITEM
+from streams.core.ledger import FACTS_PER_ITEM
 from streams.simulate import CampaignSpec, generate
 from streams.stages.ingest import IngestStage
 from streams.stages.messages import MessageStage

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from streams.core.aggregates import Bucket
 from streams.core.facts import SendLogRecord, StatusFact
-from streams.core.messages import BucketDelta, Effects, MessageLedger, MessageState
+from streams.core.ledger import BucketDelta, Effects, MessageLedger, MessageState
 from streams.simulate import Message, envelope, phone_for, status_item
 from testkit.inprocess import T0, Pipeline
 

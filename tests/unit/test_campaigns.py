@@ -5,7 +5,7 @@ input re-derives the deltas it had."""
 from __future__ import annotations
 
 from streams.core.facts import SendLogRecord, StatusFact
-from streams.core.messages import BucketDelta, MessageLedger, MessageState
+from streams.core.ledger import BucketDelta, MessageLedger, MessageState
 
 MINUTE = 29_000_000
 TS = MINUTE * 60 + 5

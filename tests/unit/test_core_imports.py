@@ -1,4 +1,4 @@
-"""The pure core stays pure: streams.core (and the inspect adapter) import no framework."""
+"""The pure core stays pure: streams.core (and the inspection adapter) import no framework."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import streams.core
 names = [m.name for m in pkgutil.walk_packages(streams.core.__path__, "streams.core.")]
 for name in names:
     importlib.import_module(name)
-importlib.import_module("streams.inspect")
+importlib.import_module("streams.inspection")
 print(json.dumps({"walked": names, "loaded": sorted(sys.modules)}))
 """
 

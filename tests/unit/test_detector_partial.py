@@ -22,8 +22,9 @@ from streams.core.detector import (
     judge,
 )
 from streams.core.eventtime import visible_at
+from streams.core.keys import STAGE_KEY
 from streams.core.signals import BucketSignal, PartitionReport, SignalBatch
-from streams.stages.alerting import STAGE_KEY, AlertingStage, StageState
+from streams.stages.alerting import AlertingStage, StageState
 from streams.state import DictKeyValue, Snapshots, decode
 
 LIMIT = "per_user_marketing_limit"

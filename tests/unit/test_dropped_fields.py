@@ -11,19 +11,20 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from streams.core import parse_webhook
+from streams.core.account_updates import unix_seconds
 from streams.core.alerts import AlertBook
 from streams.core.immediate import (
     ACCOUNT_RESTRICTION,
     TEMPLATE_DISABLED,
     ImmediateRules,
 )
-from streams.core.notifications import unix_seconds
+from streams.core.keys import template_key
 from streams.core.slack_format import render_slack_message
 from streams.metrics import MonitorMetrics
 from streams.stages import partition_for
 from streams.stages.alerting import AlertingStage
 from streams.stages.ingest import IngestStage
-from streams.stages.messages import MessageStage, TemplateState, template_key
+from streams.stages.messages import MessageStage, TemplateState
 from streams.state import DictKeyValue, decode
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "whatsapp"

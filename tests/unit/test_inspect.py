@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from streams.core.events import Event
-from streams.inspect import main
+from streams.inspection import main
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "whatsapp"
 FAILED_131049 = FIXTURES / "meta_doc_status_failed_131049.json"

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streams.core.aggregates import Bucket, BucketId, sum_counts, summarize
+from streams.core.aggregates import Bucket, sum_counts, summarize
 from streams.core.catalog import CATALOG
 from streams.core.facts import FactBatch, RecipientFact, RecipientFactKind, TemplateFact
 from streams.core.facts import encode_batch as encode_facts
+from streams.core.keys import BucketId
 from streams.lag import LagReport, PartitionLag
 from streams.metrics import (
     FUNNEL,

@@ -8,7 +8,8 @@ from collections import Counter
 
 import pytest
 
-from streams.core.aggregates import Bucket, BucketId, sum_counts
+from streams.core.aggregates import Bucket, sum_counts
+from streams.core.keys import BucketId
 from streams.rankings import (
     DIMS,
     BadQuery,

@@ -21,9 +21,10 @@ from history_support import (
 from streams.core.advice import AdviceReason, advise
 from streams.core.audience import verdict
 from streams.core.facts import FactBatch, RecipientFact, RecipientFactKind, encode_batch
+from streams.core.keys import recipient_key
 from streams.core.signals import recipient_digest
 from streams.simulate_history import HistorySpec, RecipientTruth, generate_history
-from streams.stages.recipients import RecipientStage, recipient_key
+from streams.stages.recipients import RecipientStage
 from streams.state import DictKeyValue
 
 K = RecipientFactKind

@@ -28,10 +28,11 @@ from streams.core.facts import (
     encode_batch,
     source_id,
 )
+from streams.core.keys import PLAN_PREFIX
 from streams.core.retries import RetryPolicy, is_retryable, jitter, make_plan
 from streams.simulate_history import HistorySpec, generate_history
 from streams.stages import MESSAGES, partition_for
-from streams.stages.recipients import PLAN_PREFIX, RecipientStage
+from streams.stages.recipients import RecipientStage
 from streams.state import DictKeyValue
 
 K = RecipientFactKind

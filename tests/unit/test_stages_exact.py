@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from streams.core.aggregates import Bucket, sum_counts
-from streams.core.recipients import RecipientState
+from streams.core.recipient_state import RecipientState
 from streams.simulate import CampaignSpec, generate
 from streams.stages import partition_for
 from streams.stages.ingest import IngestStage

@@ -12,10 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.core.eventtime import TimeVerdict, trust
-from streams.core.recipients import RecipientState
+from streams.core.keys import recipient_key
+from streams.core.recipient_state import RecipientState
 from streams.stages.ingest import IngestStage
 from streams.stages.messages import MessageStage
-from streams.stages.recipients import RecipientRetention, RecipientStage, recipient_key
+from streams.stages.recipients import RecipientRetention, RecipientStage
 from streams.state import DictKeyValue, decode
 
 T0 = 1_767_225_600

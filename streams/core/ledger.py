@@ -35,6 +35,7 @@ from streams.core.facts import (
     already_applied,
     mark_applied,
 )
+from streams.core.keys import Dimension
 from streams.core.retries import is_retryable
 
 UNKNOWN_TEMPLATE = "unknown"
@@ -182,11 +183,11 @@ class MessageState(msgspec.Struct, array_like=True, gc=False):
 
 
 class BucketDelta(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """+/- n of one outcome in one minute for one dimension value (t=template, s=sender,
-    c=country, g=campaign); ``visible`` is the first alert evaluation point that may use it
-    (:func:`streams.core.eventtime.visible_at` of the marks of the inputs it depends on)."""
+    """+/- n of one outcome in one minute for one dimension value; ``visible`` is the first
+    alert evaluation point that may use it (:func:`streams.core.eventtime.visible_at` of the
+    marks of the inputs it depends on)."""
 
-    dim: str
+    dim: Dimension
     key: str
     minute: int
     outcome: str
@@ -211,12 +212,18 @@ def minute_of(ts: int) -> int:
     return ts // 60
 
 
-def _dims(state: MessageState, template: str, campaign: bool = True) -> tuple[tuple[str, str], ...]:
+def _dims(
+    state: MessageState, template: str, campaign: bool = True
+) -> tuple[tuple[Dimension, str], ...]:
     """The bucket dimensions an outcome of this message counts under (``campaign=False``: not
     its campaign, the outcome was counted before the campaign was known)."""
-    dims = (("t", template), ("s", state.sender or "unknown"), ("c", state.country or "ZZ"))
+    dims = (
+        (Dimension.TEMPLATE, template),
+        (Dimension.SENDER, state.sender or "unknown"),
+        (Dimension.COUNTRY, state.country or "ZZ"),
+    )
     if campaign and state.campaign:
-        return (*dims, ("g", state.campaign))
+        return (*dims, (Dimension.CAMPAIGN, state.campaign))
     return dims
 
 
@@ -234,7 +241,10 @@ def _deltas(
     it once both are read."""
     seen = visible_at(mark)
     named = visible_at(state.log_mark) if state.log_mark and template != UNKNOWN_TEMPLATE else 0
-    visible = {"t": max(seen, named), "g": max(seen, visible_at(state.campaign_mark))}
+    visible = {
+        Dimension.TEMPLATE: max(seen, named),
+        Dimension.CAMPAIGN: max(seen, visible_at(state.campaign_mark)),
+    }
     return [
         BucketDelta(dim, key, minute, outcome, n, visible.get(dim, seen))
         for dim, key in _dims(state, template, campaign)
@@ -255,7 +265,8 @@ def _campaign_deltas(
     out = []
     for i, c in enumerate(counted):
         minute, mark = (c.minute, c.mark) if then is None else then[i]
-        out.append(BucketDelta("g", campaign, minute, c.outcome, 1, max(visible_at(mark), named)))
+        seen = max(visible_at(mark), named)
+        out.append(BucketDelta(Dimension.CAMPAIGN, campaign, minute, c.outcome, 1, seen))
     return out
 
 
@@ -456,8 +467,10 @@ class MessageLedger:
         for i, c in enumerate(moved):
             minute, mark = (c.minute, c.mark) if then is None else then[i]
             seen = max(visible_at(mark), named)
-            out.append(BucketDelta("t", UNKNOWN_TEMPLATE, minute, c.outcome, -1, seen))
-            out.append(BucketDelta("t", template, minute, c.outcome, 1, seen))
+            out.append(
+                BucketDelta(Dimension.TEMPLATE, UNKNOWN_TEMPLATE, minute, c.outcome, -1, seen)
+            )
+            out.append(BucketDelta(Dimension.TEMPLATE, template, minute, c.outcome, 1, seen))
         return out
 
     def _marketing_facts(self, state: MessageState, fx: Effects, position: Position) -> None:
