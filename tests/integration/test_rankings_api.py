@@ -168,3 +168,19 @@ def test_either_worker_answers_what_is_firing_and_both_report_consumer_lag(pair:
     app_id = pair.workers[0].env["DELIVERY_MONITOR_APP_ID"]
     assert groups == {app_id, f"{app_id}-ingest"}
     assert all(row["records"] >= 0 and row["seconds"] >= 0 for row in lag["topics"])
+
+
+def test_a_worker_that_does_not_answer_makes_the_answer_partial(pair: Pair) -> None:
+    """Last in this module: the second worker is killed, and until the group notices (its
+    session timeout) the first one cannot ask it: the ranking and the per-name answers say
+    ``partial`` and hold only the first worker's share."""
+    complete = pair.get(f"/v1/templates?window=24h&at={AT}&sort=name&limit=1000")[1]
+    assert pair.workers[1].kill() == -9
+    status, body = pair.get(f"/v1/templates?window=24h&at={AT}&sort=name&limit=1000")
+    assert status == 200 and body["partial"] is True
+    assert sum(e["attempted"] for e in body["entries"]) < sum(
+        e["attempted"] for e in complete["entries"]
+    )
+    name = complete["entries"][0]["template"]
+    status, one = pair.get(f"/v1/templates/{name}?at={AT}")
+    assert status == 200 and one["partial"] is True
