@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from streams.core import parse_webhook
 from streams.core.account_updates import unix_seconds
 from streams.core.alerts import AlertBook
+from streams.core.facts import decode_batch
 from streams.core.immediate import (
     ACCOUNT_RESTRICTION,
     TEMPLATE_DISABLED,
@@ -116,3 +117,14 @@ def test_times_are_read_from_seconds_digits_and_iso_8601() -> None:
     assert unix_seconds("soon") is None
     assert unix_seconds(1_767_830_400_000) is None  # milliseconds are not seconds
     assert unix_seconds(None) is None
+
+
+def test_a_group_status_is_about_its_participant_not_the_group() -> None:
+    """A read in a group: the status fact names the participant (phone and BSUID), so the
+    participant's history (engagement) gets the read; the group id is nobody's state."""
+    messages, _, _ = ingest("SYNTHETIC_group_status_read_with_participant_bsuid.json").drain()
+    facts = [f for raw in messages.values() for f in decode_batch(raw).statuses]
+    (fact,) = facts
+    assert (fact.wamid, fact.status) == ("wamid.GROUP-READ-1", "read")
+    assert (fact.phone, fact.user_id) == ("16505551234", "US.13491208655302741918")
+    assert fact.recipient == "16505551234"
