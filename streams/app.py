@@ -46,8 +46,10 @@ from streams.faust_state import (
     faust_committed,
     faust_committer,
     faust_producer,
+    faust_resumer,
     faust_seeker,
     run_batched,
+    stalled,
 )
 from streams.lag import ConsumerLag
 from streams.metrics import MonitorMetrics
@@ -63,6 +65,11 @@ from streams.stages.recipients import RecipientStage
 from streams.topics import table_partitions
 
 log = logging.getLogger(__name__)
+
+#: How often the agents' partitions are checked for a stall, and how long a partition behind
+#: may send its agent nothing before it is fetched again (lag is measured every 15 s).
+STALL_CHECK_S = 10.0
+STALL_AFTER_S = 45.0
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -211,12 +218,12 @@ class Monitor:
         self.generation = 0  # rebalances seen
         m = self.metrics
 
-        progresses: list[tuple[Progress, frozenset[str]]] = []
+        progresses: list[tuple[str, Progress, frozenset[str]]] = []
         seeking: set[asyncio.Future[None]] = set()
 
         def progress_of(agent: str, topic: Any) -> Progress:
             progress = Progress(on_gap=m.reads_again.labels(agent=agent).inc, committed=committed)
-            progresses.append((progress, frozenset(topic.topics)))
+            progresses.append((agent, progress, frozenset(topic.topics)))
             return progress
 
         def on_queues_cleared() -> None:
@@ -225,7 +232,7 @@ class Monitor:
                 assigned = app.consumer.assignment()
             except Exception:  # not started, or stopping
                 return
-            for progress, topics in progresses:
+            for _, progress, topics in progresses:
                 progress.resync(self.generation, [tp for tp in assigned if tp.topic in topics])
                 if progress.seeks:
                     future = asyncio.ensure_future(apply_seeks(progress, seek, logging.DEBUG))
@@ -233,6 +240,42 @@ class Monitor:
                     future.add_done_callback(seeking.discard)
 
         self._clear_watch = ClearWatch(app.flow_control, on_queues_cleared)
+        resume = faust_resumer(app)
+        self._quiet_since = time.monotonic()  # the last rebalance or recovery
+
+        @app.timer(interval=STALL_CHECK_S)  # type: ignore[untyped-decorator]
+        async def read_stalled_partitions() -> None:
+            """A partition behind by a recent lag measurement that sent its agent nothing
+            for STALL_AFTER_S (after the last rebalance and recovery) is fetched again."""
+            now, report = time.monotonic(), self.lag.latest
+            if app.in_recovery:
+                self._quiet_since = now
+                return
+            if report is None or time.time() - report.at > 2 * settings.lag_interval_s:
+                return
+            try:
+                assigned = app.consumer.assignment()
+            except Exception:  # not started, or stopping
+                return
+            behind = {
+                (p.topic, p.partition)
+                for p in report.partitions
+                if p.group == settings.app_id and p.records > 0
+            }
+            for agent, progress, topics in progresses:
+                mine = [tp for tp in assigned if (tp.topic, tp.partition) in behind]
+                mine = [tp for tp in mine if tp.topic in topics]
+                for tp in stalled(mine, progress.seen, self._quiet_since, now, STALL_AFTER_S):
+                    log.warning(
+                        "%s: behind, and nothing from it for %.0f s: fetching it again",
+                        tp,
+                        STALL_AFTER_S,
+                    )
+                    m.reads_again.labels(agent=agent).inc()
+                    resume(tp)
+                    progress.read_again(self.generation, tp)
+                    progress.seen[tp] = now  # tried: the next try after STALL_AFTER_S again
+                await apply_seeks(progress, seek)
 
         async def drive(
             stream: Any,
@@ -462,6 +505,7 @@ class Monitor:
             """Unflushed state of a revoked partition is dropped: its new owner replays it.
             Events handled before the rebalance are not committed (see run_batched)."""
             self.generation += 1
+            self._quiet_since = time.monotonic()
             for tp in revoked:
                 if tp.topic == signals_name:
                     # another worker owns alerting now; it restores the book from the table

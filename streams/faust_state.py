@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from faust.streams import _current_event
@@ -328,8 +329,12 @@ class Progress:
         reseek_after: int = 100_000,
         on_gap: Callable[[], object] = lambda: None,
         committed: Callable[[Any], int | None] = lambda tp: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.generation: int | None = None
+        self.clock = clock
+        #: partition -> when a record of it last reached the agent (kept across generations)
+        self.seen: dict[Any, float] = {}
         self.reseek_after = reseek_after
         self.on_gap = on_gap
         self.committed = committed
@@ -347,6 +352,7 @@ class Progress:
         self.gaps = 0
 
     def admit(self, tp: Any, offset: int, generation: int) -> bool:
+        self.seen[tp] = self.clock()
         if generation != self.generation:
             self.generation = generation
             self._last, self._pending, self._refill, self.seeks = {}, {}, {}, []
@@ -393,6 +399,21 @@ class Progress:
                 self._refill[tp] = [offset, -1, 0]
                 self.seeks.append((tp, offset))
 
+    def read_again(self, generation: int, tp: Any) -> None:
+        """``tp`` stalled (see :func:`stalled`): read it again from the record it needs next
+        (after the last one handled in ``generation``, or its committed offset), dropping what
+        comes until that record does; from its start when the group never committed it."""
+        if generation != self.generation:
+            self.generation = generation
+            self._last, self._pending, self._refill, self.seeks = {}, {}, {}, []
+        last = self._last.get(tp)
+        offset = last + 1 if last is not None else self.committed(tp)
+        if offset is None:  # from its start (Kafka resets an offset before it to the earliest)
+            self.seeks.append((tp, 0))
+            return
+        self._refill[tp] = [offset, -1, 0]
+        self.seeks.append((tp, offset))
+
     def take(self) -> tuple[int | None, dict[Any, int]]:
         """(generation, partition -> offset to commit) for the records admitted since the last
         call, and start counting anew."""
@@ -402,6 +423,17 @@ class Progress:
 
 
 Seek = Callable[[Any, int], Awaitable[object]]
+
+
+def stalled(
+    behind: Iterable[Any], seen: Mapping[Any, float], since: float, now: float, after_s: float
+) -> list[Any]:
+    """Of the partitions ``behind`` (records the group has not committed), those no record of
+    which reached the agent for ``after_s`` (counting from ``since``, the last rebalance):
+    Faust stopped fetching them. Seen after a SIGKILL and restart: one partition of the send
+    log never fetched again (its records, and new ones, stayed behind until the next
+    rebalance) while the others were read."""
+    return [tp for tp in behind if now - max(seen.get(tp, since), since) >= after_s]
 
 
 async def admit(progress: Progress, event: Any, generation: int, seek: Seek | None) -> bool:
@@ -455,6 +487,16 @@ def faust_seeker(app: Any) -> Seek:
             return None
 
     return seek
+
+
+def faust_resumer(app: Any) -> Callable[[Any], None]:
+    """Have Faust's consumer fetch a partition again (``resume_partitions``: back in the set
+    it fetches, out of the paused one)."""
+
+    def resume(tp: Any) -> None:
+        app.consumer.resume_partitions([tp])
+
+    return resume
 
 
 def faust_committed(app: Any) -> Callable[[Any], int | None]:

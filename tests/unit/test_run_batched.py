@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
 
-from streams.faust_state import BatchPolicy, Progress, run_batched
+from streams.faust_state import BatchPolicy, Progress, run_batched, stalled
 
 Item = tuple[str, int] | Callable[[], None]
 
@@ -265,3 +265,32 @@ def test_the_clear_watch_reports_clears_while_flow_is_on_only() -> None:
     flow.resume()
     assert cleared == [True, True]
     del watch
+
+
+def test_a_partition_behind_that_sent_nothing_for_a_while_is_stalled() -> None:
+    """Seen after a SIGKILL and restart: Faust never fetched one send-log partition again."""
+    wall = [100.0]
+    progress = Progress(clock=lambda: wall[0])
+    assert progress.admit("a", 0, 1)
+    wall[0] = 130.0
+    assert progress.admit("b", 0, 1)
+    seen = progress.seen
+    assert seen == {"a": 100.0, "b": 130.0}
+    # "c" never sent anything since the rebalance at 90; only partitions behind count
+    assert stalled(["a", "b", "c"], seen, 90.0, 150.0, 45.0) == ["a", "c"]
+    assert stalled(["b"], seen, 90.0, 150.0, 45.0) == []
+    # a recent rebalance (or recovery) restarts every partition's clock
+    assert stalled(["a", "c"], seen, 140.0, 150.0, 45.0) == []
+
+
+def test_a_stalled_partition_is_read_again_from_the_record_it_needs_next() -> None:
+    committed = {"a": 40, "b": None}
+    progress = Progress(committed=committed.get)
+    assert progress.admit("a", 40, 1) and progress.admit("a", 41, 1)
+    progress.read_again(1, "a")
+    progress.read_again(1, "b")  # the group never committed it: from its start
+    progress.read_again(1, "c")
+    assert progress.seeks == [("a", 42), ("b", 0), ("c", 0)]
+    assert not progress.admit("a", 43, 1)  # queued before the seek
+    assert progress.admit("a", 42, 1) and progress.admit("a", 43, 1)
+    assert progress.admit("b", 7, 1)  # its first record, wherever the log starts
