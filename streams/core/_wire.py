@@ -27,6 +27,9 @@ MAX_UNIX_SECONDS: Final = 99_999_999_999
 """Upper bound of a plausible unix-seconds timestamp; rejects millisecond timestamps."""
 
 Timestamp = Annotated[int, msgspec.Meta(ge=0, le=MAX_UNIX_SECONDS)]
+#: An error code: Meta's have at most 7 digits; the stages carry codes in msgpack, which has no
+#: integers beyond 64 bits, so a larger one is a defect here (it would stop the ingest stage).
+ErrorCode = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Ident = str | int
 
@@ -48,7 +51,7 @@ class WireErrorData(msgspec.Struct):
 
 
 class WireError(msgspec.Struct):
-    code: int
+    code: ErrorCode
     title: str | None = None
     message: str | None = None
     details: str | None = None  # On-Prem puts details here

@@ -30,7 +30,7 @@ def unix_seconds(value: Ident | None) -> int | None:
         return None
     if isinstance(value, int):
         seconds = value
-    elif value.isdigit():
+    elif value.isascii() and value.isdigit():  # int() refuses some digits isdigit() accepts (²)
         if len(value) > 20:  # no time has more digits (and int() refuses thousands of them)
             return None
         seconds = int(value)

@@ -12,8 +12,9 @@ there (UUIDs, ``order:12345``), so a value is read as a template only when it cl
    (:attr:`AttributionConfig.raw_pattern`, a regular expression with a named group ``template``
    and optional groups ``campaign`` and ``category``);
 4. a bare string that is a valid WhatsApp template name (lowercase letters, digits and
-   underscores, at most 512 characters) with at least one letter and not a long hex token
-   with digits (a bare number or a dashless UUID is an id, not a name); only if
+   underscores, at most 512 characters) with at least one letter, not a long hex token with
+   digits and without a run of 9 or more digits (a bare number, a dashless UUID or
+   ``cust_5511987650001``, a phone number inside, is an id, not a name); only if
    :attr:`AttributionConfig.raw_is_template`.
 
 Which keys name the template, campaign and category is configurable (first matching key wins).
@@ -47,6 +48,9 @@ UNATTRIBUTED_REASONS: Final[tuple[UnattributedReason, ...]] = (
 TEMPLATE_NAME: Final = re.compile(r"[a-z0-9_]{1,512}")
 _HAS_LETTER: Final = re.compile(r"[a-z]")
 _HEX_TOKEN: Final = re.compile(r"(?=[a-f]*[0-9])[0-9a-f]{16,}")  # with a digit: an id
+#: a phone number with its country code (most have 10 to 15 digits) or another numeric id; a
+#: date (``promo_20260501``) is shorter
+_DIGIT_RUN: Final = re.compile(r"[0-9]{9}")
 _MAX_LENGTH: Final = 4096
 _PAIR_SPLIT: Final = re.compile(r"[;&]")
 
@@ -149,12 +153,13 @@ def _pairs(text: str, config: AttributionConfig) -> dict[str, object]:
 
 def is_template_name(text: str) -> bool:
     """A valid WhatsApp template name that is not an id: lowercase letters, digits and
-    underscores, at least one letter, and not a long hex token with digits (a dashless UUID or
-    a hash)."""
+    underscores, at least one letter, not a long hex token with digits (a dashless UUID or a
+    hash) and without a run of 9 or more digits (a phone number: never a metric label)."""
     return (
         TEMPLATE_NAME.fullmatch(text) is not None
         and _HAS_LETTER.search(text) is not None
         and _HEX_TOKEN.fullmatch(text) is None
+        and _DIGIT_RUN.search(text) is None
     )
 
 

@@ -108,6 +108,12 @@ def unattributed(reason: str) -> Attribution:
         # hex without digits can be a name; a hash is not
         ("deadbeefcafebabe", Attribution("deadbeefcafebabe", None, None, "raw")),
         ("9b74c9897bac770ffc029102a200c5de", unattributed("not_a_template_name")),
+        # a customer id made of a phone number is no name (found by test_stages_fuzz.py: it
+        # became a template label and bucket name); a date in a name is no phone number
+        ("cust_5511987650001", unattributed("not_a_template_name")),
+        ("u12129876503", unattributed("not_a_template_name")),
+        ("promo_123456789", unattributed("not_a_template_name")),
+        ("promo_20260501", Attribution("promo_20260501", None, None, "raw")),
     ],
 )
 def test_default_decoding(data: str | None, expected: Attribution) -> None:

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from streams.core import parse_webhook
@@ -117,6 +118,26 @@ def test_times_are_read_from_seconds_digits_and_iso_8601() -> None:
     assert unix_seconds("soon") is None
     assert unix_seconds(1_767_830_400_000) is None  # milliseconds are not seconds
     assert unix_seconds(None) is None
+
+
+@pytest.mark.parametrize("written", ["²", "١٢٣", "1767830400²", "١٧٦٧٨٣٠٤٠٠"])
+def test_a_time_of_digits_that_are_not_ascii_is_a_defect_not_a_crash(written: str) -> None:
+    """Found by tests/unit/test_stages_fuzz.py: ``str.isdigit`` accepts "²", which ``int``
+    refuses: the ValueError escaped ``parse_webhook`` and stopped the ingest stage."""
+    assert unix_seconds(written) is None
+    value = {
+        "event": "DISABLED",
+        "message_template_name": "spring_sale",
+        "disable_info": {"disable_date": written},
+    }
+    change = {"field": "message_template_status_update", "value": value}
+    body = json.dumps(
+        {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [change]}]}
+    ).encode()
+    stage = IngestStage(1, 1, clock=lambda: 1_767_225_700.0)
+    stage.handle("raw", 0, 0, body)
+    messages, _, (letter,) = stage.drain()
+    assert messages and letter.partial and "disable_info.disable_date" in letter.reason
 
 
 def test_a_group_status_is_about_its_participant_not_the_group() -> None:

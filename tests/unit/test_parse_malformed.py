@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from streams.core import MAX_PAYLOAD_BYTES, Defect, ParseError, StatusEvent, parse_webhook
+from streams.stages.ingest import IngestStage
 
 VALUE = "$.entry[0].changes[0].value"
 
@@ -172,6 +173,31 @@ def test_unusable_error_item_is_reported_and_the_failed_status_kept() -> None:
     assert parsed.defects == (
         Defect(f"{VALUE}.statuses[0].errors[0]", "Object missing required field `code`"),
     )
+
+
+@pytest.mark.parametrize("code", [2**63, 2**64, 2**70, -(2**63) - 1, str(2**64)])
+def test_an_error_code_beyond_64_bits_is_a_defect_not_a_stopped_ingest_stage(
+    code: int | str,
+) -> None:
+    """Found by tests/unit/test_stages_fuzz.py: such a code used to reach the facts, whose
+    msgpack encoding raised OverflowError in ``IngestStage.drain`` (the raw consumer stopped
+    before committing, the batch's facts unsent)."""
+    failed = status(status="failed", errors=[{"code": code}])
+    body = cloud(
+        {"metadata": {"phone_number_id": "2"}, "statuses": [failed], "errors": [{"code": code}]}
+    )
+    parsed = parse_webhook(body)
+    (event,) = parsed.statuses
+    assert event.status == "failed" and event.error_code is None
+    assert [d.path for d in parsed.defects] == [
+        f"{VALUE}.statuses[0].errors[0].code",
+        f"{VALUE}.errors[0].code",
+    ]
+    stage = IngestStage(1, 1, clock=lambda: 1_750_030_100)
+    stage.handle("raw", 0, 0, body)
+    messages, _, (letter,) = stage.drain()
+    assert messages and letter.partial and "errors[0].code" in letter.reason
+    assert parse_webhook(cloud({"errors": [{"code": 2**63 - 1}]})).events  # the largest kept
 
 
 def test_bad_item_in_one_entry_does_not_affect_other_entries() -> None:
