@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 import orjson
 
 from streams.core.alerts import Notification
+from streams.core.facts import SendLogError
 from streams.core.signals import SignalBatch, decode_signals, encode_signals
 from streams.scenarios import Scenario
 from streams.simulate import Message, envelope, phone_for, status_item
 from streams.stages import partition_for
 from streams.stages.alerting import AlertingStage
-from streams.stages.ingest import IngestStage
+from streams.stages.ingest import DeadLetter, IngestStage
 from streams.stages.messages import MessageStage
 from streams.stages.recipients import RecipientStage
 from streams.state import DictKeyValue
@@ -85,7 +86,8 @@ class Pipeline:
         )
         self.signal_offset = 0
         self.notifications: list[Notification] = []
-        self.dead = 0
+        self.dead_letters: list[DeadLetter] = []  # of stage 1
+        self.refused_logs = 0  # send-log records refused (SendLogError)
 
     # -- producing -------------------------------------------------------------------------------
     def post(self, body: bytes, received: int, partition: int) -> None:
@@ -104,7 +106,7 @@ class Pipeline:
         for p in range(self.n):
             self.ingest.caught_up(p, self.raw.unread(p) == 0)
         messages, recipients, dead = self.ingest.drain()
-        self.dead += len(dead)
+        self.dead_letters += dead
         for p, value in messages.items():
             self.messages_topic.append(p, value, 0)
         for p, value in recipients.items():
@@ -117,8 +119,9 @@ class Pipeline:
         for offset, value, received in self.send_log.take(partition, n_log):
             try:
                 self.messages.handle_send_log(partition, offset, value, received)
-            except ValueError:
-                self.dead += 1
+            except SendLogError as exc:
+                assert str(exc), "a refusal without a reason"
+                self.refused_logs += 1
         for p in self.messages.state.partitions():
             self.messages.flush(p)
         for p, value in self.messages.drain_outbox().items():
