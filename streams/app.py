@@ -263,8 +263,11 @@ class Monitor:
                 if p.group == settings.app_id and p.records > 0
             }
             for agent, progress, topics in progresses:
-                mine = [tp for tp in assigned if (tp.topic, tp.partition) in behind]
-                mine = [tp for tp in mine if tp.topic in topics]
+                mine = [
+                    tp
+                    for tp in assigned
+                    if tp.topic in topics and (tp.topic, tp.partition) in behind
+                ]
                 for tp in stalled(mine, progress.seen, self._quiet_since, now, STALL_AFTER_S):
                     log.warning(
                         "%s: behind, and nothing from it for %.0f s: fetching it again",

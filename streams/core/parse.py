@@ -332,7 +332,7 @@ class _Walker:
             user_id,  # recipient_user_id
             status.recipient_parent_user_id,  # recipient_parent_user_id
             recipient_type,  # recipient_type
-            w.ident(status.recipient_participant_id),  # recipient_participant_id
+            _phone(w.ident(status.recipient_participant_id)),  # recipient_participant_id
             geo.country,  # country
             geo.is_us,  # is_us
             status.biz_opaque_callback_data,  # biz_opaque_callback_data

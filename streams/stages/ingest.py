@@ -105,8 +105,7 @@ LAG_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 30
 def status_fact(event: StatusEvent, origin: tuple[int, int, int], mark: int = 0) -> StatusFact:
     phone, user_id = event.recipient_phone, event.recipient_user_id
     if event.recipient_type == "group":  # about one participant: their state, not the group's
-        participant = event.recipient_participant_id
-        phone = participant[1:] if participant and participant[0] == "+" else participant
+        phone = event.recipient_participant_id
         user_id = event.recipient_participant_user_id
     return StatusFact(
         wamid=event.wamid,
