@@ -185,8 +185,11 @@ def test_the_page_shows_the_open_incident_and_the_spiking_template(
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
         print(f"screenshot: {shot}")
 
-        log = worker.log_path.read_text()
-        assert "summary: " in log and "1 open incident (" in log
+        def summarized() -> str | None:  # a summary line comes every 3 s
+            text = worker.log_path.read_text()
+            return text if "summary: " in text and "1 open incident (" in text else None
+
+        log = wait_until(summarized, 30, "a summary line with the open incident")
         assert "[^MonitorWorker]: Starting" not in log  # Faust's start-up lines are below INFO
     finally:
         worker.stop()
