@@ -45,6 +45,7 @@ from streams.faust_state import (
     apply_seeks,
     faust_committed,
     faust_committer,
+    faust_log_starts,
     faust_producer,
     faust_resumer,
     faust_seeker,
@@ -215,6 +216,7 @@ class Monitor:
         self.metrics.watch(self)  # scrape-time gauges from the stages' state
         policy = BatchPolicy()
         commit, seek, committed = faust_committer(app), faust_seeker(app), faust_committed(app)
+        starts = faust_log_starts(app)
         self.generation = 0  # rebalances seen
         m = self.metrics
 
@@ -222,7 +224,9 @@ class Monitor:
         seeking: set[asyncio.Future[None]] = set()
 
         def progress_of(agent: str, topic: Any) -> Progress:
-            progress = Progress(on_gap=m.reads_again.labels(agent=agent).inc, committed=committed)
+            progress = Progress(
+                on_gap=m.reads_again.labels(agent=agent).inc, committed=committed, start=starts.get
+            )
             progresses.append((agent, progress, frozenset(topic.topics)))
             return progress
 
@@ -299,6 +303,7 @@ class Monitor:
                 full,
                 progress=progress_of(agent, topic),
                 seek=seek,
+                starts=starts,
             )
 
         @app.task  # type: ignore[untyped-decorator]
@@ -480,8 +485,10 @@ class Monitor:
             try:
                 async for event in stream.noack().events():
                     message = event.message
-                    handled_in = self.generation
-                    if not await admit(progress, event, handled_in, seek):
+                    handled_in = await admit(
+                        progress, event, lambda: self.generation, seek, starts
+                    )
+                    if handled_in is None:
                         continue
                     n = decode_notification(event.value)
                     if slack is None:
@@ -508,6 +515,7 @@ class Monitor:
             """Unflushed state of a revoked partition is dropped: its new owner replays it.
             Events handled before the rebalance are not committed (see run_batched)."""
             self.generation += 1
+            starts.forget()
             self._quiet_since = time.monotonic()
             for tp in revoked:
                 if tp.topic == signals_name:

@@ -313,7 +313,9 @@ class Progress:
     same generation (Kafka delivered it again). A record after a gap (Faust's stream drops
     records while its flow is stopped, and nothing delivers them again) is dropped too: after
     the last one handled, or, for the first record of a generation, after ``committed(tp)``
-    (where Faust sought the partition to after the rebalance). Then
+    (where Faust sought the partition to after the rebalance), or, when the group never
+    committed it, after ``start(tp)`` (the log's first offset, where Kafka starts such a
+    partition: see :class:`LogStarts`). Then
     :attr:`seeks` asks for the partition to be read again from the first missing offset; the
     records still queued from before that seek are dropped until the missing one comes, or
     the same gap again (then it is a real one: compaction, transaction markers). Should
@@ -330,8 +332,10 @@ class Progress:
         on_gap: Callable[[], object] = lambda: None,
         committed: Callable[[Any], int | None] = lambda tp: None,
         clock: Callable[[], float] = time.monotonic,
+        start: Callable[[Any], int | None] = lambda tp: None,
     ) -> None:
         self.generation: int | None = None
+        self.start = start
         self.clock = clock
         #: partition -> when a record of it last reached the agent (kept across generations)
         self.seen: dict[Any, float] = {}
@@ -373,7 +377,7 @@ class Progress:
             return False
         else:
             # the first record of the generation comes from the committed offset
-            expected = self.committed(tp) if last is None else last + 1
+            expected = self._first(tp) if last is None else last + 1
             if expected is not None and offset > expected:
                 self._refill[tp] = [expected, offset, 0]
                 self.seeks.append((tp, expected))
@@ -394,7 +398,7 @@ class Progress:
             self._last, self._pending, self._refill, self.seeks = {}, {}, {}, []
         for tp in partitions:
             last = self._last.get(tp)
-            offset = self.committed(tp) if last is None else last + 1
+            offset = self._first(tp) if last is None else last + 1
             if offset is not None:
                 self._refill[tp] = [offset, -1, 0]
                 self.seeks.append((tp, offset))
@@ -407,12 +411,23 @@ class Progress:
             self.generation = generation
             self._last, self._pending, self._refill, self.seeks = {}, {}, {}, []
         last = self._last.get(tp)
-        offset = last + 1 if last is not None else self.committed(tp)
+        offset = last + 1 if last is not None else self._first(tp)
         if offset is None:  # from its start (Kafka resets an offset before it to the earliest)
             self.seeks.append((tp, 0))
             return
         self._refill[tp] = [offset, -1, 0]
         self.seeks.append((tp, offset))
+
+    def _first(self, tp: Any) -> int | None:
+        """Where the generation's first record of ``tp`` comes from, if known."""
+        committed = self.committed(tp)
+        return committed if committed is not None else self.start(tp)
+
+    def needs_start(self, tp: Any, generation: int) -> bool:
+        """Whether ``tp``'s next record would be the generation's first, with nothing to
+        compare it with: the group never committed it and its log start is not known."""
+        first = generation != self.generation or (tp not in self._last and tp not in self._refill)
+        return first and self._first(tp) is None
 
     def take(self) -> tuple[int | None, dict[Any, int]]:
         """(generation, partition -> offset to commit) for the records admitted since the last
@@ -436,13 +451,53 @@ def stalled(
     return [tp for tp in behind if now - max(seen.get(tp, since), since) >= after_s]
 
 
-async def admit(progress: Progress, event: Any, generation: int, seek: Seek | None) -> bool:
-    """``progress.admit`` for ``event``, then the seeks it asks for."""
+async def admit(
+    progress: Progress,
+    event: Any,
+    generation: Callable[[], int],
+    seek: Seek | None,
+    starts: LogStarts | None = None,
+) -> int | None:
+    """``progress.admit`` for ``event``, then the seeks it asks for; returns the generation it
+    was admitted in, or None when it was dropped. The first record of a partition the group
+    never committed waits until its log start is known (``starts``)."""
     message = event.message
-    admitted = progress.admit(message.tp, message.offset, generation)
+    if starts is not None and progress.needs_start(message.tp, generation()):
+        await starts.learn([message.tp])
+    handled_in = generation()
+    admitted = progress.admit(message.tp, message.offset, handled_in)
     if progress.seeks:
         await apply_seeks(progress, seek)
-    return admitted
+    return handled_in if admitted else None
+
+
+class LogStarts:
+    """The first offset of each partition the group never committed: where Kafka starts a
+    consumer on it (``auto_offset_reset=earliest``), so what the first record of a generation
+    must be. Without it, records Faust's stream dropped before that first record (fetched while
+    a new member's tables were still restoring) went unnoticed, and their offsets were
+    committed with the next batch: seen as send-log records never applied on a worker's first
+    assignment. Learned when such a partition's first record comes; forgotten at every
+    rebalance (retention moves them)."""
+
+    def __init__(self, fetch: Callable[[list[Any]], Awaitable[Mapping[Any, int]]]) -> None:
+        self._fetch = fetch
+        self.known: dict[Any, int] = {}
+
+    def get(self, tp: Any) -> int | None:
+        return self.known.get(tp)
+
+    async def learn(self, partitions: list[Any]) -> None:
+        missing = [tp for tp in partitions if tp not in self.known]
+        if not missing:
+            return
+        try:
+            self.known.update(await self._fetch(missing))
+        except Exception as exc:  # the record is then taken unchecked, as before
+            log.warning("could not read the log start of %s: %r", missing, exc)
+
+    def forget(self) -> None:
+        self.known.clear()
 
 
 async def apply_seeks(progress: Progress, seek: Seek | None, level: int = logging.WARNING) -> None:
@@ -499,6 +554,16 @@ def faust_resumer(app: Any) -> Callable[[Any], None]:
     return resume
 
 
+def faust_log_starts(app: Any) -> LogStarts:
+    """The log starts of Faust's consumer's partitions (``beginning_offsets``)."""
+
+    async def fetch(partitions: list[Any]) -> Mapping[Any, int]:
+        starts: Mapping[Any, int] = await app.consumer.earliest_offsets(*partitions)
+        return starts
+
+    return LogStarts(fetch)
+
+
 def faust_committed(app: Any) -> Callable[[Any], int | None]:
     """The committed offset Faust knows for a partition (read at the rebalance, then updated
     by each commit), or None."""
@@ -535,6 +600,7 @@ async def run_batched(
     full: Callable[[], bool] = lambda: False,
     progress: Progress | None = None,
     seek: Seek | None = None,
+    starts: LogStarts | None = None,
 ) -> None:
     """Drive ``stream`` (a topic declared with ``acks=False``): ``handle`` each event,
     ``flush`` per batch, then ``commit`` the batch's offsets.
@@ -571,7 +637,7 @@ async def run_batched(
     task = asyncio.ensure_future(ticker())
     try:
         async for event in stream.noack().events():
-            if not await admit(progress, event, generation(), seek):
+            if await admit(progress, event, generation, seek, starts) is None:
                 continue
             handle(event)
             if progress.count >= policy.max_events or full():

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
 
-from streams.faust_state import BatchPolicy, Progress, run_batched, stalled
+from streams.faust_state import BatchPolicy, LogStarts, Progress, run_batched, stalled
 
 Item = tuple[str, int] | Callable[[], None]
 
@@ -214,7 +214,7 @@ def test_the_first_record_of_a_generation_after_the_committed_offset_is_a_gap() 
     assert not p.admit("a", 22, 0)  # 20 and 21 dropped by the stream
     assert p.seeks == [("a", 20)]
     assert p.admit("b", 7, 0)  # from the committed offset: fine
-    assert p.admit("c", 3, 0)  # nothing committed yet: nothing to compare with
+    assert p.admit("c", 3, 0)  # nothing committed, log start unknown: nothing to compare with
     assert not p.admit("a", 23, 0)  # queued before the seek
     assert p.admit("a", 20, 0) and p.admit("a", 21, 0) and p.admit("a", 22, 0)
     assert p.take() == (0, {"a": 23, "b": 8, "c": 4})
@@ -294,3 +294,79 @@ def test_a_stalled_partition_is_read_again_from_the_record_it_needs_next() -> No
     assert not progress.admit("a", 43, 1)  # queued before the seek
     assert progress.admit("a", 42, 1) and progress.admit("a", 43, 1)
     assert progress.admit("b", 7, 1)  # its first record, wherever the log starts
+
+
+def test_the_first_record_of_a_partition_never_committed_is_checked_against_its_log_start() -> None:
+    """A new member's first assignment of a partition nobody committed: Faust's stream dropped
+    the records fetched while its tables restored, and the first record handed over is past the
+    log's start. Without a committed offset that went unnoticed (their offsets were committed
+    with the next batch): now the log start is what the first record must be."""
+    p = Progress(committed={"a": 20}.get, start={"c": 0, "a": 0}.get)
+    assert not p.admit("c", 180, 0)  # 0-179 dropped by the stream
+    assert p.seeks == [("c", 0)] and p.gaps == 1
+    assert not p.admit("c", 181, 0)  # queued before the seek
+    assert p.admit("c", 0, 0) and p.admit("c", 1, 0)
+    assert p.admit("a", 20, 0)  # a committed offset comes first
+    assert p.take() == (0, {"c": 2, "a": 21})
+
+
+def test_only_a_first_record_without_anything_to_compare_with_needs_the_log_start() -> None:
+    p = Progress(committed={"a": 20}.get, start={"b": 5}.get)
+    assert not p.needs_start("a", 0) and not p.needs_start("b", 0)
+    assert p.needs_start("c", 0)
+    assert p.admit("c", 3, 0)
+    assert not p.needs_start("c", 0)  # its next record follows this one
+    assert p.needs_start("c", 1)  # a new generation starts from the log again
+
+
+def test_a_resync_reads_a_partition_never_committed_again_from_its_log_start() -> None:
+    p = Progress(start={"c": 0}.get)
+    assert p.admit("c", 0, 0)
+    p.resync(1, ["c"])  # the queues were cleared in a new generation
+    assert p.seeks == [("c", 0)]
+    assert not p.admit("c", 7, 1) and p.admit("c", 0, 1)
+
+
+class Starts:
+    def __init__(self, starts: dict[str, int], fail: bool = False) -> None:
+        self.starts, self.fail = starts, fail
+        self.asked: list[list[str]] = []
+
+    async def fetch(self, partitions: list[Any]) -> dict[Any, int]:
+        self.asked.append(list(partitions))
+        if self.fail:
+            raise RuntimeError("broker gone")
+        return {tp: self.starts[tp] for tp in partitions}
+
+
+async def test_run_batched_reads_a_partition_never_committed_from_its_log_start() -> None:
+    agent, seeks, log = Agent(), [], Starts({"c": 0})
+
+    async def seek(tp: Any, offset: int) -> None:
+        seeks.append((tp, offset))
+
+    items: list[Item] = [("c", 2), ("c", 3), ("c", 0), ("c", 1), ("c", 2), ("c", 3)]
+    starts = LogStarts(log.fetch)
+    await agent.run(items, 100, seek=seek, starts=starts, progress=Progress(start=starts.get))
+    assert seeks == [("c", 0)]
+    assert agent.handled == [("c", 0), ("c", 1), ("c", 2), ("c", 3)]
+    assert log.asked == [["c"]]  # once: then the partition's records follow each other
+
+
+async def test_a_log_start_that_cannot_be_read_leaves_the_record_unchecked() -> None:
+    agent, log = Agent(), Starts({}, fail=True)
+    starts = LogStarts(log.fetch)
+    await agent.run([("c", 2), ("c", 3)], 100, starts=starts, progress=Progress(start=starts.get))
+    assert agent.handled == [("c", 2), ("c", 3)] and log.asked == [["c"]]
+
+
+async def test_log_starts_are_forgotten_at_a_rebalance() -> None:
+    log = Starts({"c": 0})
+    starts = LogStarts(log.fetch)
+    await starts.learn(["c"])
+    await starts.learn(["c"])
+    assert starts.get("c") == 0 and log.asked == [["c"]]
+    starts.forget()
+    log.starts["c"] = 40  # retention removed the head meanwhile
+    await starts.learn(["c"])
+    assert starts.get("c") == 40
