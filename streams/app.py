@@ -485,9 +485,7 @@ class Monitor:
             try:
                 async for event in stream.noack().events():
                     message = event.message
-                    handled_in = await admit(
-                        progress, event, lambda: self.generation, seek, starts
-                    )
+                    handled_in = await admit(progress, event, lambda: self.generation, seek, starts)
                     if handled_in is None:
                         continue
                     n = decode_notification(event.value)
