@@ -44,6 +44,7 @@ class Step(enum.Enum):
     COMMIT = "commit"
 
 
+# short names for the orders below
 W, Q, S, SIG, DL, C = (
     Step.WRITE_STATE,
     Step.QUEUE_OUTPUTS,

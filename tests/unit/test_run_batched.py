@@ -173,7 +173,7 @@ def test_progress_forgets_a_generation_and_counts_what_it_drops() -> None:
 
 
 async def test_a_record_skipped_inside_a_generation_is_read_again_after_a_seek() -> None:
-    """Faust's stream drops records while its flow is stopped; a gap makes run_batched seek
+    """Faust's stream drops records while its flow is stopped; a gap makes the batch loop seek
     back to the first missing offset, drop what was queued before the seek, and handle the
     missing record and those after it in order."""
     agent, seeks = Agent(), []
