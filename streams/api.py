@@ -105,31 +105,19 @@ class Api:
 
     # -- partitions and owners ----------------------------------------------------------------
     def local_partitions(self, topic: str) -> list[int]:
-        try:
-            actives = self.m.app.assignor.assigned_actives()
-        except Exception:
-            return []
-        return sorted(tp.partition for tp in actives if tp.topic == topic)
+        return sorted(p for t, p in self.m.runtime.assigned_actives() if t == topic)
 
     def _assigned(self) -> dict[str, list[int]]:
         """Every topic partition this worker actively consumes (for operators)."""
-        try:
-            actives = self.m.app.assignor.assigned_actives()
-        except Exception:
-            return {}
         out: dict[str, list[int]] = {}
-        for tp in actives:
-            out.setdefault(tp.topic, []).append(tp.partition)
+        for topic, partition in self.m.runtime.assigned_actives():
+            out.setdefault(topic, []).append(partition)
         return {topic: sorted(ps) for topic, ps in sorted(out.items())}
 
     def peers(self) -> list[str]:
         """Web URLs of the other workers that own partitions of the messages table."""
-        try:
-            metadata = self.m.app.router.table_metadata(self.m.messages_table.name)
-        except Exception:
-            return []
-        me = str(self.m.app.conf.canonical_url).rstrip("/")
-        return [str(url).rstrip("/") for url in metadata if str(url).rstrip("/") != me]
+        me = self.m.runtime.canonical_url
+        return [url for url in self.m.runtime.table_owners(self.m.messages_table.name) if url != me]
 
     def watermark(self) -> int:
         best = 0
@@ -423,11 +411,7 @@ class Api:
     def owner_of(self, key: str, table: Table | None = None) -> str | None:
         """Web URL of the worker that owns ``key`` of ``table`` (default: recipients)."""
         name = (table if table is not None else self.m.recipients_table).name
-        try:
-            url = self.m.app.router.key_store(name, key.encode())
-        except Exception:
-            return None
-        return str(url).rstrip("/")
+        return self.m.runtime.key_owner(name, key.encode())
 
     # -- alerts ---------------------------------------------------------------------------------
     def local_alerts(self) -> dict[str, Any]:
@@ -443,7 +427,7 @@ class Api:
         if 0 in self.local_partitions(self.signals_topic):
             return None
         owner = self.owner_of("stage", self.m.alerting_table)
-        me = str(self.m.app.conf.canonical_url).rstrip("/")
+        me = self.m.runtime.canonical_url
         return None if owner == me else owner
 
     async def alerts(self, request: web.Request) -> web.Response:

@@ -121,9 +121,8 @@ def tune_gc() -> None:
 
 
 def run_worker(settings: Settings, bootstrap: str, slack: str | None = None) -> int:
-    from faust.worker import Worker
-
     from streams.app import create_app
+    from streams.runtime.worker import execute
     from streams.slack import describe_slack
 
     slack = slack or describe_slack(settings)  # a bad routing file stops the worker here
@@ -142,17 +141,12 @@ def run_worker(settings: Settings, bootstrap: str, slack: str | None = None) -> 
         file=sys.stderr,
     )
 
-    class MonitorWorker(Worker):
-        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-            # faust's terminal spinner leaves the root logger at DEBUG, which makes every
-            # library build a debug record per Kafka message (slow, and it would carry payloads);
-            # mode replaced the handlers: ours again (ISO times, quiet libraries)
-            self.spinner = None
-            logs.configure(settings.log_level, settings.faust_log_level)
-
-    worker = MonitorWorker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     tune_gc()
-    worker.execute_from_commandline()
+    execute(
+        app,
+        settings.log_level,
+        lambda: logs.configure(settings.log_level, settings.faust_log_level),
+    )
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:

@@ -774,14 +774,11 @@ def monitor_state(monitor: GaugeSource) -> StateSnapshot:
       errors) per template / sender and minute for the last minutes of event time (refilled
       from new traffic after a restart or rebalance).
     """
-    try:
-        actives = list(monitor.app.assignor.assigned_actives())
-    except Exception:  # not assigned yet
-        actives = []
+    actives = monitor.runtime.assigned_actives()
     messages_topic = monitor.messages_topic.get_topic_name()
     recipients_topic = monitor.recipients_topic.get_topic_name()
-    m_parts = sorted(tp.partition for tp in actives if tp.topic == messages_topic)
-    r_parts = sorted(tp.partition for tp in actives if tp.topic == recipients_topic)
+    m_parts = sorted(partition for topic, partition in actives if topic == messages_topic)
+    r_parts = sorted(partition for topic, partition in actives if topic == recipients_topic)
     in_cooldown, opted_out = monitor.recipients.gauges(r_parts)
     return StateSnapshot(
         recipients_in_cooldown=in_cooldown,

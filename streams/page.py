@@ -364,9 +364,10 @@ def register(monitor: PageSource, web_app: web.Application, api: Api) -> None:
     if interval > 0:
         summary = Summary(api, monitor)
 
-        @monitor.app.timer(interval=interval)  # type: ignore[untyped-decorator]
         async def log_summary() -> None:
             try:
                 log.info("%s", await summary.line())
             except Exception:  # a summary line is never worth stopping the worker
                 log.warning("summary line failed", exc_info=True)
+
+        monitor.runtime.every(interval, log_summary, "log_summary")

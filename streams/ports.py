@@ -11,7 +11,7 @@ never replace one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streams.core.advice import AdvicePolicy
@@ -43,7 +43,7 @@ class Table(Protocol):
 
 class TableReader(Protocol):
     """Reads of a table's flushed state outside stream processing
-    (:class:`streams.faust_state.BatchedTableKV`)."""
+    (:class:`streams.runtime.tables.BatchedTableKV`)."""
 
     def read(self, key: bytes, partition: int | None = None) -> bytes | None: ...
 
@@ -53,7 +53,7 @@ class TableReader(Protocol):
 
 
 class AlertingStore(KeyValue, Protocol):
-    """The alerting table (:class:`streams.faust_state.FaustTableKV`): ``events`` has partition
+    """The alerting table (:class:`streams.runtime.tables.FaustTableKV`): ``events`` has partition
     0 once this worker runs the alerting stage."""
 
     @property
@@ -74,11 +74,31 @@ class FailureCounters(Protocol):
     def failures(self) -> Counter: ...
 
 
+class Placement(Protocol):
+    """Where partitions and keys live, and the worker's timers
+    (:class:`streams.runtime.faust_runtime.FaustRuntime`): the adapters ask this, never Faust."""
+
+    def assigned_actives(self) -> list[tuple[str, int]]:
+        """The (topic, partition) this worker actively consumes (none before assignment)."""
+
+    def table_owners(self, table: str) -> list[str]:
+        """Web URLs of the workers owning partitions of ``table``."""
+
+    def key_owner(self, table: str, key: bytes) -> str | None:
+        """Web URL of the worker owning ``key`` of ``table`` (None when unknown)."""
+
+    @property
+    def canonical_url(self) -> str: ...
+
+    def every(self, interval_s: float, fn: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run ``fn`` every ``interval_s`` seconds while the worker runs."""
+
+
 class GaugeSource(Protocol):
     """What the scrape-time gauges read (:func:`streams.metrics.monitor_state`)."""
 
     @property
-    def app(self) -> Any: ...  # the faust.App: its assignor says which partitions are here
+    def runtime(self) -> Placement: ...
 
     @property
     def messages_topic(self) -> Topic: ...

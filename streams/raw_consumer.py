@@ -4,7 +4,7 @@ Faust hands every record to an agent as its own event through a chain of queues 
 (~35 us of CPU per record, the largest single cost when most webhooks carry one status). Stage 1
 keeps no state, so it does not need a Faust table or Faust's partition assignor: this loop reads
 up to ``max_records`` records at a time (``getmany``) and gives each to ``handle``. A batch
-spans polls, as the other stages' do (:class:`~streams.faust_state.BatchPolicy`): once
+spans polls, as the other stages' do (:class:`~streams.runtime.batching.BatchPolicy`): once
 ``policy.max_events`` records were handled, or ``policy.max_delay_s`` after the first of them,
 it awaits ``flush`` (which sends the stage's output and returns once Kafka acknowledged it; also
 whenever ``full()`` says the output grew large) and only then commits the batch's offsets. Live
@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streams.core.eventtime import received_at
-from streams.faust_state import BatchPolicy
+from streams.runtime.batching import BatchPolicy
 
 log = logging.getLogger(__name__)
 

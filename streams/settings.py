@@ -99,7 +99,7 @@ class Settings:
     topic_replication_factor: int = 1
     store: str = "rocksdb://"
     #: RocksDB memory of the whole process, in MiB: one block cache shared by every table
-    #: partition's database, memtables charged to it (see streams.faust_state.SharedRocksDB)
+    #: partition's database, memtables charged to it (see streams.runtime.tables.SharedRocksDB)
     rocksdb_memory_mb: int = 64
     #: RocksDB memtable size per partition database, in MiB (at most two each, within the budget)
     rocksdb_write_buffer_mb: int = 4

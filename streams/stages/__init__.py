@@ -1,4 +1,4 @@
-"""The monitor's three stages, between Faust (streams.app) and the pure core (streams.core).
+"""The monitor's stages, between the runtime (streams.runtime) and the pure core (streams.core).
 
 1. :mod:`~streams.stages.ingest`: raw webhook bodies -> status facts (to the messages topic,
    partitioned by wamid), recipient facts (to the recipients topic, partitioned by recipient),

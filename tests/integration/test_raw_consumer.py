@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
 
-from streams.faust_state import BatchPolicy
 from streams.raw_consumer import consume_raw
+from streams.runtime.batching import BatchPolicy
 from streams.topics import TopicSpec, ensure_topics
 from testkit.kafka import committed_offsets_async, produce_async
 

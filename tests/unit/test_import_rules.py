@@ -270,3 +270,48 @@ def test_no_import_cycle_among_the_streams_modules() -> None:
     graph = streams_graph()
     assert len(graph) > 50 and "streams.core.keys" in graph
     assert cycles(graph) == []
+
+
+#: the frameworks only streams.runtime may import (faust and mode, the service library it is
+#: built on)
+RUNTIME_ONLY = ("faust", "mode")
+
+
+def framework_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, module) of every import of a runtime-only framework, anywhere in a module."""
+    return sorted(
+        (line, module) for line, module in imported(tree) if module.split(".")[0] in RUNTIME_ONLY
+    )
+
+
+def test_the_faust_import_check_sees_imports_anywhere() -> None:
+    code = (
+        "import faust\nfrom faust.types import TP\nimport mode.utils\n"
+        "def f():\n    from faust.worker import Worker\n"
+        "if TYPE_CHECKING:\n    import faust.streams\nimport faustish\n"
+    )
+    assert framework_imports(ast.parse(code)) == [
+        (1, "faust"),
+        (2, "faust"),
+        (3, "mode"),
+        (5, "faust"),
+        (7, "faust"),
+    ]
+
+
+def test_only_the_runtime_package_imports_faust() -> None:
+    """Faust (and mode) are imported under streams/runtime/ and nowhere else in streams/:
+    the stages, the adapters and the wiring (streams.app) go through the runtime."""
+    runtime = REPO / "streams" / "runtime"
+    offenders, importers = [], set()
+    for path in sources("streams"):
+        found = framework_imports(ast.parse(path.read_text(), filename=str(path)))
+        if not found:
+            continue
+        if runtime in path.parents:
+            importers.add(path.name)
+        else:
+            offenders += [f"{path.relative_to(REPO)}:{line} {module}" for line, module in found]
+    assert offenders == []
+    # the check looks at the right files: the runtime's Faust modules are seen
+    assert {"faust_private.py", "faust_runtime.py", "worker.py"} <= importers

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from faust.stores.rocksdb import RocksDBOptions
 from rocksdict import Rdict
 
-from streams.faust_state import SharedRocksDB
+from streams.runtime.tables import SharedRocksDB
 
 MB = 2**20
 

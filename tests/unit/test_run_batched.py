@@ -1,17 +1,27 @@
-"""run_batched: what a Faust agent hands to a stage, when it flushes and what it commits.
+"""The batch loop and the checkpoint's commit: what a Faust agent hands to a stage, when it
+flushes and what it commits.
 
 Faust can deliver a record twice and acks records it skips during a rebalance, so the agents'
-topics have Faust's acks off and run_batched commits: after a flush, the offset after the last
+topics have Faust's acks off and the agents commit: after a flush, the offset after the last
 record handled per partition, and never a record handled before a rebalance."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
-from streams.faust_state import BatchPolicy, LogStarts, Progress, run_batched, stalled
+from streams.runtime.batching import (
+    BatchLoop,
+    BatchPolicy,
+    LogStarts,
+    Progress,
+    Seek,
+    Taken,
+    stalled,
+)
+from streams.runtime.checkpoint import Batch, Checkpoint, Step
 
 Item = tuple[str, int] | Callable[[], None]
 
@@ -37,6 +47,44 @@ class FakeStream:
             await asyncio.sleep(0)
         if self.done is not None:
             await self.done.wait()
+
+
+class Committer:
+    """The broker of a checkpoint that only commits (its COMMIT step is under test)."""
+
+    def __init__(
+        self, commit: Callable[[dict[Any, int]], Awaitable[None]], generation: Callable[[], int]
+    ):
+        self.commit = commit
+        self._generation = generation
+
+    @property
+    def generation(self) -> int:
+        return self._generation()
+
+
+async def run_batched(
+    stream: FakeStream,
+    handle: Callable[[Any], None],
+    flush: Callable[[], Awaitable[None]],
+    policy: BatchPolicy,
+    commit: Callable[[dict[Any, int]], Awaitable[None]],
+    generation: Callable[[], int] = lambda: 0,
+    progress: Progress | None = None,
+    seek: Seek | None = None,
+    starts: LogStarts | None = None,
+) -> None:
+    """An agent's loop as the runtime runs it: its flush, then its checkpoint's commit."""
+    checkpoint = Checkpoint("test", (Step.COMMIT,), Committer(commit, generation))  # type: ignore[arg-type]
+
+    async def flush_and_commit(taken: Taken) -> None:
+        await flush()
+        await checkpoint.run(Batch(taken=taken))
+
+    loop = BatchLoop(
+        handle, flush_and_commit, policy, generation, progress=progress, seek=seek, starts=starts
+    )
+    await loop.run(stream.events())
 
 
 class Agent:
@@ -136,7 +184,7 @@ def test_progress_forgets_a_generation_and_counts_what_it_drops() -> None:
 
 
 async def test_a_record_skipped_inside_a_generation_is_read_again_after_a_seek() -> None:
-    """Faust's stream drops records while its flow is stopped; a gap makes run_batched seek
+    """Faust's stream drops records while its flow is stopped; a gap makes the batch loop seek
     back to the first missing offset, drop what was queued before the seek, and handle the
     missing record and those after it in order."""
     agent, seeks = Agent(), []
@@ -196,14 +244,14 @@ async def test_a_gap_commits_nothing_past_it_before_the_missing_record_is_handle
 
 def test_the_faust_seeker_leaves_a_partition_it_no_longer_has() -> None:
     """aiokafka refuses to seek a partition no longer assigned; the agent goes on."""
-    from streams.faust_state import faust_seeker
+    from streams.runtime.faust_runtime import FaustRuntime
 
     class Consumer:
         async def seek(self, tp: Any, offset: int) -> None:
             raise RuntimeError("IllegalStateError: No current assignment for partition")
 
-    seek = faust_seeker(SimpleNamespace(consumer=Consumer()))
-    assert asyncio.run(seek("a", 3)) is None
+    runtime: Any = SimpleNamespace(app=SimpleNamespace(consumer=Consumer()))
+    assert asyncio.run(FaustRuntime.seek(runtime, "a", 3)) is None
 
 
 def test_the_first_record_of_a_generation_after_the_committed_offset_is_a_gap() -> None:
@@ -250,7 +298,7 @@ def test_the_clear_watch_reports_clears_while_flow_is_on_only() -> None:
     followed by Faust's own seek) and on every resume (records already fetched are lost)."""
     from mode.utils.queues import FlowControlEvent
 
-    from streams.faust_state import ClearWatch
+    from streams.runtime.faust_runtime import ClearWatch
 
     flow = FlowControlEvent()  # suspended, as Faust's is until the first assignment
     cleared: list[bool] = []
