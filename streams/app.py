@@ -15,6 +15,7 @@ Agents stay thin: decode, call a stage (streams.stages), flush, ack.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -57,6 +58,7 @@ from streams.raw_consumer import consume_raw, ingest_group, retry_kafka
 from streams.settings import Settings
 from streams.slack import SlackNotifier
 from streams.slack_threads import ThreadStore
+from streams.stage_cpu import StageCpu
 from streams.stages import partition_for
 from streams.stages.alerting import AlertingStage
 from streams.stages.ingest import DeadLetter, IngestStage
@@ -100,6 +102,8 @@ class Monitor:
             campaign_label_cap=settings.campaign_label_cap,
         )
         self.metrics.precreate([settings.topic_raw, settings.topic_send_log])
+        self.cpu = StageCpu()  # CPU seconds per stage (handle and flush; see streams.stage_cpu)
+        self.metrics.watch_stage_cpu(self.cpu.seconds)
         datadir = settings.data_dir / "worker" / settings.app_id
         datadir.mkdir(parents=True, exist_ok=True)
         self.app = app = faust.App(
@@ -291,8 +295,8 @@ class Monitor:
             """An agent's loop (see run_batched): this worker's commits, seeks and rebalances."""
             await run_batched(
                 stream,
-                handle,
-                flush,
+                self.cpu.timed(agent, handle),
+                self.cpu.timed_async(agent, flush),
                 policy,
                 commit,
                 lambda: self.generation,
@@ -311,10 +315,11 @@ class Monitor:
                 settings.topic_raw,
                 ingest_group(settings.app_id),
                 self.ingest,
-                self._flush_ingest,
+                self.cpu.timed_async("ingest", self._flush_ingest),
                 session_timeout_s=settings.session_timeout_s,
                 policy=policy,
                 on_records=counter.inc,
+                on_cpu=functools.partial(self.cpu.add, "ingest"),
             )
 
         @app.task  # type: ignore[untyped-decorator]
