@@ -268,6 +268,12 @@ def details(name: str, s: dict[str, Any]) -> list[str]:
             f"{w.get('seconds_to_no_lag')} s); baseline "
             f"{(s.get('baseline') or {}).get('seconds')} s."
         )
+        if s.get("cpu_s_per_million_events_by_stage"):
+            out.append(
+                "CPU per stage: the thread CPU time of each stage's handle and flush calls "
+                "(streams/stage_cpu.py; /v1/health's stage_cpu_s) over every event of the "
+                "workload; the rest is the worker's CPU per million events minus the stages'."
+            )
     elif name == "memory" and wl:
         api = s.get("recipients_known_by_api") or {}
         out.append(

@@ -270,6 +270,9 @@ def throughput(b: Bench) -> dict[str, Any]:
     worker, health, failures = measured_drain(b, "throughput", envs, events, produced)
     b.shared["worker_events_per_s"] = worker["events_per_s"]
     ratio = round(worker["events_per_s"] / base_eps, 3) if worker["events_per_s"] else None
+    by_stage = stage_cpu_per_million(
+        health.get("stage_cpu_s"), events, worker["cpu_s_per_million_events"]
+    )
     return {
         "workload": wl.info.to_json(),
         "workload_generated_s": round(wl.generated_s, 1),
@@ -286,6 +289,7 @@ def throughput(b: Bench) -> dict[str, Any]:
         "worker_health": health,
         "worker_failures": failures,
         "ratio_worker_to_baseline": ratio,
+        "cpu_s_per_million_events_by_stage": by_stage,
         "rows": [
             row("baseline (consume + parse, no state)", round(base_eps), "events/s"),
             row("worker (full pipeline)", worker["events_per_s"], "events/s"),
@@ -297,8 +301,39 @@ def throughput(b: Bench) -> dict[str, Any]:
                 "CPU s",
             ),
             row("worker peak RSS", worker["peak_rss_mb"][0], "MiB"),
+            *(
+                row(f"worker CPU per million events: {STAGE_NAMES[stage]}", value, "CPU s")
+                for stage, value in by_stage.items()
+            ),
         ],
     }
+
+
+STAGE_NAMES = {
+    "ingest": "stage 1 (ingest)",
+    "messages": "stage 2 (messages)",
+    "recipients": "stage 3 (recipients)",
+    "alerting": "alerting",
+    "rest": "the rest (Kafka clients, Faust, event loop)",
+}
+
+
+def stage_cpu_per_million(
+    stage_cpu_s: Any, events: int, worker_per_million: float | None
+) -> dict[str, float]:
+    """CPU seconds per million events of each stage (the worker's ``stage_cpu_s`` in
+    /v1/health: its handle and flush calls since it started, over every event of the workload)
+    and of the rest (the worker's CPU per million events over the drain minus the stages')."""
+    if not isinstance(stage_cpu_s, dict) or not events:
+        return {}
+    out = {
+        stage: round(float(seconds) / events * 1e6, 1)
+        for stage, seconds in stage_cpu_s.items()
+        if stage in STAGE_NAMES
+    }
+    if worker_per_million is not None:
+        out["rest"] = round(worker_per_million - sum(out.values()), 1)
+    return out
 
 
 async def _health(worker: WorkerProcess) -> dict[str, Any]:
@@ -308,7 +343,8 @@ async def _health(worker: WorkerProcess) -> dict[str, Any]:
         status, body = await get_json_async(session, worker.base_url + "/v1/health")
     if status != 200 or not isinstance(body, dict):
         return {}
-    return {k: body.get(k) for k in ("ingest", "messages", "recipients", "watermark")}
+    keys = ("ingest", "messages", "recipients", "watermark", "stage_cpu_s")
+    return {k: body.get(k) for k in keys}
 
 
 # -- 2. memory -----------------------------------------------------------------------------------

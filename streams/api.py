@@ -475,6 +475,8 @@ class Api:
                     "facts": self.m.recipients.stats.facts,
                     "applied": self.m.recipients.stats.applied,
                 },
+                # CPU seconds of each stage's own code since the worker started (streams.stage_cpu)
+                "stage_cpu_s": self.m.cpu.snapshot(),
                 "consumer_lag": self.consumer_lag(),
                 "alerting": self.m.alerting.progress() if 0 in self.m.alerting_kv.events else None,
                 "state": self.local_state(),

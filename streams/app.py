@@ -45,6 +45,7 @@ from streams.runtime.tables import SharedRocksDB
 from streams.settings import Settings
 from streams.slack import SlackNotifier
 from streams.slack_threads import ThreadStore
+from streams.stage_cpu import StageCpu
 from streams.stages.alerting import AlertingStage
 from streams.stages.ingest import IngestStage
 from streams.stages.messages import MessageStage, Retention
@@ -70,6 +71,8 @@ class Monitor:
             campaign_label_cap=s.campaign_label_cap,
         )
         m.precreate([s.topic_raw, s.topic_send_log])
+        self.cpu = cpu = StageCpu()  # CPU seconds per stage (handle and flush: streams.stage_cpu)
+        m.watch_stage_cpu(cpu.seconds)
         self.runtime = rt = FaustRuntime(
             s, bootstrap, on_read_again=lambda agent: m.reads_again.labels(agent=agent).inc()
         )
@@ -228,26 +231,39 @@ class Monitor:
                 s.topic_raw,
                 ingest_group(s.app_id),
                 self.ingest,
-                self.ingest_agent.flush,
+                cpu.timed_async("ingest", self.ingest_agent.flush),
                 session_timeout_s=s.session_timeout_s,
                 policy=rt.policy,
                 on_records=m.records_consumed.labels(topic=s.topic_raw).inc,
+                on_cpu=partial(cpu.add, "ingest"),
             )
 
         rt.task(ingest)
         rt.task(self.lag.run)
         messages = self.messages_agent
         loop = rt.batch_loop(
-            "messages", stage2_input, messages.handle, messages.flush, lambda: messages.full
+            "messages",
+            stage2_input,
+            cpu.timed("messages", messages.handle),
+            cpu.timed_async("messages", messages.flush),
+            lambda: messages.full,
         )
         rt.agent("messages", stage2_input, loop.run)
         recipients = self.recipients_agent
         loop = rt.batch_loop(
-            "recipients", self.recipients_topic, recipients.handle, recipients.flush
+            "recipients",
+            self.recipients_topic,
+            cpu.timed("recipients", recipients.handle),
+            cpu.timed_async("recipients", recipients.flush),
         )
         rt.agent("recipients", self.recipients_topic, loop.run)
         alerting = self.alerting_agent
-        loop = rt.batch_loop("alerting", self.signals_topic, alerting.handle, alerting.flush)
+        loop = rt.batch_loop(
+            "alerting",
+            self.signals_topic,
+            cpu.timed("alerting", alerting.handle),
+            cpu.timed_async("alerting", alerting.flush),
+        )
         rt.agent("alerting", self.signals_topic, loop.run)
         rt.every(5.0, alerting.tick, "evaluate_when_quiet")
         rt.agent("notifier", self.alerts_topic, partial(self.notifier_agent.run, policy=rt.policy))

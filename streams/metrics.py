@@ -29,7 +29,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
-from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from streams import __version__
 from streams.core.alerts import NotificationKind
@@ -587,6 +592,11 @@ class MonitorMetrics:
         :class:`streams.lag.ConsumerLag`), read at scrape time."""
         self.registry.register(_LagCollector(source))
 
+    def watch_stage_cpu(self, seconds: Mapping[str, float]) -> None:
+        """Serve the CPU seconds per stage (:class:`streams.stage_cpu.StageCpu`'s ``seconds``),
+        read at scrape time."""
+        self.registry.register(_StageCpuCollector(seconds))
+
     def alert_notified(self, notification: Any) -> None:
         """Feed for every notification the alert book emits (rule of its headline, kind)."""
         self.alerts.labels(rule=notification.headline.rule, kind=str(notification.kind)).inc()
@@ -631,6 +641,30 @@ class _LagHistogram:
 
 def _fmt(bound: float) -> str:
     return repr(float(bound))
+
+
+class _StageCpuCollector:
+    """CPU seconds each stage's own code used (handle and flush; see streams.stage_cpu)."""
+
+    def __init__(self, seconds: Mapping[str, float]) -> None:
+        self.seconds = seconds
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            f"{PREFIX}_stage_cpu_seconds",
+            "CPU seconds this worker spent in each stage's own code (its handle and flush "
+            "calls; Kafka clients, Faust and the event loop are not in any stage)",
+            labels=["stage"],
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for stage, seconds in self.seconds.items():
+            family.add_metric([stage], seconds)
+        yield family
 
 
 class _LagCollector:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from streams.core.advice import AdvicePolicy
 from streams.settings import Settings
+from streams.stage_cpu import StageCpu
 from streams.stages.alerting import AlertingStage
 from streams.stages.ingest import IngestStage
 from streams.stages.messages import MessageStage
@@ -151,6 +152,9 @@ class ApiSource(GaugeSource, Protocol):
 
     @property
     def lag(self) -> LagSource: ...
+
+    @property
+    def cpu(self) -> StageCpu: ...
 
 
 class PageSource(ApiSource, Protocol):

@@ -120,8 +120,11 @@ async def consume_raw(
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
     on_records: Callable[[int], None] = lambda n: None,
+    on_cpu: Callable[[float], None] = lambda s: None,
+    cpu_clock: Callable[[], float] = time.thread_time,
 ) -> None:
-    """Consume ``topic`` until cancelled (see the module docstring)."""
+    """Consume ``topic`` until cancelled (see the module docstring). ``on_cpu`` is given the
+    CPU seconds ``reader.handle`` took for each poll's records (``flush`` not included)."""
     policy = policy if policy is not None else BatchPolicy()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -146,14 +149,18 @@ async def consume_raw(
             )
             count = 0
             now = wall()
+            t0 = cpu_clock()
             for tp, records in batches.items():
                 for r in records:
                     received = received_at(r.timestamp, now)
                     reader.handle(r.topic, r.partition, r.offset, r.value or b"", received)
                     if reader.full:  # keep each output record small: send, commit at the end
+                        on_cpu(cpu_clock() - t0)
                         await flush()
+                        t0 = cpu_clock()
                 offsets[tp] = records[-1].offset + 1
                 count += len(records)
+            on_cpu(cpu_clock() - t0)
             for tp in consumer.assignment():
                 end = consumer.highwater(tp)
                 if end is not None:

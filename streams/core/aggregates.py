@@ -26,6 +26,10 @@ class Bucket(msgspec.Struct, array_like=True, gc=False):
     applied: Applied = {}
 
 
+#: a cell not seen yet by :meth:`BucketWriter.add`
+_UNDECIDED = Bucket()
+
+
 class BucketWriter:
     """Adds deltas to the buckets of one partition, once per input position.
 
@@ -53,13 +57,12 @@ class BucketWriter:
         did not exist before (for the expiry index)."""
         cache = self._cache
         created: list[BucketId] = []
-        decided: dict[tuple[str, str, int], Bucket | None] = {}
+        decided: dict[tuple[str, str, int], Bucket | None] = {}  # per cell: None = a replay
         source, at = position[0], (position[1], position[2])
         for d in deltas:
             cell = (d.dim, d.key, d.minute)
-            if cell in decided:
-                bucket = decided[cell]
-            else:
+            bucket = decided.get(cell, _UNDECIDED)
+            if bucket is _UNDECIDED:
                 bucket = cache.get(cell)
                 if bucket is None:
                     bucket_id = BucketId(d.dim, d.key, self.partition, d.minute)

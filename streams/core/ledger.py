@@ -76,6 +76,12 @@ _IMPLIES: dict[str, int] = {
     "warning": ATTEMPTED | WARNING,
 }
 
+#: the outcomes of each combination of the shiftable bits
+_SHIFTABLE_OUTCOMES = [
+    frozenset(outcome for bit, outcome in STAGE_OUTCOMES if bits & bit)
+    for bits in range(_SHIFTABLE + 1)
+]
+
 _FAILURE_FACTS: dict[str, RecipientFactKind] = {
     "per_user_marketing_limit": RecipientFactKind.LIMIT_FAILURE,
     "us_marketing_pause": RecipientFactKind.US_PAUSE,
@@ -212,19 +218,37 @@ def minute_of(ts: int) -> int:
     return ts // 60
 
 
-def _dims(
-    state: MessageState, template: str, campaign: bool = True
-) -> tuple[tuple[Dimension, str], ...]:
+_TEMPLATE, _SENDER, _COUNTRY, _CAMPAIGN = (
+    Dimension.TEMPLATE,
+    Dimension.SENDER,
+    Dimension.COUNTRY,
+    Dimension.CAMPAIGN,
+)
+
+
+def _cells(
+    state: MessageState, template: str, mark: int, campaign: bool = True
+) -> list[tuple[Dimension, str, int]]:
     """The bucket dimensions an outcome of this message counts under (``campaign=False``: not
-    its campaign, the outcome was counted before the campaign was known)."""
-    dims = (
-        (Dimension.TEMPLATE, template),
-        (Dimension.SENDER, state.sender or "unknown"),
-        (Dimension.COUNTRY, state.country or "ZZ"),
-    )
+    its campaign, the outcome was counted before the campaign was known), each with the first
+    evaluation point that may use the count. A count under a template or campaign another
+    input named (the send log, a later status) depends on that input too: the detector may use
+    it once both are read."""
+    seen = visible_at(mark)
+    if state.log_mark and template != UNKNOWN_TEMPLATE:
+        named = visible_at(state.log_mark)
+        by_template = named if named > seen else seen
+    else:
+        by_template = seen if seen > 0 else 0
+    cells = [
+        (_TEMPLATE, template, by_template),
+        (_SENDER, state.sender or "unknown", seen),
+        (_COUNTRY, state.country or "ZZ", seen),
+    ]
     if campaign and state.campaign:
-        return (*dims, (Dimension.CAMPAIGN, state.campaign))
-    return dims
+        named = visible_at(state.campaign_mark)
+        cells.append((_CAMPAIGN, state.campaign, named if named > seen else seen))
+    return cells
 
 
 def _deltas(
@@ -236,18 +260,10 @@ def _deltas(
     mark: int,
     campaign: bool = True,
 ) -> list[BucketDelta]:
-    """The bucket deltas of one counted outcome. A count under a template or campaign another
-    input named (the send log, a later status) depends on that input too: the detector may use
-    it once both are read."""
-    seen = visible_at(mark)
-    named = visible_at(state.log_mark) if state.log_mark and template != UNKNOWN_TEMPLATE else 0
-    visible = {
-        Dimension.TEMPLATE: max(seen, named),
-        Dimension.CAMPAIGN: max(seen, visible_at(state.campaign_mark)),
-    }
+    """The bucket deltas of one counted outcome (see :func:`_cells`)."""
     return [
-        BucketDelta(dim, key, minute, outcome, n, visible.get(dim, seen))
-        for dim, key in _dims(state, template, campaign)
+        BucketDelta(dim, key, minute, outcome, n, visible)
+        for dim, key, visible in _cells(state, template, mark, campaign)
     ]
 
 
@@ -347,15 +363,18 @@ class MessageLedger:
         minute = minute_of(fact.timestamp)
         if earlier and not late:
             self._shift(state, earlier, minute, position, fact.mark or fact.timestamp, fx)
-        for bit, outcome in STAGE_OUTCOMES:
-            if not new & bit:
-                continue
-            label = failed_outcome(fact.error_class) if bit == FAILED else outcome
-            if late:
-                continue
+        if new and not late:
             mark = fact.mark or fact.timestamp
-            state.counted.append(Counted(minute, label, position, template, None, mark))
-            fx.deltas.extend(_deltas(state, template, minute, label, 1, mark))
+            cells = _cells(state, template, mark)
+            counted, deltas = state.counted, fx.deltas
+            for bit, outcome in STAGE_OUTCOMES:
+                if not new & bit:
+                    continue
+                label = failed_outcome(fact.error_class) if bit == FAILED else outcome
+                counted.append(Counted(minute, label, position, template, None, mark))
+                deltas.extend(
+                    [BucketDelta(dim, key, minute, label, 1, vis) for dim, key, vis in cells]
+                )
         if new & DELIVERED:
             state.delivered_ts = fact.timestamp
         if new & READ:
@@ -425,7 +444,7 @@ class MessageLedger:
         counted move to its ``minute``, and to its ``mark`` if that is lower in the same minute
         (so alerting may use it from the earliest point any of its statuses allows): the
         buckets and when each count is usable then do not depend on which status came first."""
-        outcomes = {outcome for bit, outcome in STAGE_OUTCOMES if bits & bit}
+        outcomes = _SHIFTABLE_OUTCOMES[bits]
         for c in state.counted:
             if c.outcome not in outcomes or (minute, mark) >= (c.minute, c.mark):
                 continue

@@ -346,11 +346,18 @@ class MessageStage:
             return  # first applied in this batch: its deltas are in this batch's signal
         signal, counted = self._signal_buckets, self.stats.counted
         apart = offset if replayed else -1
-        if not replayed:
-            for d in fx.deltas:
-                if d.delta > 0:
-                    counted[(d.dim, d.key, d.outcome)] += d.delta
-        for d in (fx.deltas + fx.shifts) if fx.shifts else fx.deltas:
+        for d in fx.deltas:
+            dim, key, outcome, n = d.dim, d.key, d.outcome, d.delta
+            if n > 0 and not replayed:
+                counted[(dim, key, outcome)] += n
+            cell = (source, apart, dim, key, d.minute, d.visible)
+            entry = signal.get(cell)
+            if entry is None:
+                entry = signal[cell] = ({}, [offset])
+            counts = entry[0]
+            counts[outcome] = counts.get(outcome, 0) + n
+            entry[1][0] = offset
+        for d in fx.shifts:
             cell = (source, apart, d.dim, d.key, d.minute, d.visible)
             entry = signal.get(cell)
             if entry is None:
