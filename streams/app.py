@@ -16,6 +16,7 @@ batch reaches Kafka in :mod:`streams.runtime.checkpoint`, and everything Faust i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -240,31 +241,18 @@ class Monitor:
 
         rt.task(ingest)
         rt.task(self.lag.run)
-        messages = self.messages_agent
-        loop = rt.batch_loop(
-            "messages",
-            stage2_input,
-            cpu.timed("messages", messages.handle),
-            cpu.timed_async("messages", messages.flush),
-            lambda: messages.full,
-        )
-        rt.agent("messages", stage2_input, loop.run)
-        recipients = self.recipients_agent
-        loop = rt.batch_loop(
-            "recipients",
-            self.recipients_topic,
-            cpu.timed("recipients", recipients.handle),
-            cpu.timed_async("recipients", recipients.flush),
-        )
-        rt.agent("recipients", self.recipients_topic, loop.run)
+
+        def batched(
+            name: str, topic: Any, agent: Any, full: Callable[[], bool] = lambda: False
+        ) -> None:
+            """The agent ``name`` on ``topic`` in a batch loop, its CPU charged to ``name``."""
+            handle, flush = cpu.timed(name, agent.handle), cpu.timed_async(name, agent.flush)
+            rt.agent(name, topic, rt.batch_loop(name, topic, handle, flush, full).run)
+
+        batched("messages", stage2_input, self.messages_agent, lambda: self.messages_agent.full)
+        batched("recipients", self.recipients_topic, self.recipients_agent)
         alerting = self.alerting_agent
-        loop = rt.batch_loop(
-            "alerting",
-            self.signals_topic,
-            cpu.timed("alerting", alerting.handle),
-            cpu.timed_async("alerting", alerting.flush),
-        )
-        rt.agent("alerting", self.signals_topic, loop.run)
+        batched("alerting", self.signals_topic, alerting)
         rt.every(5.0, alerting.tick, "evaluate_when_quiet")
         rt.agent("notifier", self.alerts_topic, partial(self.notifier_agent.run, policy=rt.policy))
         rt.on_assigned(self.notifier_agent.on_assigned)
