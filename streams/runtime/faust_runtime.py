@@ -271,7 +271,10 @@ class FaustRuntime:
         partition a rebalance took away meanwhile is left alone: its next owner reads it from
         the committed offset."""
         try:
-            await self.app.consumer.seek(tp, offset)
+            # seek_wait seeks in Faust's consumer thread, where aiokafka's fetcher runs
+            # (Consumer.seek calls aiokafka from this thread: its fetcher then crashed the worker
+            # with a KeyError once, after a read-again at a first assignment)
+            await self.app.consumer.seek_wait({tp: offset})
         except Exception as exc:  # IllegalStateError: no longer assigned
             log.warning("%s: could not seek to %d (%r)", tp, offset, exc)
 

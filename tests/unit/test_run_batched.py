@@ -247,7 +247,7 @@ def test_the_faust_seeker_leaves_a_partition_it_no_longer_has() -> None:
     from streams.runtime.faust_runtime import FaustRuntime
 
     class Consumer:
-        async def seek(self, tp: Any, offset: int) -> None:
+        async def seek_wait(self, partitions: dict[Any, int]) -> None:
             raise RuntimeError("IllegalStateError: No current assignment for partition")
 
     runtime: Any = SimpleNamespace(app=SimpleNamespace(consumer=Consumer()))
