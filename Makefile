@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 KAFKA4_VERSION ?= 4.1.1
 PYTEST_ARGS ?=
+# pytest processes for `make test` (pytest-xdist): the broker tests mostly wait on workers and
+# Kafka, so four share two cores well; each process starts its own broker. TEST_WORKERS=0: one.
+TEST_WORKERS ?= 4
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -36,7 +39,7 @@ run: install ## Local Kafka (fetched with Maven) + worker; prints where the metr
 	$(VENV)/bin/delivery-monitor run
 
 test: install tools ## The whole suite on Kafka 3.9 (default) plus the smoke subset on Kafka 4.x
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-kafka4
 
 test-kafka4: install ## The kafka_smoke subset against the Kafka 4.x broker
