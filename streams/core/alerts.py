@@ -376,6 +376,12 @@ class AlertBook:
         """Every pending and firing alert, by key."""
         return [self.state.alerts[k].snapshot() for k in sorted(self.state.alerts)]
 
+    @property
+    def idle(self) -> bool:
+        """No alert or incident open (not even one cooling down): an evaluation that finds
+        nothing changes nothing."""
+        return not self.state.alerts and not self.state.incidents
+
     def apply(self, evaluation: Evaluation) -> list[Notification]:
         """Absorb one evaluation round; returns the notifications to send, in incident order."""
         at = evaluation.at

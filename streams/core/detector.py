@@ -553,6 +553,11 @@ class SpikeDetector:
             return True
         return binomial_sf(errors, attempts, p0) > t.alpha
 
+    @property
+    def idle(self) -> bool:
+        """No minutes kept: an evaluation finds nothing and changes nothing."""
+        return not self._series
+
     def scopes(self) -> list[Scope]:
         """Every scope with minutes kept."""
         return sorted(self._series, key=str)

@@ -58,6 +58,7 @@ from streams.core.catalog import ErrorClass
 from streams.core.times import iso_utc
 
 DAY = 86_400
+_NEVER = 1 << 62  # first_time() of a rule keeping nothing
 
 TEMPLATE_PAUSED = "template_paused"
 TEMPLATE_DISABLED = "template_disabled"
@@ -349,6 +350,13 @@ class ImmediateRules:
         minute = event.ts // 60
         minutes[minute] = minutes.get(minute, 0) + event.count
 
+    def first_time(self) -> int:
+        """The earliest event time of an event or error kept (a large number when none):
+        evaluations before it find nothing and change nothing."""
+        times = [a.ts for events in self._events.values() for a in events]
+        times += [m * 60 for minutes in self._errors.values() for m in minutes]
+        return min(times, default=_NEVER)
+
     def evaluate(self, now: int) -> Evaluation:
         """The alerts in force at event time ``now``: per alert, the latest of its events
         before ``now`` (unless older than ``event_ttl_seconds``); per error burst, the errors of
@@ -462,6 +470,11 @@ class ResendStormRule:
 
     def load(self, state: ImmediateState) -> None:
         self._resends = defaultdict(list, {sender: list(v) for sender, v in state.storms})
+
+    def first_time(self) -> int:
+        """The earliest time of a resend kept (a large number when none): evaluations before
+        it find nothing and change nothing."""
+        return min((r.ts for kept in self._resends.values() for r in kept), default=_NEVER)
 
     def evaluate(self, now: int) -> Evaluation:
         """Storms at event time ``now``: resends in the window before ``now``."""

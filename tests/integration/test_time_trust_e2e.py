@@ -112,3 +112,43 @@ def test_a_webhook_dated_2100_erases_nothing(
     _, health = get_json(f"{worker.base_url}/v1/health")
     assert isinstance(health, dict)
     assert json.dumps(health).count("4102444800") == 0  # no watermark moved to 2100
+
+
+def test_a_status_dated_2010_first_costs_the_alert_clock_a_day_not_sixteen_years(
+    kafka_bootstrap: str, tmp_path: Path, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A trusted but ancient status as a fresh monitor's first input: the alert clock starts at
+    its minute and passes over the empty years (it used to judge each 15-second point up to
+    now: minutes of CPU with the worker's event loop blocked)."""
+    worker, settings = memory_worker(kafka_bootstrap, tmp_path, start_worker)
+    old = 1_262_304_000 + 600  # 2010-01-01T00:10:00Z
+    t = int(time.time()) - 3_600
+    first = message("wamid.OLD-1", "5511987650101", old)
+    produce(
+        kafka_bootstrap,
+        settings.topic_raw,
+        [envelope(SENDER, DISPLAY, [status_item(first, "sent", old, None)])],
+    )
+    topics = [settings.topic_raw, *internal_topic_names(settings)]
+    wait_drained(kafka_bootstrap, settings.app_id, topics, 90)
+    later = [
+        envelope(SENDER, DISPLAY, [status_item(message(f"wamid.NEW-{i}", r, t), "sent", t, None)])
+        for i, r in enumerate(f"55119876502{i:02d}" for i in range(20))
+    ]
+    produce(kafka_bootstrap, settings.topic_raw, later)
+    wait_drained(kafka_bootstrap, settings.app_id, topics, 90)
+
+    deadline = time.monotonic() + 60
+    alerting: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        _, health = get_json(f"{worker.base_url}/v1/health")
+        assert isinstance(health, dict)
+        alerting = health.get("alerting") or {}
+        if int(str(alerting.get("points_skipped") or 0)) > 10**6:
+            break
+        time.sleep(1)
+    skipped, judged = int(str(alerting["points_skipped"])), int(str(alerting["points_judged"]))
+    assert skipped > (t - old) // 15 - 2 * 5_760, alerting  # the years in between
+    assert judged < 3 * 5_760, alerting  # the old minute's day and the hour of traffic
+    status, body = get_json(f"{worker.base_url}/v1/templates/spring_sale")
+    assert status == 200 and isinstance(body, dict), body
