@@ -402,3 +402,16 @@ def test_a_merged_or_spliced_section_says_which_run_it_comes_from() -> None:
     )
     assert again.count("## Alert quality") == 1 and "\nnew\n" in again and "old" in again
     assert write_benchmarks_md.hand_written(again).endswith("- kept\n")
+
+
+@pytest.mark.parametrize("store", ["dict", "rocksdb"])
+def test_the_in_process_profile_takes_every_status_through_every_stage(store: str) -> None:
+    from bench.profile_stages import run
+
+    result = run(2_000, chunk=50, seed=3, store=store)
+    assert result["events"] >= 2_000
+    for stage in ("ingest", "messages", "recipients"):
+        assert result[stage] > 0, stage
+    assert result["total"] == pytest.approx(
+        sum(result[s] for s in ("ingest", "messages", "recipients", "alerting")), abs=0.05
+    )
