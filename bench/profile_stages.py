@@ -55,7 +55,7 @@ class RocksKeyValue:
         self.db(partition).delete(key)
 
     def keys(self, partition: int) -> Iterator[bytes]:
-        return iter(list(self.db(partition).keys()))
+        return iter([k for k, _ in self.db(partition).items() if isinstance(k, bytes)])
 
     def close(self) -> None:
         for db in self.dbs.values():
@@ -63,9 +63,9 @@ class RocksKeyValue:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def scan(self, partition: int, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
-        out = []
+        out: list[tuple[bytes, bytes]] = []
         for key, value in self.db(partition).items(from_key=lo):
-            if key >= hi:
+            if not isinstance(key, bytes) or key >= hi:
                 break
             out.append((key, value))
         return iter(out)
