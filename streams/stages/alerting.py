@@ -130,6 +130,8 @@ class StageState(msgspec.Struct, array_like=True, gc=False):
     absorbed: dict[int, int] = {}
     #: the offset of the last signal absorbed (read again after a restart: skipped)
     signal_offset: int = -1
+    #: late counts not judged yet: scope -> the first minute they changed
+    late: list[tuple[Scope, int]] = []
 
 
 class Pending(msgspec.Struct, array_like=True, gc=False):
@@ -222,6 +224,9 @@ class AlertingStage:
             self._raw_partitions = state.raw_partitions
             self._absorbed = dict(state.absorbed)
             self._signal_offset = state.signal_offset
+            # judged once no more came for idle_s after the restart (their wall times are gone)
+            self._late = dict(state.late)
+            self._late_first = self._late_last = wall if self._late else 0.0
         book = snapshots.get(BOOK_KEY)
         if book is not None:
             self.book = AlertBook(self.policy, decode(book, BookState))
@@ -292,6 +297,7 @@ class AlertingStage:
             self._raw_partitions,
             self._absorbed,
             self._signal_offset,
+            sorted(self._late.items(), key=lambda item: str(item[0])),
         )
         rules = ImmediateState()
         self.immediate.export(rules)

@@ -139,3 +139,39 @@ def test_a_spike_found_late_is_not_told_again_after_its_incident_resolved() -> N
         ("spike", "template:promo_small")
     ]
     assert score(scenario.expected, incidents, scenario.end).false == []
+
+
+def test_late_counts_waiting_to_be_judged_survive_a_restart() -> None:
+    """The send log after the campaign: its late counts wait ``idle_s`` for more to come.
+    A restart in that wait (the stage saved, a new one restored from the table) still judges
+    them: the template's spike is found late as without the restart."""
+    from streams.stages.alerting import AlertingStage
+    from streams.state import DictKeyValue
+
+    def fed() -> Pipeline:
+        pipeline = Pipeline()
+        feed_live_send_log_at_end(campaign(us_share=0.02), pipeline)
+        return pipeline
+
+    reference = fed()
+    reference.settle(3_600)
+
+    pipeline = fed()
+    stage = pipeline.alerting
+    assert stage.take_late() > 0 and stage._late, "late counts wait to be judged"
+    kv = DictKeyValue()
+    stage.save(kv)
+    restarted = AlertingStage(
+        clock=pipeline.clock, partitions=pipeline.n, idle_s=30, max_wait_s=120
+    )
+    restarted.restore(kv)
+    pipeline.alerting = restarted
+    pipeline.settle(3_600)
+
+    found = [
+        n
+        for n in pipeline.notifications
+        if n.kind is NotificationKind.FIRING and "found late" in n.headline.evidence.detail
+    ]
+    assert [n.headline.scope.key for n in found] == ["small"]
+    assert summary(pipeline.notifications) == summary(reference.notifications)
