@@ -6,7 +6,8 @@
 No Kafka, no Faust: the in-process pipeline of ``testkit.inprocess`` (list topics; state in
 dicts, or in one RocksDB database per partition with ``--store rocksdb``), so the figures are
 the stage code alone: what a faster runtime under the stages cannot remove. Prints CPU seconds
-per million events per stage (thread CPU of each stage's reads and flushes) and, with
+per million events per stage (thread CPU of each stage's reads and flushes), a digest of the
+state and topics written (dict store: a change that must not change them keeps it), and, with
 ``--profile``, cProfile's functions by own time. ``--chunk``: records each stage reads per
 partition between flushes (the worker flushes every 0.25 s: thousands of statuses).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import pstats
 import shutil
 import tempfile
@@ -25,6 +27,7 @@ from typing import Any
 from rocksdict import Options, Rdict
 
 from bench.workload import throughput_bodies
+from streams.state import DictKeyValue
 from testkit.inprocess import T0, Pipeline
 
 
@@ -73,7 +76,7 @@ class RocksKeyValue:
 
 def run(
     events: int, chunk: int, seed: int, store: str = "dict", profile: bool = False, top: int = 40
-) -> dict[str, float]:
+) -> dict[str, Any]:
     # received a day after the workload's event time begins: the benchmark's broker receives
     # it later than its event time too (never "from the future")
     received = T0 + 86_400
@@ -118,13 +121,23 @@ def run(
     if profiler:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+    digest = hashlib.sha256()  # of every state value written: equal before and after a change
     for kv in (p.messages.state.kv, p.recipients.state.kv):
+        if isinstance(kv, DictKeyValue):
+            for partition in sorted(kv.data):
+                for key in sorted(kv.data[partition]):
+                    digest.update(b"%d %s %s;" % (partition, key, kv.data[partition][key]))
         if isinstance(kv, RocksKeyValue):
             kv.close()
+    for topic in (p.messages_topic, p.recipients_topic):
+        for partition in sorted(topic.records):
+            for value, _ in topic.records[partition]:
+                digest.update(value)
     assert p.messages.stats.statuses == n, "every status reached stage 2"
     scale = 1e6 / n
     per_stage = {k: round(v * scale, 2) for k, v in spent.items()}
-    return {"events": n, **per_stage, "total": round(sum(per_stage.values()), 2)}
+    total = round(sum(per_stage.values()), 2)
+    return {"events": n, **per_stage, "total": total, "state": digest.hexdigest()[:16]}
 
 
 def main() -> int:
