@@ -514,7 +514,11 @@ class SpikeDetector:
         cfg = self.config
         streak: dict[ErrorClass, int] = {}
         fired: dict[ErrorClass, Finding] = {}
-        for minute in range(first, last + 1):
+        previous = first - 1
+        for minute in _windows_with_minutes(series.minutes, cfg.window_minutes, first, last):
+            if minute != previous + 1:
+                streak.clear()  # the minutes passed over had empty windows: no positive
+            previous = minute
             start = minute - cfg.window_minutes
             oldest = start - cfg.baseline_minutes
             window = series.total(start, minute)
@@ -730,3 +734,16 @@ def _key(cls: ErrorClass, scope: Scope) -> str:
 
 def _at_most(p_value: float | None, alpha: float) -> bool:
     return p_value is not None and p_value <= alpha
+
+
+def _windows_with_minutes(
+    kept: Mapping[int, object], width: int, first: int, last: int
+) -> list[int]:
+    """The minutes ``m`` in ``first..last`` whose window ``[m - width, m)`` holds a kept minute,
+    in order: the others judge an empty window. A late count years back is judged over the
+    few minutes after it, not minute by minute up to now."""
+    out: set[int] = set()
+    for k in kept:
+        lo, hi = max(first, k + 1), min(last, k + width)
+        out.update(range(lo, hi + 1))
+    return sorted(out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+import streams.core.detector as detector_module
 from streams.core.alerts import Notification, Scope
 from streams.core.eventtime import GRID
 from streams.core.signals import (
@@ -148,3 +149,37 @@ def test_an_event_and_resends_in_a_gap_fire_and_end_at_their_time() -> None:
     # both end when their evidence does, in the gap (the pause's event a day after it)
     assert told[("resend_storm", "resolved")] < PAUSE
     assert PAUSE + 86_400 < told[("template_paused", "resolved")] < PAUSE + 86_400 + 600
+
+
+def test_a_late_count_from_2010_is_judged_again_over_its_own_minutes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A count years older than the clock arriving late (a partition that had read nothing
+    else): its minutes are judged again with the counts kept, over the minutes its window
+    covers, not each minute from 2010 up to now (millions, the loop blocked for minutes)."""
+    wall = [0.0]
+    stage = AlertingStage(clock=lambda: wall[0], partitions=1)
+    stage, _, _ = feed(traffic(M0, 30), stage)
+    old = 1_262_304_600 // 60  # 2010-01-01T00:10:00Z
+    mark = (M0 + 30) * 60
+    late = SignalBatch(
+        buckets=[BucketSignal("t", SALE.key, old, {"attempted": 12, LIMIT: 6}, visible=old * 60)],
+        max_ts=mark,
+        reports=[report(mark)],
+    )
+    stage.handle(late, 100)
+    stage.evaluate()
+    assert stage.late == 1 and stage._late  # waiting for more late counts
+    sums: list[int] = []
+    total = detector_module._Series.total
+
+    def counted(series: object, lo: int, hi: int) -> object:
+        sums.append(hi - lo)
+        return total(series, lo, hi)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(detector_module._Series, "total", counted)
+    wall[0] += stage.idle_s + 1
+    stage.handle(SignalBatch(max_ts=mark + 60, reports=[report(mark + 60)]), 101)
+    stage.evaluate()
+    assert not stage._late  # judged...
+    assert len(sums) < 1_000  # ...over a few minutes (every minute since 2010: 8.4 million)

@@ -660,3 +660,43 @@ def test_a_spike_made_of_premature_resends_is_explained_by_them() -> None:
     real = _spike_finding(errors=150, attempts=500)
     assert not det.explained_by(real, removed=5)
     assert det.explained_by(real, removed=150)
+
+
+# --- judging minutes again (late counts) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_judging_again_passes_over_empty_windows_and_finds_what_every_minute_does(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Late counts are judged again over the minutes they changed up to now; minutes whose
+    window holds nothing are passed over. Over random sparse traffic with spikes and gaps, the
+    findings are those of judging every minute."""
+    import streams.core.detector as detector_module
+
+    rng = random.Random(seed)
+    det = SpikeDetector()
+    for burst in range(rng.randint(1, 5)):
+        start = M0 + rng.randint(0, DAY_MINUTES)
+        for m in range(start, start + rng.randint(1, 90)):
+            if rng.random() < 0.7:
+                errors = rng.choice([0, 0, 1, 6, 12]) if burst % 2 else rng.choice([0, 1])
+                det.observe(SALE, m, 12 + rng.randint(0, 30), {LIMIT: errors})
+    first = M0 + rng.randint(-60, DAY_MINUTES // 2)
+    last = first + rng.randint(0, 2 * DAY_MINUTES)
+    passed_over = det.judge_again(SALE, first, last)
+
+    def every_minute(kept: object, width: int, lo: int, hi: int) -> list[int]:
+        return list(range(lo, hi + 1))
+
+    monkeypatch.setattr(detector_module, "_windows_with_minutes", every_minute)
+    assert passed_over == det.judge_again(SALE, first, last)
+
+
+def test_a_late_count_years_back_is_judged_over_the_minutes_after_it() -> None:
+    from streams.core.detector import _windows_with_minutes
+
+    old = 1_262_304_600 // 60  # 2010-01-01T00:10:00Z
+    kept = {old: None, M0: None, M0 + 1: None}
+    minutes = _windows_with_minutes(kept, 5, old + 1, M0 + 10)
+    assert minutes == [*range(old + 1, old + 6), *range(M0 + 1, M0 + 7)]
