@@ -271,9 +271,14 @@ def _kind_name(value: object) -> str:
 
 
 def _repair(
-    obj: object, struct_type: type[msgspec.Struct], path: str, defects: list[Defect]
+    obj: object,
+    struct_type: type[msgspec.Struct],
+    path: str,
+    defects: list[Defect],
+    dropped: dict[str, list[int]],
 ) -> Any:
-    """``obj`` as ``struct_type`` with bad parts dropped and reported; None if unusable."""
+    """``obj`` as ``struct_type`` with bad parts dropped and reported; None if unusable. The
+    indexes of list items dropped go to ``dropped`` by the list's path (ascending)."""
     if struct_type is WireChange and isinstance(obj, dict):
         field = obj.get("field")
         if isinstance(field, str) and field not in HANDLED_FIELDS:
@@ -298,12 +303,16 @@ def _repair(
                 defects.append(Defect(where, f"Expected `array`, got `{_kind_name(value)}`"))
                 unusable = unusable or spec.required
                 continue
-            items = (
-                _repair(v, spec.item_type, f"{where}[{i}]", defects) for i, v in enumerate(value)
-            )
+            items = [
+                _repair(v, spec.item_type, f"{where}[{i}]", defects, dropped)
+                for i, v in enumerate(value)
+            ]
+            gone = [i for i, item in enumerate(items) if item is None]
+            if gone:
+                dropped[where] = gone
             kwargs[spec.name] = [item for item in items if item is not None]
         elif spec.kind == _STRUCT:
-            repaired = _repair(value, spec.item_type, where, defects)
+            repaired = _repair(value, spec.item_type, where, defects, dropped)
             if repaired is not None:
                 kwargs[spec.name] = repaired
             else:
@@ -317,7 +326,20 @@ def _repair(
     return None if unusable else struct_type(**kwargs)
 
 
-def decode_leniently(document: dict[str, Any], defects: list[Defect]) -> WireEnvelope:
-    """Rebuild a :class:`WireEnvelope` from a generically decoded body, reporting every defect."""
-    envelope = _repair(document, WireEnvelope, "$", defects)
+def decode_leniently(
+    document: dict[str, Any], defects: list[Defect], dropped: dict[str, list[int]]
+) -> WireEnvelope:
+    """Rebuild a :class:`WireEnvelope` from a generically decoded body, reporting every defect
+    (and, in ``dropped``, which items of which lists were left out: see :func:`item_path`)."""
+    envelope = _repair(document, WireEnvelope, "$", defects, dropped)
     return envelope if isinstance(envelope, WireEnvelope) else WireEnvelope()
+
+
+def item_path(list_path: str, k: int, dropped: dict[str, list[int]]) -> str:
+    """JSON path of the ``k``-th item kept of the list at ``list_path``: its index in the body,
+    counting the items :func:`decode_leniently` left out before it."""
+    for i in dropped.get(list_path, ()):
+        if i > k:
+            break
+        k += 1
+    return f"{list_path}[{k}]"

@@ -107,11 +107,15 @@ def _is_onprem(envelope: w.WireEnvelope) -> bool:
 class _Walker:
     """Turns one decoded envelope into events and defects (one instance per body)."""
 
-    __slots__ = ("defects", "events", "geo", "ignored")
+    __slots__ = ("defects", "dropped", "events", "geo", "ignored")
 
-    def __init__(self, defects: list[Defect], geo: GeographyResolver) -> None:
+    def __init__(
+        self, defects: list[Defect], geo: GeographyResolver, dropped: dict[str, list[int]]
+    ) -> None:
         self.events: list[Event] = []
         self.defects = defects
+        #: list items the lenient decode left out, by list path (for the paths of defects)
+        self.dropped = dropped
         self.ignored: list[str] = []
         self.geo = geo
 
@@ -231,7 +235,7 @@ class _Walker:
                 phone, user_id = _phone(pref.wa_id), pref.user_id or None
                 if not (user_id or phone):
                     reason = "user preference has neither 'wa_id' nor 'user_id'"
-                    path = f"{_value_path(where)}.user_preferences[{k}]"
+                    path = w.item_path(f"{_value_path(where)}.user_preferences", k, self.dropped)
                     self.defects.append(Defect(path, reason))
                     continue
                 events.append(
@@ -260,7 +264,7 @@ class _Walker:
     ) -> None:
         phone, user_id = _phone(message.from_), message.from_user_id or None
         if not (user_id or phone):
-            path = f"{_value_path(where[0])}.messages[{where[1]}]"
+            path = w.item_path(f"{_value_path(where[0])}.messages", where[1], self.dropped)
             self.defects.append(Defect(path, "message has neither 'from' nor 'from_user_id'"))
             return
         system = message.system
@@ -355,14 +359,15 @@ def parse_webhook(raw: bytes, *, geography: GeographyResolver | None = None) -> 
     if size > MAX_PAYLOAD_BYTES:
         raise ParseError("$", f"body is {size} bytes, larger than the {MAX_PAYLOAD_BYTES} limit")
     defects: list[Defect] = []
+    dropped: dict[str, list[int]] = {}
     try:
         envelope = w.DECODER.decode(raw)
     except msgspec.ValidationError:
-        envelope = _decode_leniently(raw, defects)
+        envelope = _decode_leniently(raw, defects, dropped)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise _not_json(exc) from None
     resolver = geography if geography is not None else default_resolver()
-    return _Walker(defects, resolver).run(envelope)
+    return _Walker(defects, resolver, dropped).run(envelope)
 
 
 def _not_json(exc: Exception) -> ParseError:
@@ -373,7 +378,9 @@ def _not_json(exc: Exception) -> ParseError:
     return ParseError("$", f"not valid JSON: {exc}")
 
 
-def _decode_leniently(raw: bytes, defects: list[Defect]) -> w.WireEnvelope:
+def _decode_leniently(
+    raw: bytes, defects: list[Defect], dropped: dict[str, list[int]]
+) -> w.WireEnvelope:
     try:
         document = msgspec.json.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -381,4 +388,4 @@ def _decode_leniently(raw: bytes, defects: list[Defect]) -> w.WireEnvelope:
     if not isinstance(document, dict):
         kind = "an array" if isinstance(document, list) else "a JSON scalar"
         raise ParseError("$", f"not a WhatsApp webhook: the body is {kind}, not an object")
-    return w.decode_leniently(document, defects)
+    return w.decode_leniently(document, defects, dropped)

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from streams.core import (
@@ -361,6 +361,11 @@ def test_arbitrary_json_documents(document: Any) -> None:
 @given(
     st.dictionaries(st.sampled_from(KEYS), tame_values, max_size=4),
     st.lists(st.one_of(status_items, status_items, status_items, tame_values), max_size=6),
+)
+# a dropped item before one that is a defect: the defect's path is the item's own index
+@example(
+    {"user_preferences": [None, {"value": "0"}]},
+    [{"id": "wamid.A", "status": "sent", "timestamp": 0}],
 )
 def test_arbitrary_objects_with_webhook_keys(document: dict[str, Any], statuses: Any) -> None:
     """Objects with status-like items: the On-Premises path and the lenient decoder."""

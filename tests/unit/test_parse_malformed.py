@@ -238,3 +238,28 @@ def test_status_event_is_returned_not_raised_for_unexpected_extra_keys() -> None
     """BSP extras and new Meta keys are ignored."""
     (event,) = parse_webhook(statuses(status(gs_id="x", new_meta_key={"a": [1]}))).events
     assert isinstance(event, StatusEvent)
+
+
+@pytest.mark.parametrize("cloud", [True, False])
+def test_a_defect_after_a_dropped_item_names_its_own_index(cloud: bool) -> None:
+    """Items the lenient decode drops (not objects) do not shift the paths of later defects."""
+    items = {
+        "statuses": [{"id": "wamid.A", "status": "sent", "timestamp": 1_700_000_000}],
+        "messages": [None, 7, {"id": "wamid.in", "timestamp": 1_700_000_000}],
+        "user_preferences": [None, {"value": "stop"}, "x", {"value": "resume"}],
+    }
+    if cloud:
+        body: dict[str, Any] = {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "1", "changes": [{"field": "messages", "value": items}]}],
+        }
+        value = "$.entry[0].changes[0].value"
+    else:
+        body, value = items, "$"
+    parsed = parse_webhook(json.dumps(body).encode())
+    paths = {d.path for d in parsed.defects if "neither" in d.reason}
+    assert paths == {
+        f"{value}.messages[2]",
+        f"{value}.user_preferences[1]",
+        f"{value}.user_preferences[3]",
+    }
