@@ -69,6 +69,15 @@ class DictKeyValue:
 _DELETED = object()
 
 
+class _Encoded:
+    """A value put already encoded (:meth:`WriteBack.put_encoded`)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+
 class WriteBack:
     """Decoded values of the keys read or changed in the current batch; ``flush`` writes the
     changed ones back, each once. Callers ``put`` a value after changing it."""
@@ -82,6 +91,8 @@ class WriteBack:
         values = self._values.setdefault(partition, {})
         if key in values:
             value = values[key]
+            if isinstance(value, _Encoded):
+                value = values[key] = decode(value.raw, type_)
             return None if value is _DELETED else value  # type: ignore[return-value]
         raw = self.kv.get(partition, key)
         obj = None if raw is None else decode(raw, type_)
@@ -91,6 +102,21 @@ class WriteBack:
     def put(self, partition: int, key: bytes, value: object) -> None:
         self._values.setdefault(partition, {})[key] = value
         self._dirty.setdefault(partition, set()).add(key)
+
+    def get_raw(self, partition: int, key: bytes) -> bytes | None:
+        """A key's value encoded, as :meth:`flush` would write it now (not kept decoded: for
+        callers that keep their own decoded copy for the batch)."""
+        values = self._values.get(partition)
+        if values is not None and key in values:
+            value = values[key]
+            if value is _DELETED:
+                return None
+            return value.raw if isinstance(value, _Encoded) else encode(value)
+        return self.kv.get(partition, key)
+
+    def put_encoded(self, partition: int, key: bytes, raw: bytes) -> None:
+        """:meth:`put` of a value already encoded."""
+        self.put(partition, key, _Encoded(raw))
 
     def delete(self, partition: int, key: bytes) -> None:
         self.put(partition, key, _DELETED)
@@ -110,6 +136,8 @@ class WriteBack:
             value = values[key]
             if value is _DELETED:
                 self.kv.delete(partition, key)
+            elif isinstance(value, _Encoded):
+                self.kv.set(partition, key, value.raw)
             else:
                 self.kv.set(partition, key, encode(value))
         return len(dirty)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import msgspec
 
 from streams.core.facts import Applied, Position
-from streams.core.keys import BucketId
+from streams.core.keys import BUCKET_PREFIX, SEP
 from streams.core.ledger import BucketDelta
 
 
@@ -29,35 +29,46 @@ class Bucket(msgspec.Struct, array_like=True, gc=False):
 #: a cell not seen yet by :meth:`BucketWriter.add`
 _UNDECIDED = Bucket()
 
+_bucket_encoder = msgspec.msgpack.Encoder()
+_bucket_decoder = msgspec.msgpack.Decoder(Bucket)
+
+#: a bucket's (dim, key, minute)
+Cell = tuple[str, str, int]
+
 
 class BucketWriter:
     """Adds deltas to the buckets of one partition, once per input position.
 
     Buckets touched in the current batch stay decoded in a cache keyed by (dim, key, minute):
-    ``get`` and ``put`` (by encoded key) are called once per bucket and batch, and the cached
-    bucket is then changed in place (the caller's store encodes it when the batch is flushed),
-    so a delta costs a dict lookup. :meth:`reset` drops the cache when the batch is flushed
-    and returns the (dim, hour) of every bucket the batch changed (for readers that cache hours).
+    ``get`` (a bucket's stored bytes, by key) is called once per bucket and batch, and the
+    cached bucket is then changed in place, so a delta costs a dict lookup. :meth:`reset`
+    hands back every bucket the batch touched, encoded, for the caller to write, and the
+    (dim, hour) of each (for readers that cache hours).
+
+    The reference implementation: ``streams_native.BucketWriter`` (native/src/lib.rs) does the
+    same, call for call and byte for byte (see :mod:`streams.native`).
     """
 
     def __init__(
         self,
         partition: int,
-        get: Callable[[bytes], Bucket | None],
-        put: Callable[[bytes, Bucket], None],
+        get: Callable[[bytes], bytes | None],
+        prefix: str = BUCKET_PREFIX,
+        sep: str = SEP,
     ) -> None:
         self.partition = partition
         self._get = get
-        self._put = put
-        self._cache: dict[tuple[str, str, int], Bucket] = {}
+        self._prefix = f"{prefix}{{}}{sep}{partition}{sep}{{}}{sep}{{}}"
+        self._cache: dict[Cell, Bucket] = {}
+        self._keys: dict[Cell, bytes] = {}
         self._hours: set[tuple[str, int]] = set()
 
-    def add(self, position: Position, deltas: Iterable[BucketDelta]) -> list[BucketId]:
-        """Add ``deltas`` (all from the input at ``position``); returns the ids of buckets that
-        did not exist before (for the expiry index)."""
+    def add(self, position: Position, deltas: Iterable[BucketDelta]) -> list[Cell]:
+        """Add ``deltas`` (all from the input at ``position``); returns the (dim, key, minute)
+        of buckets that did not exist before (for the expiry index)."""
         cache = self._cache
-        created: list[BucketId] = []
-        decided: dict[tuple[str, str, int], Bucket | None] = {}  # per cell: None = a replay
+        created: list[Cell] = []
+        decided: dict[Cell, Bucket | None] = {}  # per cell: None = a replay
         source, at = position[0], (position[1], position[2])
         for d in deltas:
             cell = (d.dim, d.key, d.minute)
@@ -65,14 +76,15 @@ class BucketWriter:
             if bucket is _UNDECIDED:
                 bucket = cache.get(cell)
                 if bucket is None:
-                    bucket_id = BucketId(d.dim, d.key, self.partition, d.minute)
-                    key = bucket_id.encode().encode()
-                    bucket = self._get(key)
-                    if bucket is None:
+                    key = self._prefix.format(d.dim, d.minute, d.key).encode()
+                    raw = self._get(key)
+                    if raw is None:
                         bucket = Bucket(counts={}, applied={})
-                        created.append(bucket_id)
-                    self._put(key, bucket)
+                        created.append(cell)
+                    else:
+                        bucket = _bucket_decoder.decode(raw)
                     cache[cell] = bucket
+                    self._keys[cell] = key
                     self._hours.add((d.dim, d.minute // 60))
                 last = bucket.applied.get(source)
                 if last is not None and at <= last:
@@ -89,10 +101,82 @@ class BucketWriter:
                     counts.pop(d.outcome, None)
         return created
 
-    def reset(self) -> set[tuple[str, int]]:
-        self._cache.clear()
+    def reset(self) -> tuple[list[tuple[bytes, bytes]], set[tuple[str, int]]]:
+        """Every bucket the batch touched as (key, encoded value), in the order first touched,
+        and the (dim, hour) of each; the writer starts empty again."""
+        keys = self._keys
+        writes = [(keys[cell], _bucket_encoder.encode(b)) for cell, b in self._cache.items()]
+        self._cache, self._keys = {}, {}
         hours, self._hours = self._hours, set()
-        return hours
+        return writes, hours
+
+
+#: a signal cell: (source, input offset if replayed else -1, dim, key, minute, visible)
+SignalCell = tuple[int, int, str, str, int, int]
+
+
+class SignalCells:
+    """The bucket deltas a batch signals to the alerting stage, per :data:`SignalCell`, and
+    the positive deltas of new inputs per (dim, key, outcome) for the metrics.
+
+    A replayed input's deltas stay apart per input offset (a replay can span several earlier
+    flushes whose signals did and did not come through) and are not counted for the metrics
+    again. The reference implementation of ``streams_native.SignalCells``.
+    """
+
+    def __init__(self) -> None:
+        self._cells: dict[SignalCell, tuple[dict[str, int], list[int]]] = {}
+        self._counted: dict[tuple[str, str, str], int] = {}
+
+    def __len__(self) -> int:
+        return len(self._cells)
+
+    def add(
+        self,
+        source: int,
+        offset: int,
+        replayed: bool,
+        deltas: Iterable[BucketDelta],
+        shifts: Iterable[BucketDelta],
+    ) -> None:
+        cells, counted = self._cells, self._counted
+        apart = offset if replayed else -1
+        for d in deltas:
+            dim, key, outcome, n = d.dim, d.key, d.outcome, d.delta
+            if n > 0 and not replayed:
+                counted[(dim, key, outcome)] = counted.get((dim, key, outcome), 0) + n
+            cell = (source, apart, dim, key, d.minute, d.visible)
+            entry = cells.get(cell)
+            if entry is None:
+                entry = cells[cell] = ({}, [offset])
+            counts = entry[0]
+            counts[outcome] = counts.get(outcome, 0) + n
+            entry[1][0] = offset
+        for d in shifts:
+            cell = (source, apart, d.dim, d.key, d.minute, d.visible)
+            entry = cells.get(cell)
+            if entry is None:
+                entry = cells[cell] = ({}, [offset])
+            counts = entry[0]
+            counts[d.outcome] = counts.get(d.outcome, 0) + d.delta
+            entry[1][0] = offset
+
+    def drain(self) -> list[tuple[int, int, str, str, int, int, dict[str, int], int]]:
+        """Every cell as (source, apart, dim, key, minute, visible, counts, upto), in the order
+        first added; the cells start empty again."""
+        out = [(*cell, counts, upto[0]) for cell, (counts, upto) in self._cells.items()]
+        self._cells = {}
+        return out
+
+    def take_counted(self) -> list[tuple[tuple[str, str, str], int]]:
+        """The counts for the metrics, in the order first added; they start empty again."""
+        taken, self._counted = self._counted, {}
+        return list(taken.items())
+
+    def discard(self, sources: list[int]) -> None:
+        """Forget the cells of these sources (their partition was revoked)."""
+        for cell in [c for c in self._cells if c[0] in sources]:
+            del self._cells[cell]
 
 
 def sum_counts(buckets: Iterable[Bucket | None]) -> dict[str, int]:

@@ -6,11 +6,18 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
-from streams.core.aggregates import LIMIT_CLASSES, Bucket, BucketWriter
-from streams.core.attribution import DEFAULT_CONFIG, AttributionConfig, decode_callback_data
+from streams import native
+from streams.core.aggregates import LIMIT_CLASSES
+from streams.core.attribution import (
+    DEFAULT_CONFIG,
+    Attribution,
+    AttributionConfig,
+    decode_callback_data,
+)
 from streams.core.eventtime import TimeTrust, TimeVerdict, refusal, trust
 from streams.core.expiry import ExpiryIndex, SweepCursor
 from streams.core.facts import (
@@ -34,8 +41,10 @@ from streams.core.facts import (
 from streams.core.immediate import ErrorCount
 from streams.core.keys import (
     BUCKET_INDEX,
+    BUCKET_PREFIX,
     MESSAGE_INDEX,
     MESSAGE_PREFIX,
+    SEP,
     BucketId,
     Dimension,
     account_ledger_key,
@@ -44,6 +53,7 @@ from streams.core.keys import (
     template_key,
 )
 from streams.core.ledger import BucketDelta, Effects, MessageLedger, MessageState
+from streams.core.retries import is_retryable
 from streams.core.signals import (
     INCIDENT_CODES,
     BucketSignal,
@@ -252,8 +262,12 @@ class MessageStage:
         attribution: AttributionConfig = DEFAULT_CONFIG,
         time_trust: TimeTrust | None = None,
         clock: Callable[[], float] = time.time,
+        use_native: bool | None = None,
     ) -> None:
         self.state = WriteBack(kv)
+        #: the bucket writer, signal cells and status step (streams.native; ``use_native``:
+        #: default native when built, unless DELIVERY_MONITOR_NATIVE=0)
+        self.impl = native.implementations(use_native)
         self.recipient_partitions = recipient_partitions
         self.retention = retention
         self.time_trust = time_trust or TimeTrust()
@@ -266,13 +280,10 @@ class MessageStage:
         self._out: dict[int, FactBatch] = {}
         #: an outbox batch reached MAX_BATCH_FACTS: flush before handling more input
         self.full = False
-        self._buckets: dict[int, BucketWriter] = {}
+        self._buckets: dict[int, Any] = {}  # partition -> BucketWriter (streams.native)
         self.recent = RecentWindow()
-        #: (source, input offset if replayed else -1, dim, key, minute, visible)
-        #:   -> (deltas by outcome, [last input offset])
-        self._signal_buckets: dict[
-            tuple[int, int, str, str, int, int], tuple[dict[str, int], list[int]]
-        ] = {}
+        #: the bucket deltas of this batch for alerting (streams.native.SignalCells)
+        self._cells = self.impl.signal_cells()
         self._reported: set[int] = set()  # partitions whose progress the next signal reports
         #: partition -> number of its next report (wall clock in microseconds: increasing
         #: across restarts and owners without being saved)
@@ -303,14 +314,12 @@ class MessageStage:
             self._bucket_index[partition] = ExpiryIndex(BUCKET_INDEX, partition, day=60)
         return self._message_index[partition], self._bucket_index[partition]
 
-    def _bucket_writer(self, partition: int) -> BucketWriter:
+    def _bucket_writer(self, partition: int) -> Any:
         writer = self._buckets.get(partition)
         if writer is None:
             state = self.state
-            writer = self._buckets[partition] = BucketWriter(
-                partition,
-                get=lambda key: state.get(partition, key, Bucket),
-                put=lambda key, bucket: state.put(partition, key, bucket),
+            writer = self._buckets[partition] = self.impl.bucket_writer(
+                partition, lambda key: state.get_raw(partition, key), BUCKET_PREFIX, SEP
             )
         return writer
 
@@ -326,9 +335,7 @@ class MessageStage:
             deltas = fx.deltas + fx.shifts if fx.shifts else fx.deltas
             created = self._bucket_writer(partition).add(position, deltas)
             if created:
-                bucket_index = self._indexes(partition)[1]
-                for bucket_id in created:
-                    bucket_index.touch(bucket_id.encode(), bucket_id.minute * 60, meta.buckets)
+                self._touch_buckets(partition, created, meta)
             # Replayed inputs signal their deltas again, apart from new ones: their first
             # signal may not have reached Kafka (a crash after the state was written); the
             # alerting stage skips those it absorbed (by source and offset).
@@ -338,33 +345,22 @@ class MessageStage:
         for fact in fx.facts:
             self._send_recipient(fact)
 
+    def _touch_buckets(
+        self, partition: int, created: list[tuple[str, str, int]], meta: PartitionMeta
+    ) -> None:
+        """Index buckets the writer created (for their expiry)."""
+        bucket_index = self._indexes(partition)[1]
+        for dim, key, minute in created:
+            bucket_id = BucketId(dim, key, partition, minute)
+            bucket_index.touch(bucket_id.encode(), minute * 60, meta.buckets)
+
     def _signal_deltas(self, position: Position, fx: Effects) -> None:
         source, offset, replayed = position[0], position[1], fx.replayed
         if not replayed:
             self._fresh.setdefault(source, offset)
         elif offset >= self._fresh.get(source, offset + 1):
             return  # first applied in this batch: its deltas are in this batch's signal
-        signal, counted = self._signal_buckets, self.stats.counted
-        apart = offset if replayed else -1
-        for d in fx.deltas:
-            dim, key, outcome, n = d.dim, d.key, d.outcome, d.delta
-            if n > 0 and not replayed:
-                counted[(dim, key, outcome)] += n
-            cell = (source, apart, dim, key, d.minute, d.visible)
-            entry = signal.get(cell)
-            if entry is None:
-                entry = signal[cell] = ({}, [offset])
-            counts = entry[0]
-            counts[outcome] = counts.get(outcome, 0) + n
-            entry[1][0] = offset
-        for d in fx.shifts:
-            cell = (source, apart, d.dim, d.key, d.minute, d.visible)
-            entry = signal.get(cell)
-            if entry is None:
-                entry = signal[cell] = ({}, [offset])
-            counts = entry[0]
-            counts[d.outcome] = counts.get(d.outcome, 0) + d.delta
-            entry[1][0] = offset
+        self._cells.add(source, offset, replayed, fx.deltas, fx.shifts)
 
     def _us_paused(self, fact: StatusFact, fx: Effects) -> None:
         """Tell alerting about a US-pause failure counted in the buckets (again when replayed:
@@ -390,36 +386,26 @@ class MessageStage:
         batch = decode_batch(raw)
         source = source_id(MESSAGES, partition)
         meta = self.meta(partition)
-        message_index, _ = self._indexes(partition)
-        state_store, ledger, stats, signals = self.state, self.ledger, self.stats, self._signals
+        self._indexes(partition)
+        stats, signals = self.stats, self._signals
         seen_marks = meta.origin_watermarks  # per origin, as seen in this partition's facts
         stats.statuses += len(batch.statuses)
         self._reported.add(partition)
         for index, fact in enumerate(batch.statuses):
             position = (source, offset, index)
             skey = MESSAGE_PREFIX + fact.wamid  # message_key(wamid), as str for the expiry index
-            key = skey.encode()
-            state = state_store.get(partition, key, MessageState)
-            first_status = state is None or not state.seen
             attribution = decode_callback_data(fact.opaque, self.attribution)
             ts, origin = fact.timestamp, fact.origin[0]
             origin_mark = seen_marks.get(origin, 0)
-            state, fx = ledger.apply_status(
-                state,
-                fact,
-                position,
-                origin_mark,
-                attribution.template,
-                attribution.category,
-                attribution.campaign,
+            new, first_status, category = self._status(
+                partition, skey, fact, position, origin_mark, attribution, meta
             )
             if ts > meta.watermark:
                 meta.watermark = ts
             if ts > origin_mark:
                 seen_marks[origin] = ts
-            state_store.put(partition, key, state)
-            if not (fx.duplicate or fx.replayed):
-                stats.unique_statuses[(fact.status, fact.category or state.category)] += 1
+            if new:
+                stats.unique_statuses[(fact.status, fact.category or category)] += 1
                 if first_status and attribution.unattributed is not None:
                     stats.unattributed[attribution.unattributed] += 1
                 if fact.status == "failed":
@@ -430,10 +416,6 @@ class MessageStage:
                         )
             if ts > signals.max_ts:
                 signals.max_ts = ts
-            if fact.error_class == US_PAUSED and not fx.duplicate:
-                self._us_paused(fact, fx)
-            message_index.touch(skey, state.last_ts, meta.messages)
-            self._effects(partition, position, fx, meta)
         self._signals.watermarks[partition] = meta.watermark
         for template in batch.templates:
             self._template(partition, template)
@@ -453,6 +435,86 @@ class MessageStage:
             behind = set(meta.origin_behind).difference(batch.marks).union(batch.behind)
             meta.origin_behind = sorted(behind)
         self.state.put(partition, messages_meta_key(partition), meta)
+
+    def _status(
+        self,
+        partition: int,
+        skey: str,
+        fact: StatusFact,
+        position: Position,
+        origin_mark: int,
+        attribution: Attribution,
+        meta: PartitionMeta,
+    ) -> tuple[bool, bool, str | None]:
+        """Apply one status: (new, first status of the message, the message's category). In
+        native code when built (:mod:`streams.native`), unless the input was applied before:
+        a replay takes the Python ledger, which re-derives its effects."""
+        key = skey.encode()
+        if self.impl.apply_status is not None:
+            result = self.impl.apply_status(
+                self._bucket_writer(partition),
+                self._cells,
+                self.state.get_raw(partition, key),
+                fact,
+                position,
+                origin_mark,
+                attribution.template,
+                attribution.category,
+                attribution.campaign,
+                self.ledger.lateness,
+                is_retryable,
+                RecipientFact,
+            )
+            if result is not None:
+                return self._native_effects(partition, skey, fact, position, meta, result)
+        state = self.state.get(partition, key, MessageState)
+        first_status = state is None or not state.seen
+        state, fx = self.ledger.apply_status(
+            state,
+            fact,
+            position,
+            origin_mark,
+            attribution.template,
+            attribution.category,
+            attribution.campaign,
+        )
+        self.state.put(partition, key, state)
+        if fact.error_class == US_PAUSED and not fx.duplicate:
+            self._us_paused(fact, fx)
+        self._indexes(partition)[0].touch(skey, state.last_ts, meta.messages)
+        self._effects(partition, position, fx, meta)
+        return not (fx.duplicate or fx.replayed), first_status, state.category
+
+    def _native_effects(
+        self,
+        partition: int,
+        skey: str,
+        fact: StatusFact,
+        position: Position,
+        meta: PartitionMeta,
+        result: tuple[bytes, int, str | None, int, list[RecipientFact], list[Any], Any],
+    ) -> tuple[bool, bool, str | None]:
+        """What :meth:`_effects` does with the native step's result (its buckets and signal
+        cells are written already)."""
+        raw, flags, category, last_ts, facts, created, us_paused = result
+        self.state.put_encoded(partition, skey.encode(), raw)
+        duplicate, replayed = bool(flags & native.DUPLICATE), bool(flags & native.REPLAYED)
+        s = self.stats
+        s.duplicates += duplicate
+        s.replays += replayed
+        s.late += bool(flags & native.LATE)
+        if us_paused is not None:
+            minute, visible = us_paused
+            number = recipient_number(fact.recipient)
+            self._signals.us_paused.append(USPaused(minute, visible, number))
+        self._indexes(partition)[0].touch(skey, last_ts, meta.messages)
+        if flags & native.COUNTED:
+            self._fresh.setdefault(position[0], position[1])
+            if created:
+                self._touch_buckets(partition, created, meta)
+        for recipient_fact in facts:
+            self._send_recipient(recipient_fact)
+        return not (duplicate or replayed), bool(flags & native.FIRST_STATUS), category
 
     def handle_send_log(
         self, partition: int, offset: int, raw: bytes, received: int | None = None
@@ -498,7 +560,6 @@ class MessageStage:
         key = account_ledger_key(partition)
         ledger = self.state.get(partition, key, AccountErrorLedger) or AccountErrorLedger()
         writer = self._bucket_writer(partition)
-        bucket_index = self._indexes(partition)[1]
         signals = self._signals
         for fact in facts:
             minute, sender = fact.timestamp // 60, Dimension.SENDER
@@ -510,8 +571,9 @@ class MessageStage:
                     sender, fact.sender, minute, f"{ACCOUNT_ERROR_CODE}{fact.code}", fact.count
                 ),
             ]
-            for bucket_id in writer.add(fact.origin, deltas):
-                bucket_index.touch(bucket_id.encode(), bucket_id.minute * 60, meta.buckets)
+            created = writer.add(fact.origin, deltas)
+            if created:
+                self._touch_buckets(partition, created, meta)
             if already_applied(ledger.applied, fact.origin):
                 self.stats.replays += 1
                 continue
@@ -545,7 +607,11 @@ class MessageStage:
     def flush(self, partition: int) -> int:
         """Sweep expired state, write the partition's changed keys once; returns writes."""
         writer = self._buckets.get(partition)
-        changed = writer.reset() if writer is not None else set()
+        changed: set[tuple[str, int]] = set()
+        if writer is not None:
+            writes, changed = writer.reset()
+            for key, raw in writes:
+                self.state.put_encoded(partition, key, raw)
         if partition in self._message_index:
             meta = self.meta(partition)
             message_index, bucket_index = self._indexes(partition)
@@ -614,12 +680,14 @@ class MessageStage:
     def drain_signals(self) -> SignalBatch | None:
         """What the alerting stage needs to know of the inputs since the last call."""
         batch = self._signals
+        counted = self.stats.counted
+        for k, n in self._cells.take_counted():
+            counted[k] += n
         buckets = []
-        for cell, (counts, upto) in self._signal_buckets.items():
-            source, apart, dim, key, minute, visible = cell
+        for source, apart, dim, key, minute, visible, counts, upto in self._cells.drain():
             if not any(counts.values()):
                 continue
-            buckets.append(BucketSignal(dim, key, minute, counts, source, upto[0], visible))
+            buckets.append(BucketSignal(dim, key, minute, counts, source, upto, visible))
             if apart >= 0 or dim not in _WINDOW_DIMS:  # replayed: in the window already
                 continue
             for outcome, n in counts.items():
@@ -641,7 +709,6 @@ class MessageStage:
                 )
             )
         self._reported = set()
-        self._signal_buckets = {}
         self._fresh = {}
         self._signals = SignalBatch()
         # a flush of only duplicates still moves its partitions' event time for alerting
@@ -653,8 +720,7 @@ class MessageStage:
         come then (sent now as well, the detector would count them twice)."""
         self.state.discard(partition)
         sources = {source_id(MESSAGES, partition), source_id(SEND_LOG, partition)}
-        for cell in [c for c in self._signal_buckets if c[0] in sources]:
-            del self._signal_buckets[cell]
+        self._cells.discard(sorted(sources))
         for source in sources:
             self._fresh.pop(source, None)
         self._reported.discard(partition)

@@ -1,0 +1,56 @@
+"""Stage 2's hot loops in native code (``streams_native``, built from native/ by ``make install``)
+or, without it, the Python implementations they mirror byte for byte.
+
+The native module applies a status fact not applied before to a message's encoded state (the
+ledger's ``apply_status``) and adds the resulting deltas to the minute buckets and the signal
+cells of the batch; replayed inputs, send-log records and everything else stay in Python.
+``DELIVERY_MONITOR_NATIVE=0`` picks the Python implementations (a comparison, or a machine
+without the build); tests/unit/test_native.py runs both on the same inputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from streams.core import aggregates
+
+_native: Any
+try:
+    _native = importlib.import_module("streams_native")
+except ImportError:  # not built: the Python implementations
+    _native = None
+
+#: whether the native module was built and installed here
+AVAILABLE = _native is not None
+#: the default of :func:`implementations`: the native module unless DELIVERY_MONITOR_NATIVE=0
+ENABLED = AVAILABLE and os.environ.get("DELIVERY_MONITOR_NATIVE", "1") != "0"
+
+#: flags of ``apply_status``'s result
+DUPLICATE, REPLAYED, LATE, FIRST_STATUS, COUNTED = 1, 2, 4, 8, 16
+
+
+@dataclass(frozen=True)
+class Implementations:
+    """The bucket writer and signal cells classes, and the native status step (None: the
+    Python ledger applies every status)."""
+
+    bucket_writer: Any
+    signal_cells: Any
+    apply_status: Any
+
+
+def implementations(native: bool | None = None) -> Implementations:
+    """The native ones (``native``: default :data:`ENABLED`) or the Python ones."""
+    if native is None:
+        native = ENABLED
+    if native:
+        if _native is None:
+            raise RuntimeError("the native module streams_native is not installed: make install")
+        return Implementations(_native.BucketWriter, _native.SignalCells, _native.apply_status)
+    return Implementations(aggregates.BucketWriter, aggregates.SignalCells, None)
+
+
+__all__ = ["AVAILABLE", "ENABLED", "Implementations", "implementations"]
