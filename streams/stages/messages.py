@@ -368,8 +368,9 @@ class MessageStage:
 
     def _us_paused(self, fact: StatusFact, fx: Effects) -> None:
         """Tell alerting about a US-pause failure counted in the buckets (again when replayed:
-        alerting counts distinct recipients, a repeat changes nothing)."""
-        for d in fx.deltas:
+        alerting counts distinct recipients, a repeat changes nothing; a retry of the status
+        with a lower mark tells it again from its earlier point)."""
+        for d in fx.deltas or fx.shifts:
             if d.dim == Dimension.SENDER and d.outcome == US_PAUSED_OUTCOME and d.delta > 0:
                 number = recipient_number(fact.recipient)
                 self._signals.us_paused.append(USPaused(d.minute, d.visible, number))
@@ -430,7 +431,7 @@ class MessageStage:
                         )
             if ts > signals.max_ts:
                 signals.max_ts = ts
-            if fact.error_class == US_PAUSED and not fx.duplicate:
+            if fact.error_class == US_PAUSED and (fx.shifts or not fx.duplicate):
                 self._us_paused(fact, fx)
             message_index.touch(skey, state.last_ts, meta.messages)
             self._effects(partition, position, fx, meta)
