@@ -13,6 +13,7 @@ from testkit.inprocess import (
     campaign,
     feed_backlog,
     feed_live,
+    feed_live_one_partition_behind,
     feed_live_send_log_at_end,
     feed_send_log_late,
     scenario_traffic,
@@ -104,6 +105,31 @@ def test_a_send_log_later_than_the_wait_still_reveals_the_spike_at_its_time() ->
     spike = next(n for n in late if n.headline.scope.key == "small")
     assert spike.at >= T0 + 45 * 60  # known only once the send log came (after the webhooks)
     assert "found late" in spike.headline.evidence.detail
+
+
+def test_a_retry_read_before_the_status_it_repeats_changes_no_firing_minute() -> None:
+    """The slow ramp's 131049 share crosses the floor with exactly the 10 errors needed at
+    minute 22; one of them, at 21:46, Meta POSTed again 20 s later. Stage 1 reading the first
+    copy's partition 30 s behind the retry's (a backlog after a restart) reads the retry first:
+    the error still counts from the first copy's mark, so the spike fires at minute 23 as
+    live (it fired at 24: the count was used only from the retry's mark, after 22:00)."""
+    scenario = build("slow_ramp")
+    traffic = scenario_traffic(scenario)
+    cut = scenario.start + 26 * 60
+    traffic.bodies = [b for b in traffic.bodies if b[0] < cut]
+    traffic.send_log = [r for r in traffic.send_log if r[0] < cut]
+
+    def run(lag_s: int) -> list[tuple[str, str, str, int, int]]:
+        pipeline = Pipeline()
+        feed_live_one_partition_behind(traffic, pipeline, behind=0, lag_s=lag_s)
+        assert pipeline.alerting.late == 0  # nothing came after its point was judged
+        return summary(pipeline.notifications)
+
+    live = run(0)
+    assert [(kind, scope, at - scenario.start) for kind, _, scope, at, _ in live] == [
+        ("firing", "template:new_arrivals", 23 * 60)
+    ]
+    assert run(30) == live
 
 
 def scenario_incidents(name: str, feed: str) -> tuple[Scenario, list[Incident]]:
