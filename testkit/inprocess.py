@@ -288,8 +288,9 @@ def keyless(i: int, partitions: int) -> int:
     return (i * 7919) % partitions
 
 
-def feed_live(traffic: Traffic, pipeline: Pipeline, step: int = 5) -> None:
-    """Live: each record is read a moment after it is produced; the send log at send time."""
+def feed_live(traffic: Traffic, pipeline: Pipeline, step: int = 5, first_index: int = 0) -> None:
+    """Live: each record is read a moment after it is produced; the send log at send time.
+    ``first_index``: the index of the first body in the whole traffic (its raw partition)."""
     events = [(ts, 0, i) for i, (ts, _) in enumerate(traffic.bodies)]
     events += [(ts, 1, i) for i, (ts, _, _) in enumerate(traffic.send_log)]
     events.sort()
@@ -300,7 +301,7 @@ def feed_live(traffic: Traffic, pipeline: Pipeline, step: int = 5) -> None:
         while i < len(events) and events[i][0] < t:
             ts, kind, k = events[i]
             if kind == 0:
-                pipeline.post(traffic.bodies[k][1], ts, keyless(k, pipeline.n))
+                pipeline.post(traffic.bodies[k][1], ts, keyless(first_index + k, pipeline.n))
             else:
                 _, wamid, value = traffic.send_log[k]
                 pipeline.log(wamid, value, ts)
