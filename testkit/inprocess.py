@@ -288,8 +288,9 @@ def keyless(i: int, partitions: int) -> int:
     return (i * 7919) % partitions
 
 
-def feed_live(traffic: Traffic, pipeline: Pipeline, step: int = 5) -> None:
-    """Live: each record is read a moment after it is produced; the send log at send time."""
+def feed_live(traffic: Traffic, pipeline: Pipeline, step: int = 5, first_index: int = 0) -> None:
+    """Live: each record is read a moment after it is produced; the send log at send time.
+    ``first_index``: the index of the first body in the whole traffic (its raw partition)."""
     events = [(ts, 0, i) for i, (ts, _) in enumerate(traffic.bodies)]
     events += [(ts, 1, i) for i, (ts, _, _) in enumerate(traffic.send_log)]
     events.sort()
@@ -300,7 +301,7 @@ def feed_live(traffic: Traffic, pipeline: Pipeline, step: int = 5) -> None:
         while i < len(events) and events[i][0] < t:
             ts, kind, k = events[i]
             if kind == 0:
-                pipeline.post(traffic.bodies[k][1], ts, keyless(k, pipeline.n))
+                pipeline.post(traffic.bodies[k][1], ts, keyless(first_index + k, pipeline.n))
             else:
                 _, wamid, value = traffic.send_log[k]
                 pipeline.log(wamid, value, ts)
@@ -363,6 +364,49 @@ def feed_live_send_log_at_end(traffic: Traffic, pipeline: Pipeline, step: int = 
     for _, wamid, value in traffic.send_log:
         pipeline.log(wamid, value, int(pipeline.clock.now))
     pipeline.drain()
+
+
+def feed_live_one_partition_behind(
+    traffic: Traffic, pipeline: Pipeline, behind: int, lag_s: int, step: int = 5
+) -> None:
+    """Live, but stage 1 reads raw partition ``behind`` ``lag_s`` seconds after the others (as
+    it reads a backlog after a restart: partitions at different speeds), and a body POSTed
+    again (Meta's retry) lands on the partition after its first copy's: a retry can be read
+    before the status it repeats. ``lag_s=0``: live, with the same partitions."""
+    first: dict[bytes, int] = {}
+    where = []
+    for i, (_, body) in enumerate(traffic.bodies):
+        if body in first:
+            where.append((first[body] + 1) % pipeline.n)
+        else:
+            where.append(first.setdefault(body, keyless(i, pipeline.n)))
+    events = [(ts, 0, i) for i, (ts, _) in enumerate(traffic.bodies)]
+    events += [(ts, 1, i) for i, (ts, _, _) in enumerate(traffic.send_log)]
+    events.sort()
+    t, i, raw = events[0][0], 0, pipeline.raw
+    while i < len(events) or any(raw.unread(p) for p in range(pipeline.n)):
+        t += step
+        while i < len(events) and events[i][0] < t:
+            ts, kind, k = events[i]
+            if kind == 0:
+                pipeline.post(traffic.bodies[k][1], ts, where[k])
+            else:
+                _, wamid, value = traffic.send_log[k]
+                pipeline.log(wamid, value, ts)
+            i += 1
+        pipeline.clock.now = t
+        for p in range(pipeline.n):
+            records, start = raw.records[p], raw.read[p]
+            end = start
+            while end < len(records) and (p != behind or records[end][1] < t - lag_s):
+                end += 1
+            if end > start:
+                pipeline.read_raw(p, end - start)
+        for p in range(pipeline.n):
+            pipeline.read_messages(p, 1_000_000, 1_000_000)
+        for p in range(pipeline.n):
+            pipeline.read_recipients(p, 1_000_000)
+        pipeline.evaluate()
 
 
 def summary(notes: list[Notification]) -> list[tuple[str, str, str, int, int]]:

@@ -175,6 +175,7 @@ pub fn apply_status(
             fx.replayed = true;
         } else {
             fx.duplicate = true;
+            repeat(state, fact, position, watermark, lateness, &mut fx);
         }
         return Ok(fx);
     }
@@ -234,7 +235,14 @@ pub fn apply_status(
         .to_owned();
     let minute = ts.div_euclid(60);
     if earlier != 0 && !late {
-        shift(state, earlier, minute, position, mark, &mut fx);
+        shift(
+            state,
+            &outcomes_of(earlier, None),
+            minute,
+            position,
+            mark,
+            &mut fx,
+        );
     }
     if new != 0 && !late {
         let cells = cells(state, &template, mark, true);
@@ -376,23 +384,53 @@ fn deltas(
     }
 }
 
+/// The outcome labels of ``bits`` (``failed.<class>`` for FAILED, with ``error_class``).
+fn outcomes_of(bits: i64, error_class: Option<&str>) -> Vec<String> {
+    STAGE_OUTCOMES
+        .iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(bit, outcome)| {
+            if *bit == FAILED {
+                format!("failed.{}", nonempty(error_class).unwrap_or("unknown"))
+            } else {
+                (*outcome).to_owned()
+            }
+        })
+        .collect()
+}
+
+/// `_repeat`: a status seen before from another raw record counts what it implies from the
+/// lower of the two marks (and the earlier minute).
+fn repeat(
+    state: &mut MessageState,
+    fact: &Status,
+    position: Position,
+    watermark: i64,
+    lateness: i64,
+    fx: &mut Effects,
+) {
+    let ts = fact.timestamp;
+    if ts < watermark.max(fact.mark) - lateness {
+        return;
+    }
+    let implied = implies(fact.status) & state.stages;
+    let outcomes = outcomes_of(implied, fact.error_class);
+    let mark = if fact.mark != 0 { fact.mark } else { ts };
+    shift(state, &outcomes, ts.div_euclid(60), position, mark, fx);
+}
+
 fn shift(
     state: &mut MessageState,
-    bits: i64,
+    outcomes: &[String],
     minute: i64,
     position: Position,
     mark: i64,
     fx: &mut Effects,
 ) {
-    let outcomes: Vec<&str> = STAGE_OUTCOMES
-        .iter()
-        .filter(|(bit, _)| bits & bit != 0)
-        .map(|(_, o)| *o)
-        .collect();
     let campaign = truthy(&state.campaign).is_some();
     let mut moved: Vec<(String, Shift)> = Vec::new();
     for c in state.counted.iter_mut() {
-        if !outcomes.contains(&c.outcome.as_str()) || (minute, mark) >= (c.minute, c.mark) {
+        if !outcomes.contains(&c.outcome) || (minute, mark) >= (c.minute, c.mark) {
             continue;
         }
         let s = Shift {

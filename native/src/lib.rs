@@ -713,13 +713,20 @@ fn apply_status<'py>(
         );
         facts.append(make_fact.call1(fields)?)?;
     }
-    let us_paused = if f.error_class.as_deref() == Some("us_marketing_pause") && !fx.duplicate {
-        fx.deltas
-            .iter()
-            .find(|d| {
-                d.dim == ledger::SENDER && d.outcome == "failed.us_marketing_pause" && d.delta > 0
-            })
-            .map(|d| (d.minute, d.visible))
+    // `_us_paused`: also for a retry that moved the count to its earlier point
+    let us_paused = if f.error_class.as_deref() == Some("us_marketing_pause")
+        && (!fx.shifts.is_empty() || !fx.duplicate)
+    {
+        if fx.deltas.is_empty() {
+            &fx.shifts
+        } else {
+            &fx.deltas
+        }
+        .iter()
+        .find(|d| {
+            d.dim == ledger::SENDER && d.outcome == "failed.us_marketing_pause" && d.delta > 0
+        })
+        .map(|d| (d.minute, d.visible))
     } else {
         None
     };

@@ -332,6 +332,7 @@ class MessageLedger:
                 fx.replayed = True
             else:
                 fx.duplicate = True
+                self._repeat(state, fact, position, watermark, fx)
             return state, fx
         state.seen[fact.status] = Seen(position, fact.origin)
         state.last_ts = max(state.last_ts, fact.timestamp)
@@ -362,7 +363,8 @@ class MessageLedger:
         template = state.template or UNKNOWN_TEMPLATE
         minute = minute_of(fact.timestamp)
         if earlier and not late:
-            self._shift(state, earlier, minute, position, fact.mark or fact.timestamp, fx)
+            outcomes = _SHIFTABLE_OUTCOMES[earlier]
+            self._shift(state, outcomes, minute, position, fact.mark or fact.timestamp, fx)
         if new and not late:
             mark = fact.mark or fact.timestamp
             cells = _cells(state, template, mark)
@@ -436,15 +438,38 @@ class MessageLedger:
         self._marketing_facts(state, fx, position)
         return state, fx
 
+    def _repeat(
+        self, state: MessageState, fact: StatusFact, position: Position, watermark: int, fx: Effects
+    ) -> None:
+        """A status seen before from another raw record (Meta's retry of the same POST, often on
+        another raw partition): what it implies counts from the lower of the two marks (and the
+        earlier minute), as if it had come first. Else which copy stage 1 read first, a
+        question of partition speeds (a backlog after a restart), would decide the point from
+        which alerting may use the count."""
+        if fact.timestamp < max(watermark, fact.mark) - self.lateness:
+            return  # too late for the buckets, as a first sighting would be
+        implied = _IMPLIES.get(fact.status, ATTEMPTED | OTHER) & state.stages
+        outcomes = frozenset(
+            failed_outcome(fact.error_class) if bit == FAILED else outcome
+            for bit, outcome in STAGE_OUTCOMES
+            if implied & bit
+        )
+        mark = fact.mark or fact.timestamp
+        self._shift(state, outcomes, minute_of(fact.timestamp), position, mark, fx)
+
     @staticmethod
     def _shift(
-        state: MessageState, bits: int, minute: int, position: Position, mark: int, fx: Effects
+        state: MessageState,
+        outcomes: frozenset[str],
+        minute: int,
+        position: Position,
+        mark: int,
+        fx: Effects,
     ) -> None:
-        """Outcomes already counted (``bits``) that this status implies earlier than they were
-        counted move to its ``minute``, and to its ``mark`` if that is lower in the same minute
-        (so alerting may use it from the earliest point any of its statuses allows): the
+        """Outcomes already counted (of ``outcomes``) that this status implies earlier than they
+        were counted move to its ``minute``, and to its ``mark`` if that is lower in the same
+        minute (so alerting may use it from the earliest point any of its statuses allows): the
         buckets and when each count is usable then do not depend on which status came first."""
-        outcomes = _SHIFTABLE_OUTCOMES[bits]
         for c in state.counted:
             if c.outcome not in outcomes or (minute, mark) >= (c.minute, c.mark):
                 continue

@@ -70,9 +70,10 @@ class USPaused(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
 
 class PartitionReport(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """How far one messages partition has read its inputs: the mark of every raw partition (as
-    of the last facts it received from stage 1), which raw partitions are idle, how many there
-    are, and the mark of its send-log partition."""
+    """How far one messages partition has read its inputs since its reader took it: the mark
+    of every raw partition (as of the last facts it received from stage 1), which raw
+    partitions are idle, how many there are, and the mark of its send-log partition (-1: none
+    read yet). An input missing was not read since: the last report's value stands."""
 
     partition: int
     marks: dict[int, int]

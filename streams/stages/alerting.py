@@ -458,7 +458,10 @@ class AlertingStage:
         idle = set(report.idle)
         self._backlog[report.partition] = bool(report.behind)
         now = {**{r: Channel(m, r in idle) for r, m in report.marks.items()}}
-        now[LOG] = Channel(report.log_mark, False)
+        if report.log_mark >= 0 or LOG not in channels:
+            # -1: no send-log record read since the partition's reader took it: the mark this
+            # stage has stands (nothing read yet when it has none)
+            now[LOG] = Channel(max(report.log_mark, 0), False)
         for source, channel in now.items():
             if channels.get(source) != channel:
                 channels[source] = channel

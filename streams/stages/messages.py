@@ -96,6 +96,20 @@ class PartitionMeta(msgspec.Struct, array_like=True, gc=False):
     origin_behind: list[int] = msgspec.field(default_factory=list)
 
 
+@dataclass
+class ReadSoFar:
+    """How far a partition's inputs were read by this stage since it took the partition: what
+    its reports tell alerting. Not the saved :class:`PartitionMeta`, which can be ahead of the
+    counts signalled: a crash between writing a batch's state and sending its signals restores
+    a meta that covers that batch, whose counts only come again as it is read again."""
+
+    marks: dict[int, int] = field(default_factory=dict)
+    idle: set[int] = field(default_factory=set)
+    behind: set[int] = field(default_factory=set)
+    raw_partitions: int = 0
+    log_mark: int = -1  # -1: no send-log record read yet (alerting keeps what it had)
+
+
 class TemplateState(msgspec.Struct, array_like=True, gc=False):
     """What Meta last said about a template (status, quality, category), by event time."""
 
@@ -285,6 +299,7 @@ class MessageStage:
         #: the bucket deltas of this batch for alerting (streams.native.SignalCells)
         self._cells = self.impl.signal_cells()
         self._reported: set[int] = set()  # partitions whose progress the next signal reports
+        self._read: dict[int, ReadSoFar] = {}  # partition -> what its reports say
         #: partition -> number of its next report (wall clock in microseconds: increasing
         #: across restarts and owners without being saved)
         self._report_seq: dict[int, int] = {}
@@ -307,6 +322,12 @@ class MessageStage:
             meta = PartitionMeta()
             self.state.put(partition, messages_meta_key(partition), meta)
         return meta
+
+    def _read_so_far(self, partition: int) -> ReadSoFar:
+        read = self._read.get(partition)
+        if read is None:
+            read = self._read[partition] = ReadSoFar()
+        return read
 
     def _indexes(self, partition: int) -> tuple[ExpiryIndex, ExpiryIndex]:
         if partition not in self._message_index:
@@ -364,8 +385,9 @@ class MessageStage:
 
     def _us_paused(self, fact: StatusFact, fx: Effects) -> None:
         """Tell alerting about a US-pause failure counted in the buckets (again when replayed:
-        alerting counts distinct recipients, a repeat changes nothing)."""
-        for d in fx.deltas:
+        alerting counts distinct recipients, a repeat changes nothing; a retry of the status
+        with a lower mark tells it again from its earlier point)."""
+        for d in fx.deltas or fx.shifts:
             if d.dim == Dimension.SENDER and d.outcome == US_PAUSED_OUTCOME and d.delta > 0:
                 number = recipient_number(fact.recipient)
                 self._signals.us_paused.append(USPaused(d.minute, d.visible, number))
@@ -434,6 +456,13 @@ class MessageStage:
             meta.raw_partitions = max(meta.raw_partitions, batch.raw_partitions)
             behind = set(meta.origin_behind).difference(batch.marks).union(batch.behind)
             meta.origin_behind = sorted(behind)
+            read = self._read_so_far(partition)
+            for origin, mark in batch.marks.items():
+                if mark >= read.marks.get(origin, 0):
+                    read.marks[origin] = mark
+            read.idle = read.idle.difference(batch.marks).union(batch.idle)
+            read.raw_partitions = max(read.raw_partitions, batch.raw_partitions)
+            read.behind = read.behind.difference(batch.marks).union(batch.behind)
         self.state.put(partition, messages_meta_key(partition), meta)
 
     def _status(
@@ -479,7 +508,7 @@ class MessageStage:
             attribution.campaign,
         )
         self.state.put(partition, key, state)
-        if fact.error_class == US_PAUSED and not fx.duplicate:
+        if fact.error_class == US_PAUSED and (fx.shifts or not fx.duplicate):
             self._us_paused(fact, fx)
         self._indexes(partition)[0].touch(skey, state.last_ts, meta.messages)
         self._effects(partition, position, fx, meta)
@@ -539,6 +568,8 @@ class MessageStage:
         key = message_key(record.wamid)
         meta = self.meta(partition)
         meta.log_mark = max(meta.log_mark, record.sent_at_seconds() or received)
+        read = self._read_so_far(partition)
+        read.log_mark = max(read.log_mark, record.sent_at_seconds() or received)
         self._reported.add(partition)
         message_index, _ = self._indexes(partition)
         state = self.state.get(partition, key, MessageState)
@@ -696,15 +727,15 @@ class MessageStage:
                     self.recent.add(source_partition(source), dim, key, minute, window, n)
         batch.buckets = buckets
         for p in sorted(self._reported):
-            meta = self.meta(p)
+            read = self._read_so_far(p)
             batch.reports.append(
                 PartitionReport(
                     p,
-                    dict(meta.origin_marks),
-                    list(meta.origin_idle),
-                    meta.raw_partitions,
-                    meta.log_mark,
-                    list(meta.origin_behind),
+                    dict(read.marks),
+                    sorted(read.idle),
+                    read.raw_partitions,
+                    read.log_mark,
+                    sorted(read.behind),
                     self._report_seq.get(p, 0),
                 )
             )
@@ -724,6 +755,7 @@ class MessageStage:
         for source in sources:
             self._fresh.pop(source, None)
         self._reported.discard(partition)
+        self._read.pop(partition, None)
         self._buckets.pop(partition, None)
         self._message_index.pop(partition, None)
         self._bucket_index.pop(partition, None)

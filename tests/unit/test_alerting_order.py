@@ -10,11 +10,14 @@ from streams.incidents import Incident, incidents_of, score
 from streams.scenarios import Scenario, build
 from testkit.inprocess import (
     Pipeline,
+    Traffic,
     campaign,
     feed_backlog,
     feed_live,
+    feed_live_one_partition_behind,
     feed_live_send_log_at_end,
     feed_send_log_late,
+    keyless,
     scenario_traffic,
     summary,
 )
@@ -106,6 +109,31 @@ def test_a_send_log_later_than_the_wait_still_reveals_the_spike_at_its_time() ->
     assert "found late" in spike.headline.evidence.detail
 
 
+def test_a_retry_read_before_the_status_it_repeats_changes_no_firing_minute() -> None:
+    """The slow ramp's 131049 share crosses the floor with exactly the 10 errors needed at
+    minute 22; one of them, at 21:46, Meta POSTed again 20 s later. Stage 1 reading the first
+    copy's partition 30 s behind the retry's (a backlog after a restart) reads the retry first:
+    the error still counts from the first copy's mark, so the spike fires at minute 23 as
+    live (it fired at 24: the count was used only from the retry's mark, after 22:00)."""
+    scenario = build("slow_ramp")
+    traffic = scenario_traffic(scenario)
+    cut = scenario.start + 26 * 60
+    traffic.bodies = [b for b in traffic.bodies if b[0] < cut]
+    traffic.send_log = [r for r in traffic.send_log if r[0] < cut]
+
+    def run(lag_s: int) -> list[tuple[str, str, str, int, int]]:
+        pipeline = Pipeline()
+        feed_live_one_partition_behind(traffic, pipeline, behind=0, lag_s=lag_s)
+        assert pipeline.alerting.late == 0  # nothing came after its point was judged
+        return summary(pipeline.notifications)
+
+    live = run(0)
+    assert [(kind, scope, at - scenario.start) for kind, _, scope, at, _ in live] == [
+        ("firing", "template:new_arrivals", 23 * 60)
+    ]
+    assert run(30) == live
+
+
 def scenario_incidents(name: str, feed: str) -> tuple[Scenario, list[Incident]]:
     scenario = build(name)
     traffic, pipeline = scenario_traffic(scenario), Pipeline()
@@ -175,3 +203,71 @@ def test_late_counts_waiting_to_be_judged_survive_a_restart() -> None:
     ]
     assert [n.headline.scope.key for n in found] == ["small"]
     assert summary(pipeline.notifications) == summary(reference.notifications)
+
+
+def test_a_crash_between_stage_2s_state_and_its_signals_makes_no_count_late() -> None:
+    """Stage 2 writes a batch's state, then is killed before its signals reach alerting; after
+    the restart it reads that batch again from the committed offsets (its counts are signalled
+    again as replays), one partition far behind the others. Its reports must not tell alerting
+    that the partition was read as far as the restored state went before those counts are
+    signalled again: nothing comes late, and the notifications are those of the live run."""
+    from streams.stages.messages import MessageStage
+
+    traffic = campaign(us_share=0.02)
+    reference = Pipeline()
+    feed_live(traffic, reference)
+    reference.settle(3_600)
+
+    pipeline = Pipeline()
+    crash = T0 + 20 * 60  # the small template's spike is under way
+    head = Traffic(
+        [b for b in traffic.bodies if b[0] < crash],
+        [r for r in traffic.send_log if r[0] < crash],
+        traffic.messages,
+    )
+    feed_live(head, pipeline)
+    # a minute more: stage 1 reads it, stage 2 reads it and writes its state, then dies
+    for i, (ts, body) in enumerate(traffic.bodies):
+        if crash <= ts < crash + 60:
+            pipeline.post(body, ts, keyless(i, pipeline.n))
+    for ts, wamid, value in traffic.send_log:
+        if crash <= ts < crash + 60:
+            pipeline.log(wamid, value, ts)
+    pipeline.clock.now = crash + 60
+    for p in range(pipeline.n):
+        pipeline.read_raw(p, 1_000_000)
+    committed = dict(pipeline.messages_topic.read), dict(pipeline.send_log.read)
+    stage = pipeline.messages
+    for p in range(pipeline.n):
+        for offset, value, _ in pipeline.messages_topic.take(p, 1_000_000):
+            stage.handle_batch(p, offset, value)
+        for offset, value, received in pipeline.send_log.take(p, 1_000_000):
+            stage.handle_send_log(p, offset, value, received)
+    for p in stage.state.partitions():
+        stage.flush(p)
+    for p, value in stage.drain_outbox().items():  # sent with the state
+        pipeline.recipients_topic.append(p, value, 0)
+    stage.drain_signals()  # never sent
+    # the restart: the state is kept, the inputs are read again from the committed offsets,
+    # partition 0 one record at a time while the others are read at once
+    pipeline.messages = MessageStage(stage.state.kv, pipeline.n, clock=pipeline.clock)
+    pipeline.messages_topic.read.update(committed[0])
+    pipeline.send_log.read.update(committed[1])
+    while pipeline.messages_topic.unread(0) or pipeline.send_log.unread(0):
+        for p in range(1, pipeline.n):
+            pipeline.read_messages(p, 1_000_000, 1_000_000)
+        pipeline.read_messages(0, 1, 1)
+        for p in range(pipeline.n):
+            pipeline.read_recipients(p, 1_000_000)
+        pipeline.evaluate()
+    tail = Traffic(
+        [b for b in traffic.bodies if b[0] >= crash + 60],
+        [r for r in traffic.send_log if r[0] >= crash + 60],
+        traffic.messages,
+    )
+    offset = sum(1 for b in traffic.bodies if b[0] < crash + 60)
+    feed_live(tail, pipeline, first_index=offset)
+    pipeline.settle(3_600)
+
+    assert summary(pipeline.notifications) == summary(reference.notifications)
+    assert pipeline.alerting.late == 0

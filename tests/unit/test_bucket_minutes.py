@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.core.aggregates import Bucket
+from streams.core.eventtime import visible_at
 from streams.core.facts import SendLogRecord, StatusFact
 from streams.core.ledger import BucketDelta, Effects, MessageLedger, MessageState
 from streams.simulate import Message, envelope, phone_for, status_item
@@ -24,7 +25,9 @@ BASE = 29_000_000 * 60
 Cell = tuple[str, str, int, str, int]
 
 
-def status(name: str, ts: int, error: str | None = None, mark: int = 0) -> StatusFact:
+def status(
+    name: str, ts: int, error: str | None = None, mark: int = 0, origin: int = 1
+) -> StatusFact:
     return StatusFact(
         wamid="wamid.A",
         status=name,
@@ -38,13 +41,14 @@ def status(name: str, ts: int, error: str | None = None, mark: int = 0) -> Statu
         category="marketing",
         error_code=131049 if error else None,
         error_class=error,
-        origin=(1, ts, 0),
+        origin=(origin, ts, 0),
         mark=mark,
     )
 
 
 #: one input of a message: ("status", name, seconds after BASE, error, how much later than its
-#: time its raw partition's mark was) or ("log", ...)
+#: time its raw partition's mark was), ("retry<n>", ...) the same from another raw record (Meta
+#: POSTed it again) or ("log", ...)
 Input = tuple[str, str, int, str | None, int]
 #: the template and campaign the callback data names
 Opaque = tuple[str | None, str | None]
@@ -65,7 +69,8 @@ def feed(
             state, fx = ledger.apply_send_log(state, record, position, mark=BASE + 600)
         else:
             position = (STATUS, offset, 0)
-            fact = status(item[1], BASE + item[2], item[3], BASE + item[2] + item[4])
+            origin = 2 + int(item[0][5:]) if item[0].startswith("retry") else 1
+            fact = status(item[1], BASE + item[2], item[3], BASE + item[2] + item[4], origin)
             state, fx = ledger.apply_status(state, fact, position, watermark, *opaque, None)
         first[position] = fx
     assert state is not None
@@ -173,6 +178,65 @@ def test_a_replayed_input_re_derives_the_effects_it_had(
         else:
             fact = status(item[1], BASE + item[2], item[3], BASE + item[2] + item[4])
             state, again = ledger.apply_status(state, fact, position, 0, *opaque, None)
+        assert again.replayed
+        assert multiset(again.deltas) == multiset(fx.deltas), item
+        assert multiset(again.shifts) == multiset(fx.shifts), item
+
+
+def test_a_status_posted_twice_counts_from_the_lower_mark_whichever_copy_comes_first() -> None:
+    """Meta's retry of a POST (the same status in another raw record, on a partition whose
+    mark is later) read before the first copy: what the status implies counts from the first
+    copy's mark, as when that copy is read first, not from the retry's (a point later)."""
+    limit = "per_user_marketing_limit"
+    first: Input = ("status", "failed", 50, limit, 0)
+    retry: Input = ("retry0", "failed", 50, limit, 25)
+    in_order = cells(list(feed([first, retry], (None, None))[1].values()), True)
+    retry_first = cells(list(feed([retry, first], (None, None))[1].values()), True)
+    assert retry_first == in_order
+    assert {(o, v) for d, _, _, o, v in in_order if d == "s"} == {
+        ("attempted", visible_at(BASE + 50)),
+        ("failed." + limit, visible_at(BASE + 50)),
+    }
+    assert visible_at(BASE + 75) > visible_at(BASE + 50)  # the retry's point is later
+
+
+RETRIED = STATUSES.flatmap(
+    lambda items: st.lists(st.tuples(st.sampled_from(items), st.integers(0, 90)), max_size=3).map(
+        lambda again: (
+            items
+            + [
+                (f"retry{n}", name, ts, error, lag)
+                for n, ((_, name, ts, error, _), lag) in enumerate(again)
+            ]
+        )
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    inputs=RETRIED,
+    opaque=st.sampled_from([(None, None), ("spring_sale", None), ("spring_sale", "c-42")]),
+    data=st.data(),
+)
+def test_retried_statuses_give_the_same_buckets_and_points_in_every_order(
+    inputs: list[Input], opaque: tuple[str | None, str | None], data: st.DataObject
+) -> None:
+    """Statuses Meta POSTed more than once (each copy in its own raw record, at its own
+    mark): the buckets and the points alerting may use them from are those of every order,
+    and a replayed copy re-derives exactly what it did."""
+    canonical = sorted(inputs, key=lambda i: (i[2], i[4], i[0]))
+    order = data.draw(st.permutations(inputs))
+    _, expected = feed(canonical, opaque)
+    state, got = feed(order, opaque)
+    assert cells(list(got.values())) == cells(list(expected.values()))
+    assert cells(list(got.values()), True) == cells(list(expected.values()), True)
+    ledger = MessageLedger()
+    for position, fx in got.items():
+        item = order[position[1]]
+        origin = 2 + int(item[0][5:]) if item[0].startswith("retry") else 1
+        fact = status(item[1], BASE + item[2], item[3], BASE + item[2] + item[4], origin)
+        state, again = ledger.apply_status(state, fact, position, 0, *opaque, None)
         assert again.replayed
         assert multiset(again.deltas) == multiset(fx.deltas), item
         assert multiset(again.shifts) == multiset(fx.shifts), item
