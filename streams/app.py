@@ -250,7 +250,12 @@ class Monitor:
             rt.agent(name, topic, rt.batch_loop(name, topic, handle, flush, full).run)
 
         batched("messages", stage2_input, self.messages_agent, lambda: self.messages_agent.full)
-        batched("recipients", self.recipients_topic, self.recipients_agent)
+        batched(
+            "recipients",
+            self.recipients_topic,
+            self.recipients_agent,
+            lambda: self.recipients_agent.full,
+        )
         alerting = self.alerting_agent
         batched("alerting", self.signals_topic, alerting)
         rt.every(5.0, alerting.tick, "evaluate_when_quiet")

@@ -88,6 +88,14 @@ class PartitionReport(msgspec.Struct, array_like=True, frozen=True, gc=False):
     seq: int = 0
 
 
+#: Signal items (bucket cells, error counts, US-pause recipients, template events) a counting
+#: stage gathers before it reports ``full`` and flushes: ~70 bytes an item encoded (a backlog's
+#: batch), so a signals record stays far under Kafka's default 1 MB even with one input
+#: record's items on top (a batch of 10,000 input records once made 1.06 MB, which the broker
+#: refused: the messages agent crashed and that batch's signals were lost to alerting).
+MAX_SIGNAL_ITEMS = 3_000
+
+
 class SignalBatch(msgspec.Struct, array_like=True, gc=False):
     buckets: list[BucketSignal] = []
     templates: list[TemplateSignal] = []
@@ -105,6 +113,16 @@ class SignalBatch(msgspec.Struct, array_like=True, gc=False):
     #: recipients partition -> messages partition -> the report number up to which the
     #: recipients stage has applied that partition's facts (its resend signals are in)
     relayed: dict[int, dict[int, int]] = {}
+
+    def items(self) -> int:
+        """How many items the record holds (see :data:`MAX_SIGNAL_ITEMS`)."""
+        return (
+            len(self.buckets)
+            + len(self.templates)
+            + len(self.errors)
+            + len(self.resends)
+            + len(self.us_paused)
+        )
 
     def empty(self) -> bool:
         return not (

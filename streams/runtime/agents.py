@@ -153,6 +153,10 @@ class RecipientsAgent:
         self.advice_topic = advice_topic
         self.retries_topic = retries_topic
 
+    @property
+    def full(self) -> bool:
+        return self.stage.full
+
     def handle(self, event: Any) -> None:
         msg = event.message
         self.stage.handle_batch(msg.partition, msg.offset, event.value)

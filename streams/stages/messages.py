@@ -56,6 +56,7 @@ from streams.core.ledger import BucketDelta, Effects, MessageLedger, MessageStat
 from streams.core.retries import is_retryable
 from streams.core.signals import (
     INCIDENT_CODES,
+    MAX_SIGNAL_ITEMS,
     BucketSignal,
     PartitionReport,
     SignalBatch,
@@ -292,7 +293,8 @@ class MessageStage:
         self._message_index: dict[int, ExpiryIndex] = {}
         self._bucket_index: dict[int, ExpiryIndex] = {}
         self._out: dict[int, FactBatch] = {}
-        #: an outbox batch reached MAX_BATCH_FACTS: flush before handling more input
+        #: an outbox batch reached MAX_BATCH_FACTS, or the signals MAX_SIGNAL_ITEMS: flush
+        #: before handling more input
         self.full = False
         self._buckets: dict[int, Any] = {}  # partition -> BucketWriter (streams.native)
         self.recent = RecentWindow()
@@ -464,6 +466,15 @@ class MessageStage:
             read.raw_partitions = max(read.raw_partitions, batch.raw_partitions)
             read.behind = read.behind.difference(batch.marks).union(batch.behind)
         self.state.put(partition, messages_meta_key(partition), meta)
+        self._check_signals()
+
+    def _check_signals(self) -> None:
+        """Report ``full`` once the batch's signals hold MAX_SIGNAL_ITEMS items."""
+        s = self._signals
+        if len(self._cells) + len(s.errors) + len(s.us_paused) + len(s.templates) >= (
+            MAX_SIGNAL_ITEMS
+        ):
+            self.full = True
 
     def _status(
         self,
@@ -579,6 +590,7 @@ class MessageStage:
         if ts := state.last_ts or meta.watermark:
             message_index.touch(key.decode(), ts, meta.messages)
         self._effects(partition, position, fx, meta)
+        self._check_signals()
 
     def _account_errors(
         self, partition: int, facts: list[AccountErrorFact], meta: PartitionMeta

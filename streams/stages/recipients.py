@@ -48,7 +48,7 @@ from streams.core.retries import (
     make_plan,
     plan_record,
 )
-from streams.core.signals import ResendSignal, SignalBatch, recipient_digest
+from streams.core.signals import MAX_SIGNAL_ITEMS, ResendSignal, SignalBatch, recipient_digest
 from streams.stages import MESSAGES
 from streams.state import KeyValue, WriteBack, decode
 
@@ -208,6 +208,10 @@ class RecipientStage:
         # outputs of the current batch, per partition (a revoked partition's are dropped: its
         # next owner handles those facts again)
         self._resends: dict[int, list[ResendSignal]] = {}
+        #: the batch's resend signals reached MAX_SIGNAL_ITEMS: flush before handling more
+        #: input (a resend storm read as a backlog)
+        self.full = False
+        self._resend_count = 0
         #: recipients partition -> messages partition -> last report number applied (and the
         #: ones not signalled yet)
         self._relayed: dict[int, dict[int, int]] = {}
@@ -274,6 +278,8 @@ class RecipientStage:
             self.state.put(partition, key, state)
             index.touch(recipient_entry(fact.recipient), state.last_ts, meta.cursor)
         self.state.put(partition, recipients_meta_key(partition), meta)
+        if self._resend_count >= MAX_SIGNAL_ITEMS:
+            self.full = True
 
     def _relay(self, partition: int, progress: dict[int, int]) -> None:
         """Tell alerting (with the next signals, after this batch's resends) how far this
@@ -289,6 +295,7 @@ class RecipientStage:
         resends, new = premature_resends(state, fact)
         self.stats.premature_resends += new
         for attempt in resends:
+            self._resend_count += 1
             self._resends.setdefault(partition, []).append(
                 ResendSignal(
                     attempt.template or "unknown",
@@ -546,7 +553,7 @@ class RecipientStage:
 
     def drain_signals(self) -> SignalBatch | None:
         resends = [signal for signals in self._resends.values() for signal in signals]
-        self._resends = {}
+        self._resends, self._resend_count, self.full = {}, 0, False
         relayed, self._relayed_changed = self._relayed_changed, {}
         if not resends and not relayed:
             return None
@@ -573,6 +580,6 @@ class RecipientStage:
         self._index.pop(partition, None)
         self._timers.pop(partition, None)
         self._retries.pop(partition, None)
-        self._resends.pop(partition, None)
+        self._resend_count -= len(self._resends.pop(partition, []))
         self._relayed.pop(partition, None)
         self._relayed_changed.pop(partition, None)
