@@ -686,16 +686,10 @@ fn apply_status<'py>(
     let created = PyList::empty(py);
     if !fx.deltas.is_empty() || !fx.shifts.is_empty() {
         flags |= COUNTED;
-        let mut all = native_deltas(&fx.deltas);
-        all.extend(native_deltas(&fx.shifts));
+        let (deltas, shifts) = (native_deltas(&fx.deltas), native_deltas(&fx.shifts));
+        let all: Vec<DeltaRef> = deltas.iter().chain(&shifts).copied().collect();
         writer.add_deltas(py, position, &all, &created)?;
-        cells.add_deltas(
-            position.0,
-            position.1,
-            false,
-            &native_deltas(&fx.deltas),
-            &native_deltas(&fx.shifts),
-        );
+        cells.add_deltas(position.0, position.1, false, &deltas, &shifts);
     }
     let facts = PyList::empty(py);
     for fa in &fx.facts {

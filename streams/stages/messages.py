@@ -84,17 +84,20 @@ class PartitionMeta(msgspec.Struct, array_like=True, gc=False):
     #: is judged against the status's own input partition, which is consumed in order, so a
     #: worker that runs ahead of another on a backlog does not make the other's statuses late
     origin_watermarks: dict[int, int] = msgspec.field(default_factory=dict)
-    #: stage 1's marks of the raw partitions (newest trusted event time read, as of the last
-    #: batch of facts this partition received), which are idle (read to their end and quiet),
-    #: and how many raw partitions there are: the alerting stage's clock
+    #: origin_marks, origin_idle, raw_partitions and origin_behind are no longer written (the
+    #: reports come from :class:`ReadSoFar`); kept so the saved layout stays the same
     origin_marks: dict[int, int] = msgspec.field(default_factory=dict)
     origin_idle: list[int] = msgspec.field(default_factory=list)
     raw_partitions: int = 0
     #: newest trusted event time of the send-log partition (``sent_at``, else the time Kafka
     #: received the record)
     log_mark: int = 0
-    #: raw partitions stage 1 had not read to their end (as of the last batch of facts)
-    origin_behind: list[int] = msgspec.field(default_factory=list)
+    origin_behind: list[int] = msgspec.field(default_factory=list)  # no longer written
+
+
+def _named(attribution: Attribution) -> tuple[str | None, str | None, str | None]:
+    """What the callback data named, as the ledgers take it: template, category, campaign."""
+    return attribution.template, attribution.category, attribution.campaign
 
 
 @dataclass
@@ -109,6 +112,16 @@ class ReadSoFar:
     behind: set[int] = field(default_factory=set)
     raw_partitions: int = 0
     log_mark: int = -1  # -1: no send-log record read yet (alerting keeps what it had)
+
+    def take(self, batch: FactBatch) -> None:
+        """Stage 1's marks in a batch of facts: the newest trusted event time read per raw
+        partition, which are idle (read to their end and quiet) or behind, how many there are."""
+        for origin, mark in batch.marks.items():
+            if mark >= self.marks.get(origin, 0):  # a partition read from nothing yet too
+                self.marks[origin] = mark
+        self.idle = self.idle.difference(batch.marks).union(batch.idle)
+        self.raw_partitions = max(self.raw_partitions, batch.raw_partitions)
+        self.behind = self.behind.difference(batch.marks).union(batch.behind)
 
 
 class TemplateState(msgspec.Struct, array_like=True, gc=False):
@@ -410,7 +423,7 @@ class MessageStage:
         batch = decode_batch(raw)
         source = source_id(MESSAGES, partition)
         meta = self.meta(partition)
-        self._indexes(partition)
+        self._indexes(partition)  # from its first record on, flush sweeps the partition
         stats, signals = self.stats, self._signals
         seen_marks = meta.origin_watermarks  # per origin, as seen in this partition's facts
         stats.statuses += len(batch.statuses)
@@ -446,25 +459,7 @@ class MessageStage:
         if batch.account_errors:
             self._account_errors(partition, batch.account_errors, meta)
         if batch.marks:
-            marks, idle = meta.origin_marks, set(meta.origin_idle)
-            for origin, mark in batch.marks.items():
-                if mark >= marks.get(origin, 0):  # a partition read from nothing yet too
-                    marks[origin] = mark
-                if origin in batch.idle:
-                    idle.add(origin)
-                else:
-                    idle.discard(origin)
-            meta.origin_idle = sorted(idle)
-            meta.raw_partitions = max(meta.raw_partitions, batch.raw_partitions)
-            behind = set(meta.origin_behind).difference(batch.marks).union(batch.behind)
-            meta.origin_behind = sorted(behind)
-            read = self._read_so_far(partition)
-            for origin, mark in batch.marks.items():
-                if mark >= read.marks.get(origin, 0):
-                    read.marks[origin] = mark
-            read.idle = read.idle.difference(batch.marks).union(batch.idle)
-            read.raw_partitions = max(read.raw_partitions, batch.raw_partitions)
-            read.behind = read.behind.difference(batch.marks).union(batch.behind)
+            self._read_so_far(partition).take(batch)
         self.state.put(partition, messages_meta_key(partition), meta)
         self._check_signals()
 
@@ -490,34 +485,17 @@ class MessageStage:
         native code when built (:mod:`streams.native`), unless the input was applied before:
         a replay takes the Python ledger, which re-derives its effects."""
         key = skey.encode()
+        inputs = (fact, position, origin_mark, *_named(attribution))
         if self.impl.apply_status is not None:
+            writer, raw = self._bucket_writer(partition), self.state.get_raw(partition, key)
             result = self.impl.apply_status(
-                self._bucket_writer(partition),
-                self._cells,
-                self.state.get_raw(partition, key),
-                fact,
-                position,
-                origin_mark,
-                attribution.template,
-                attribution.category,
-                attribution.campaign,
-                self.ledger.lateness,
-                is_retryable,
-                RecipientFact,
+                writer, self._cells, raw, *inputs, self.ledger.lateness, is_retryable, RecipientFact
             )
             if result is not None:
                 return self._native_effects(partition, skey, fact, position, meta, result)
         state = self.state.get(partition, key, MessageState)
         first_status = state is None or not state.seen
-        state, fx = self.ledger.apply_status(
-            state,
-            fact,
-            position,
-            origin_mark,
-            attribution.template,
-            attribution.category,
-            attribution.campaign,
-        )
+        state, fx = self.ledger.apply_status(state, *inputs)
         self.state.put(partition, key, state)
         if fact.error_class == US_PAUSED and (fx.shifts or not fx.duplicate):
             self._us_paused(fact, fx)
