@@ -47,9 +47,10 @@ def test_every_database_charges_one_cache_that_stays_within_the_budget(tmp_path:
         for db in dbs:
             db.close()
     assert written_peak > 4 * MB  # memtables are charged to the one cache...
-    # ...which keeps all eight databases near the budget (the cache is not strict: a memtable
-    # being flushed still counts), far below the 96 MB written or 8 x 2 x 2 MB of memtables
-    assert peak <= 16 * MB * 1.5
+    # ...which keeps all eight databases near the budget (the cache is not strict: memtables
+    # being flushed still count, and a loaded machine flushes late: 27 MB seen under the
+    # parallel suite), far below the 96 MB written, which Faust's defaults would all hold
+    assert peak <= 16 * MB * 2
 
 
 def test_a_memory_store_is_left_alone() -> None:
