@@ -14,6 +14,7 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from streams.core.signals import SignalBatch, encode_signals
@@ -151,6 +152,7 @@ class Checkpoint:
         dead_letter_topic: str = "",
         dead_letter_stage: str = "",
         on_dead_letter: Callable[[DeadLetter, str], object] = lambda letter, stage: None,
+        retry_pause_s: float = 1.0,
     ) -> None:
         self.name = name
         self.order = order
@@ -159,6 +161,7 @@ class Checkpoint:
         self.dead_letter_topic = dead_letter_topic
         self.dead_letter_stage = dead_letter_stage or name
         self.on_dead_letter = on_dead_letter
+        self.retry_pause_s = retry_pause_s
 
     async def run(self, batch: Batch) -> None:
         """The steps, in order. Steps before the first that awaits run at once: a flush that
@@ -184,19 +187,27 @@ class Checkpoint:
                     batcher.add(out.topic, partition, out.key, out.value)
             elif step is Step.SEND:
                 assert batcher is not None
-                await retry_kafka(self.name, batcher.send)
+                await retry_kafka(self.name, batcher.send, self.retry_pause_s)
                 if state_queued and batch.state is not None:
                     batch.state.persisted(batcher.sent)
                 batcher, state_queued = broker.batcher(), False
+            # Signals and dead letters are retried like the batched send: the batch's offsets
+            # are committed after them, so giving up would lose them (a repeat is a replay)
             elif step is Step.SIGNALS:
                 if batch.signals is not None:
                     value = encode_signals(batch.signals)
-                    await broker.send(self.signals_topic, None, value, partition=0)
+                    send = partial(broker.send, self.signals_topic, None, value, partition=0)
+                    await retry_kafka(f"{self.name} signals", send, self.retry_pause_s)
             elif step is Step.DEAD_LETTERS:
                 for letter in batch.dead_letters:
-                    await broker.send(
-                        self.dead_letter_topic, letter.key, letter.value, headers=letter.headers()
+                    send = partial(
+                        broker.send,
+                        self.dead_letter_topic,
+                        letter.key,
+                        letter.value,
+                        headers=letter.headers(),
                     )
+                    await retry_kafka(f"{self.name} dead letter", send, self.retry_pause_s)
                     self.on_dead_letter(letter, self.dead_letter_stage)
             elif step is Step.COMMIT:
                 taken = batch.taken

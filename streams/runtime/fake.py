@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from aiokafka.errors import KafkaTimeoutError
+
 from streams.runtime.batching import BatchLoop, BatchPolicy, Progress, Taken
 from streams.runtime.checkpoint import Batcher, Checkpoint, Step
 from streams.stages import partition_for
@@ -63,6 +65,8 @@ class FakeBatcher:
         records = self.records
         if not records:
             return {}
+        for topic, _ in records:
+            self.runtime.refuse(topic)
         self.runtime.log.append(("send", sorted((tp, len(items)) for tp, items in records.items())))
         last = {
             tp: self.runtime.append(tp[0], tp[1], [(k, v, None) for k, v in items])
@@ -170,10 +174,12 @@ class FakeRuntime:
     topics: dict[str, dict[int, list[Record]]] = field(default_factory=dict)
     committed: dict[Any, int] = field(default_factory=dict)
     #: ("write state", table, partitions), ("send", [((topic, partition), n), ...]),
-    #: ("commit", {tp: offset}), in the order they happened
+    #: ("commit", {tp: offset}), ("refused", topic), in the order they happened
     log: list[tuple[Any, ...]] = field(default_factory=list)
     #: (tp, offset) of every seek asked for
     seeks: list[tuple[Any, int]] = field(default_factory=list)
+    #: topic -> how many more sends to it Kafka refuses (a KafkaTimeoutError, nothing written)
+    refusals: dict[str, int] = field(default_factory=dict)
 
     # -- the agents' Broker ----------------------------------------------------------------
     def batcher(self) -> FakeBatcher:
@@ -191,6 +197,7 @@ class FakeRuntime:
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
+        self.refuse(topic)
         if partition is None:
             n = await self.partitions(topic)
             partition = 0 if key is None else partition_for(key.decode(), n)
@@ -203,6 +210,14 @@ class FakeRuntime:
 
     async def seek(self, tp: Any, offset: int) -> None:
         self.seeks.append((tp, offset))
+
+    def refuse(self, topic: str) -> None:
+        """Raise Kafka's refusal of a send to ``topic`` while :attr:`refusals` asks for one."""
+        left = self.refusals.get(topic, 0)
+        if left > 0:
+            self.refusals[topic] = left - 1
+            self.log.append(("refused", topic))
+            raise KafkaTimeoutError(f"the fake refused a send to {topic}")
 
     # -- the test's side -------------------------------------------------------------------
     def append(self, topic: str, partition: int, records: list[Record]) -> int:
@@ -270,4 +285,5 @@ class FakeRuntime:
             signals_topic="signals",
             dead_letter_topic="dead-letters",
             dead_letter_stage=stage,
+            retry_pause_s=0.0,
         )

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 
 from streams.ports import LagSource
 from streams.runtime import faust_private
@@ -251,10 +253,17 @@ class FaustRuntime:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Send and wait until Kafka has it: an agent commits its inputs after this, and
-        Faust's send only queues (stage 1's own consumer commits without Faust's flush)."""
-        sent = await self._topics[topic].send(
-            key=key, value=value, partition=partition, headers=headers
-        )
+        Faust's send only queues (stage 1's own consumer commits without Faust's flush).
+        Kafka's refusal is raised as the KafkaError it is, which the checkpoint retries (Faust
+        wraps one raised while queueing in its ProducerSendError)."""
+        try:
+            sent = await self._topics[topic].send(
+                key=key, value=value, partition=partition, headers=headers
+            )
+        except ProducerSendError as exc:
+            if isinstance(exc.__cause__, KafkaError):
+                raise exc.__cause__ from exc
+            raise
         await sent
 
     async def commit(self, offsets: dict[Any, int]) -> object:

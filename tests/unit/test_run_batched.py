@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from streams.runtime.batching import (
     BatchLoop,
     BatchPolicy,
@@ -252,6 +254,34 @@ def test_the_faust_seeker_leaves_a_partition_it_no_longer_has() -> None:
 
     runtime: Any = SimpleNamespace(app=SimpleNamespace(consumer=Consumer()))
     assert asyncio.run(FaustRuntime.seek(runtime, "a", 3)) is None
+
+
+def test_the_faust_send_raises_kafkas_refusal_as_the_kafka_error_the_checkpoint_retries() -> None:
+    """Faust wraps a KafkaError raised while queueing a record in its ProducerSendError, which
+    is no KafkaError: unwrapped, the checkpoint retries it instead of crashing the agent."""
+    from aiokafka.errors import KafkaError, KafkaTimeoutError
+    from faust.exceptions import ProducerSendError
+
+    from streams.runtime.faust_runtime import FaustRuntime
+
+    class Topic:
+        def __init__(self, kafka: bool) -> None:
+            self.kafka = kafka
+
+        async def send(self, **record: Any) -> Any:
+            if not self.kafka:  # Faust's own refusal: not Kafka's, not retried
+                raise ProducerSendError("No transaction producer found for : x")
+            try:  # as faust.transport.drivers.aiokafka.Producer.send does
+                raise KafkaTimeoutError("the producer's buffer is full")
+            except KafkaError as exc:
+                raise ProducerSendError(f"Error while sending: {exc!r}") from exc
+
+    runtime: Any = SimpleNamespace(_topics={"out": Topic(kafka=True)})
+    with pytest.raises(KafkaTimeoutError):
+        asyncio.run(FaustRuntime.send(runtime, "out", b"k", b"v"))
+    runtime = SimpleNamespace(_topics={"out": Topic(kafka=False)})
+    with pytest.raises(ProducerSendError):
+        asyncio.run(FaustRuntime.send(runtime, "out", b"k", b"v"))
 
 
 def test_the_first_record_of_a_generation_after_the_committed_offset_is_a_gap() -> None:

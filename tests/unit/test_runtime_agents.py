@@ -200,6 +200,35 @@ async def test_messages_sends_state_and_outbox_together_then_signals_dead_letter
     }
 
 
+async def test_messages_retries_what_kafka_refused_and_commits_only_once_all_of_it_is_in() -> None:
+    """Kafka refusing the state and outbox, the signals (twice) and the dead letter: each is
+    sent again until Kafka has it, and the commit comes last; the topics hold what a flush
+    without refusals writes, once."""
+    plain = world()
+    await run_ingest(plain)
+    plain.rt.append(SEND_LOG, 0, [(b"wamid.bad", b"{", None)])
+    await run_messages(plain)
+
+    w = world()
+    await run_ingest(w)
+    w.rt.append(SEND_LOG, 0, [(b"wamid.bad", b"{", None)])
+    w.rt.log.clear()
+    w.rt.refusals = {RECIPIENTS: 1, SIGNALS: 2, DEAD: 1}
+    await run_messages(w)
+    rt = w.rt
+    assert rt.steps() == [
+        "write state",
+        *("refused", "send"),
+        *("refused", "refused", "send"),
+        *("refused", "send"),
+        "commit",
+    ]
+    assert rt.refusals == {RECIPIENTS: 0, SIGNALS: 0, DEAD: 0}
+    for topic in (RECIPIENTS, "messages-changelog", SIGNALS, DEAD):
+        assert sent_to(w, topic) == sent_to(plain, topic), topic
+    assert rt.committed == plain.rt.committed
+
+
 async def revoked_before_flush(
     rt: FakeRuntime, agent: MessagesAgent | RecipientsAgent, events: list[Event]
 ) -> BatchLoop:
