@@ -30,7 +30,7 @@ from streams.core.eventtime import TimeTrust
 from streams.core.retries import RetryPolicy
 from streams.lag import ConsumerLag
 from streams.metrics import MonitorMetrics
-from streams.raw_consumer import consume_raw, ingest_group
+from streams.raw_consumer import consume_raw, ingest_group, restarting
 from streams.runtime import checkpoint as orders
 from streams.runtime.agents import (
     AlertingAgent,
@@ -227,7 +227,8 @@ class Monitor:
         async def ingest() -> None:
             """Stage 1 on a plain consumer (see streams.raw_consumer): no per-record events."""
             await rt.start_producer()
-            await consume_raw(
+            consume = partial(
+                consume_raw,
                 bootstrap,
                 s.topic_raw,
                 ingest_group(s.app_id),
@@ -237,6 +238,9 @@ class Monitor:
                 policy=rt.policy,
                 on_records=m.records_consumed.labels(topic=s.topic_raw).inc,
                 on_cpu=partial(cpu.add, "ingest"),
+            )
+            await restarting(
+                "stage 1's raw consumer", consume, on_restart=m.raw_consumer_restarts.inc
             )
 
         rt.task(ingest)

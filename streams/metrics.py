@@ -294,6 +294,12 @@ class MonitorMetrics:
         )
         for agent in AGENTS:
             self.reads_again.labels(agent=agent)
+        self.raw_consumer_restarts = Counter(
+            f"{PREFIX}_raw_consumer_restarts",
+            "Times stage 1's raw topic consumer failed and was started again (it reads again "
+            "from the last commit; the log says why)",
+            registry=r,
+        )
         self.late_events = Counter(
             f"{PREFIX}_late_statuses",
             "Statuses older than the allowed lateness: counted per message, not in minute buckets",

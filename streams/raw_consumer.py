@@ -107,6 +107,70 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
             self.reader.restore_mark(tp.partition, mark_of(getattr(meta, "metadata", None)))
 
 
+class _Positions(Protocol):
+    def assignment(self) -> Iterable[Any]: ...
+
+    def highwater(self, tp: Any) -> int | None: ...
+
+    async def position(self, tp: Any) -> int: ...
+
+
+class CaughtUp:
+    """Tells the reader which assigned partitions are read to their end, without ever waiting
+    for a position: aiokafka's ``position`` waits while a partition's position is being reset
+    (for as long as that takes: the consumer would stop reading) and raises IllegalStateError
+    when a rebalance takes the partition meanwhile. Each poll asks for the positions not asked
+    for yet, lets the answers that are ready come in, and leaves the rest for a later poll."""
+
+    def __init__(self, consumer: _Positions, reader: RawReader) -> None:
+        self.consumer, self.reader = consumer, reader
+        self._asked: dict[Any, asyncio.Future[int]] = {}
+
+    async def poll(self) -> None:
+        assigned = list(self.consumer.assignment())
+        for tp in assigned:
+            if tp not in self._asked and self.consumer.highwater(tp) is not None:
+                self._asked[tp] = asyncio.ensure_future(self.consumer.position(tp))
+        await asyncio.sleep(0)  # a known position is answered at once
+        for tp, asked in list(self._asked.items()):
+            if not asked.done():
+                continue
+            del self._asked[tp]
+            exc = None if asked.cancelled() else asked.exception()
+            end = self.consumer.highwater(tp)
+            if asked.cancelled() or exc is not None or end is None or tp not in assigned:
+                log.debug("no position for raw partition %s: %r", tp.partition, exc)
+                continue
+            self.reader.caught_up(tp.partition, asked.result() >= end)
+
+    def close(self) -> None:
+        for asked in self._asked.values():
+            asked.cancel()
+        self._asked.clear()
+
+
+async def restarting(
+    what: str,
+    run: Callable[[], Awaitable[None]],
+    *,
+    on_restart: Callable[[], object] = lambda: None,
+    pause_s: float = 5.0,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Await ``run`` and, whenever it fails, log why and run it again after ``pause_s``
+    (cancelling stops it). For stage 1's consumer: an exception out of it would otherwise end
+    the reading of the raw topic while the rest of the worker runs on. A new consumer reads
+    again from the last commit; stages 2 and 3 apply what they see again once."""
+    while True:
+        try:
+            await run()
+            return
+        except Exception:
+            log.exception("%s failed; starting it again in %.0f s", what, pause_s)
+            on_restart()
+            await sleep(pause_s)
+
+
 async def consume_raw(
     bootstrap: str,
     topic: str,
@@ -138,6 +202,7 @@ async def consume_raw(
     )
     await consumer.start()
     consumer.subscribe([topic], listener=_Assignment(consumer, topic, reader))
+    caught_up = CaughtUp(consumer, reader)
     offsets: dict[Any, int] = {}  # the batch's partitions -> offset to commit
     handled = 0
     started = 0.0  # clock() when the batch's first record was handled
@@ -161,10 +226,7 @@ async def consume_raw(
                 offsets[tp] = records[-1].offset + 1
                 count += len(records)
             on_cpu(cpu_clock() - t0)
-            for tp in consumer.assignment():
-                end = consumer.highwater(tp)
-                if end is not None:
-                    reader.caught_up(tp.partition, await consumer.position(tp) >= end)
+            await caught_up.poll()
             if count:
                 on_records(count)
                 if not handled:
@@ -191,6 +253,7 @@ async def consume_raw(
             except KafkaError as exc:
                 log.warning("raw offsets not committed (%s); they will be read again", exc)
     finally:
+        caught_up.close()
         await consumer.stop()
 
 
