@@ -1,11 +1,12 @@
-"""Stage 2's hot loops in native code (``streams_native``, built from native/ by ``make install``)
-or, without it, the Python implementations they mirror byte for byte.
+"""The monitor's hot loops in native code (``streams_native``, built from native/ by ``make
+install``) or, without it, the Python implementations they mirror byte for byte.
 
-The native module applies a status fact not applied before to a message's encoded state (the
-ledger's ``apply_status``) and adds the resulting deltas to the minute buckets and the signal
-cells of the batch; replayed inputs, send-log records and everything else stay in Python.
-``DELIVERY_MONITOR_NATIVE=0`` picks the Python implementations (a comparison, or a machine
-without the build); tests/unit/test_native.py runs both on the same inputs.
+The native module picks the partition of a key (Kafka's murmur2, stages 1 and 2), applies a
+status fact not applied before to a message's encoded state (the ledger's ``apply_status``) and
+adds the resulting deltas to the minute buckets and the signal cells of the batch; replayed
+inputs, send-log records and everything else stay in Python. ``DELIVERY_MONITOR_NATIVE=0``
+picks the Python implementations (a comparison, or a machine without the build);
+tests/unit/test_native.py and tests/unit/test_partitioning.py run both on the same inputs.
 """
 
 from __future__ import annotations
@@ -53,4 +54,9 @@ def implementations(native: bool | None = None) -> Implementations:
     return Implementations(aggregates.BucketWriter, aggregates.SignalCells, None)
 
 
-__all__ = ["AVAILABLE", "ENABLED", "Implementations", "implementations"]
+def native_partition_for() -> Any:
+    """The native ``partition_for(key, partitions)`` when :data:`ENABLED`, else None."""
+    return _native.partition_for if ENABLED else None
+
+
+__all__ = ["AVAILABLE", "ENABLED", "Implementations", "implementations", "native_partition_for"]

@@ -744,11 +744,50 @@ fn reencode_message_state<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Bound<'p
     Ok(PyBytes::new(py, &state.encode()))
 }
 
+/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`) as an unsigned 32-bit int.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut words = data.chunks_exact(4);
+    for word in &mut words {
+        let mut k = u32::from_le_bytes([word[0], word[1], word[2], word[3]]).wrapping_mul(M);
+        k ^= k >> 24;
+        h = h.wrapping_mul(M) ^ k.wrapping_mul(M);
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        for (i, byte) in tail.iter().enumerate().rev() {
+            h ^= u32::from(*byte) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+/// The partition Kafka's default partitioner picks for `key` among `partitions`.
+#[pyfunction]
+fn partition_for(key: &str, partitions: u32) -> PyResult<u32> {
+    if partitions == 0 {
+        return Err(PyValueError::new_err("a topic has at least one partition"));
+    }
+    Ok((murmur2(key.as_bytes()) & 0x7fff_ffff) % partitions)
+}
+
+/// Kafka's murmur2 of `data` (tests: the same as the Python and aiokafka's).
+#[pyfunction(name = "murmur2")]
+fn murmur2_py(data: &[u8]) -> u32 {
+    murmur2(data)
+}
+
 #[pymodule]
 fn streams_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BucketWriter>()?;
     m.add_class::<SignalCells>()?;
     m.add_function(wrap_pyfunction!(apply_status, m)?)?;
     m.add_function(wrap_pyfunction!(reencode_message_state, m)?)?;
+    m.add_function(wrap_pyfunction!(partition_for, m)?)?;
+    m.add_function(wrap_pyfunction!(murmur2_py, m)?)?;
     Ok(())
 }

@@ -12,7 +12,10 @@ dict and the Faust wiring thin.
 """
 
 import struct
+from collections.abc import Callable
 from functools import lru_cache
+
+from streams.native import native_partition_for
 
 #: Topic codes used in input positions (see streams.core.facts.source_id).
 RAW, MESSAGES, SEND_LOG, RECIPIENTS = 1, 2, 3, 4
@@ -47,7 +50,12 @@ def murmur2(data: bytes) -> int:
 
 
 @lru_cache(maxsize=16_384)  # recent keys repeat (a message's statuses); bounded: ~6 MB
-def partition_for(key: str, partitions: int) -> int:
+def python_partition_for(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key`` (murmur2, like the Java and
     aiokafka clients), so our routing agrees with records a sender produces keyed by wamid."""
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+#: :func:`python_partition_for`, in native code when the native module is built and enabled
+#: (stage 1 routes every status by wamid and every recipient fact by phone number)
+partition_for: Callable[[str, int], int] = native_partition_for() or python_partition_for
