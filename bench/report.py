@@ -12,6 +12,7 @@ TITLES = {
     "alert": "Alert latency (131049 spike to the Slack webhook)",
     "steady": "Steady state (RSS over time)",
     "scaling": "Scaling (workers in one group)",
+    "outage": "Broker outage (30 s, mid-stream)",
     "alert_quality": "Alert quality (labelled scenarios, four feeding modes)",
 }
 

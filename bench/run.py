@@ -15,7 +15,9 @@ but ``steady`` by default; ``--steady-minutes N`` adds it):
   answering like Slack's incoming webhook (target <= 60 s);
 - ``steady``: paced traffic for N minutes, worker RSS growth over the last half (<= 10 %);
 - ``scaling``: the throughput workload drained by 1 and by 2 workers, on the default partition
-  count and on ``--scaling-partitions``.
+  count and on ``--scaling-partitions``;
+- ``outage``: a broker of its own stopped for 30 s mid-stream: the worker's CPU and log while
+  Kafka is down (targets <= 0.2 cores, <= 256 KiB), and the drain once it is back.
 
 Writes ``<out>/latest.json`` (every figure, the machine, Kafka, the commit, the load on the
 machine per section), ``<out>/latest.md`` (the short table, also printed) and a dated copy of the
@@ -45,7 +47,7 @@ from bench.sections import DEFAULT_ALERT_PHASE, SECTIONS, Bench
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 
-DEFAULT_SECTIONS = ["throughput", "memory", "latency", "alert", "scaling"]
+DEFAULT_SECTIONS = ["throughput", "memory", "latency", "alert", "scaling", "outage"]
 
 
 def parser() -> argparse.ArgumentParser:

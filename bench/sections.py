@@ -1029,6 +1029,80 @@ def _scaling_topic(b: Bench, events: int, partitions: int) -> tuple[str, Workloa
     return settings.topic_raw, wl
 
 
+#: how long the outage section's broker stays down
+OUTAGE_S = 30.0
+
+
+def outage(b: Bench) -> dict[str, Any]:
+    """A broker outage mid-stream, on a broker of its own: the worker's CPU and log while
+    Kafka is down (a client spinning on metadata used a core and wrote 34 MB of log in 30 s),
+    and how long it takes to drain once Kafka is back."""
+    from streams.localkafka import LocalKafka
+    from streams.simulate import CampaignSpec, generate
+    from testkit.kafka import produce as produce_records
+    from testkit.kafka import produce_keyed, wait_drained
+
+    broker = LocalKafka(b.tmp / "outage" / "kafka", Settings.from_env().cache_dir, b.kafka_version)
+    bootstrap = broker.start().bootstrap
+    try:
+        campaign = generate(CampaignSpec(messages=6_000), seed=23)
+        env = unique_env(bootstrap, b.tmp / "outage" / "state", DELIVERY_MONITOR_STORE="rocksdb://")
+        settings = Settings.from_env(env)
+        run_sync(ensure_topics(bootstrap, source_topics(settings), 1))
+        half = len(campaign.payloads) // 2
+        produce_keyed(bootstrap, settings.topic_send_log, campaign.send_log)
+        produce_records(bootstrap, settings.topic_raw, campaign.payloads[:half])
+        log = b.tmp / "outage" / "worker.log"
+        worker = WorkerProcess(env, log).start()
+        try:
+            consumed = "whatsapp_monitor_records_consumed_total"
+            while (worker.metric(consumed, {"topic": settings.topic_raw}) or 0) <= half // 3:
+                time.sleep(0.05)
+            assert worker.proc is not None
+            broker.stop()
+            cpu0, log0, t0 = proc_cpu(worker.proc.pid), log.stat().st_size, time.monotonic()
+            time.sleep(OUTAGE_S)
+            down_s = time.monotonic() - t0
+            cores = (proc_cpu(worker.proc.pid) - cpu0) / down_s
+            log_kb = (log.stat().st_size - log0) / 1024
+            broker.start()
+            t1 = time.monotonic()
+            produce_records(bootstrap, settings.topic_raw, campaign.payloads[half:])
+            wait_drained(bootstrap, settings.app_id, group_topics(settings), 300, "(after)")
+            drained_s = time.monotonic() - t1
+            alive = worker.proc.poll() is None
+        finally:
+            worker.stop()
+            keep = b.logs / "outage"
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, keep / log.name)
+    finally:
+        broker.stop()
+    return {
+        "outage_s": round(down_s, 1),
+        "cpu_cores_while_down": round(cores, 3),
+        "log_kb_while_down": round(log_kb, 1),
+        "drained_after_s": round(drained_s, 1),
+        "worker_survived": alive,
+        "rows": [
+            row("worker CPU while Kafka is down", round(cores, 3), "cores", op="<=", limit=0.2),
+            row(
+                "worker log written while Kafka is down",
+                round(log_kb, 1),
+                "KiB",
+                op="<=",
+                limit=256,
+            ),
+            row("worker kept running (no restart)", alive),
+            row(
+                "drained after Kafka came back (with the rest of the campaign)",
+                round(drained_s, 1),
+                "s",
+            ),
+        ],
+    }
+
+
 SECTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "throughput": throughput,
     "memory": memory,
@@ -1036,6 +1110,7 @@ SECTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "alert": alert,
     "steady": steady,
     "scaling": scaling,
+    "outage": outage,
 }
 
 __all__ = ["SECTIONS", "Bench", "LoadMeter", "row"]

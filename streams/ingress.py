@@ -49,6 +49,7 @@ from aiokafka.errors import (
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from streams.metadata_pacing import pace_metadata_updates
 from streams.metrics import PREFIX
 from streams.settings import ENV_PREFIX, Settings, SettingsError
 
@@ -158,7 +159,7 @@ def kafka_producer_factory(bootstrap: str, request_timeout_s: float) -> Producer
     """Idempotent ``acks=all`` producers for ``bootstrap`` (a fresh one per connection attempt)."""
 
     def make() -> RecordProducer:
-        producer: RecordProducer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             client_id="whatsapp-delivery-monitor-ingress",
             enable_idempotence=True,
@@ -168,7 +169,9 @@ def kafka_producer_factory(bootstrap: str, request_timeout_s: float) -> Producer
             max_request_size=4 * 1024 * 1024,  # the raw topic's max.message.bytes
             request_timeout_ms=int(request_timeout_s * 1000),
         )
-        return producer
+        pace_metadata_updates(producer.client)
+        made: RecordProducer = producer
+        return made
 
     return make
 

@@ -21,6 +21,7 @@ import faust
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
+from streams.metadata_pacing import pace_metadata_updates
 from streams.ports import LagSource
 from streams.runtime import faust_private
 from streams.runtime.batching import (
@@ -231,6 +232,8 @@ class FaustRuntime:
 
     async def start_producer(self) -> None:
         await self.app.producer.maybe_start()
+        # a broker outage must not make the producer spin on metadata (see the module)
+        pace_metadata_updates(self.producer().client)
 
     def batcher(self) -> RecordBatcher:
         return RecordBatcher(self.producer)
