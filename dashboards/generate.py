@@ -919,6 +919,28 @@ def pipeline_health() -> Panel:
         ),
         (
             timeseries(
+                "Worker errors",
+                "Batches an agent failed to flush (an error in the monitor: its batch is not "
+                "committed and its counts may not reach alerting; the log has the traceback) "
+                "and restarts of stage 1's raw consumer, per interval. Both should "
+                "stay at 0.",
+                "short",
+                targets(
+                    (
+                        f"sum by (agent) (increase({P}flush_failures_total[$__rate_interval]))",
+                        "flush failures {{agent}}",
+                    ),
+                    (
+                        f"sum(increase({P}raw_consumer_restarts_total[$__rate_interval]))",
+                        "raw consumer restarts",
+                    ),
+                ),
+            ),
+            12,
+            8,
+        ),
+        (
+            timeseries(
                 "Expired state",
                 "State keys removed by event-time retention per second.",
                 "cps",

@@ -75,7 +75,10 @@ class Monitor:
         self.cpu = cpu = StageCpu()  # CPU seconds per stage (handle and flush: streams.stage_cpu)
         m.watch_stage_cpu(cpu.seconds)
         self.runtime = rt = FaustRuntime(
-            s, bootstrap, on_read_again=lambda agent: m.reads_again.labels(agent=agent).inc()
+            s,
+            bootstrap,
+            on_read_again=lambda agent: m.reads_again.labels(agent=agent).inc(),
+            on_flush_failure=lambda agent: m.flush_failures.labels(agent=agent).inc(),
         )
         self.app = rt.app
 

@@ -294,6 +294,15 @@ class MonitorMetrics:
         )
         for agent in AGENTS:
             self.reads_again.labels(agent=agent)
+        self.flush_failures = Counter(
+            f"{PREFIX}_flush_failures",
+            "Batches an agent failed to flush (an error in the monitor, logged with its "
+            "traceback; the batch was not committed and its signals may be lost)",
+            ["agent"],
+            registry=r,
+        )
+        for agent in AGENTS:
+            self.flush_failures.labels(agent=agent)
         self.raw_consumer_restarts = Counter(
             f"{PREFIX}_raw_consumer_restarts",
             "Times stage 1's raw topic consumer failed and was started again (it reads again "

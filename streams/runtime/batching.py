@@ -21,6 +21,7 @@ Nothing here imports Faust: an event is anything with ``.message`` (``tp``, ``to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
@@ -275,9 +276,16 @@ class BatchLoop:
         progress: Progress | None = None,
         seek: Seek | None = None,
         starts: LogStarts | None = None,
+        *,
+        name: str = "agent",
+        on_flush_failure: Callable[[], object] = lambda: None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.handle = handle
         self.flush = flush
+        self.name = name
+        self.on_flush_failure = on_flush_failure
+        self.sleep = sleep
         self.policy = policy
         self.generation = generation
         self.full = full
@@ -301,16 +309,26 @@ class BatchLoop:
             if not self.progress.count:
                 return
             handled_in, offsets = self.progress.take()
-            await self.flush(Taken(handled_in, offsets))
+            try:
+                await self.flush(Taken(handled_in, offsets))
+            except Exception:
+                # not bad input (stages dead-letter that) and not Kafka refusing (the
+                # checkpoint retries): a bug. Counted and logged here, whichever path flushed.
+                self.on_flush_failure()
+                log.exception("%s: a flush failed; its batch is not committed", self.name)
+                raise
 
     async def run(self, events: AsyncIterable[Any]) -> None:
         """Offer every event of ``events``, and flush a quiet stream every ``max_delay_s``."""
 
         async def ticker() -> None:
             while True:
-                await asyncio.sleep(self.policy.max_delay_s)
+                await self.sleep(self.policy.max_delay_s)
                 if self.progress.count:
-                    await self.flush_pending()
+                    # logged and counted by flush_pending; the ticker must outlive a failure,
+                    # or a quiet stream would never be flushed (committed, signalled) again
+                    with contextlib.suppress(Exception):
+                        await self.flush_pending()
 
         task = asyncio.ensure_future(ticker())
         try:

@@ -78,10 +78,13 @@ class FaustRuntime:
         bootstrap: str,
         policy: BatchPolicy | None = None,
         on_read_again: Callable[[str], object] = lambda agent: None,
+        on_flush_failure: Callable[[str], object] = lambda agent: None,
     ) -> None:
         self.settings = settings
         #: told the agent's name whenever one of its partitions is read again
         self.on_read_again = on_read_again
+        #: told the agent's name whenever one of its flushes fails (see BatchLoop)
+        self.on_flush_failure = on_flush_failure
         self.policy = policy if policy is not None else BatchPolicy()
         datadir = settings.data_dir / "worker" / settings.app_id
         datadir.mkdir(parents=True, exist_ok=True)
@@ -175,6 +178,8 @@ class FaustRuntime:
             progress=self.progress(name, topic),
             seek=self.seek,
             starts=self.starts,
+            name=name,
+            on_flush_failure=lambda: self.on_flush_failure(name),
         )
 
     def progress(self, name: str, topic: Any) -> Progress:

@@ -8,6 +8,7 @@ record handled per partition, and never a record handled before a rebalance."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -448,3 +449,92 @@ async def test_log_starts_are_forgotten_at_a_rebalance() -> None:
     log.starts["c"] = 40  # retention removed the head meanwhile
     await starts.learn(["c"])
     assert starts.get("c") == 40
+
+
+class Ticks:
+    """The batch loop's ``sleep``: returns when the test ticks (no time passes)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[None] = asyncio.Queue()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.queue.get()
+
+    def tick(self) -> None:
+        self.queue.put_nowait(None)
+
+
+async def until(condition: Callable[[], object]) -> None:
+    for _ in range(1_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never happened")
+
+
+async def test_a_failed_flush_is_counted_and_logged_and_the_ticker_flushes_the_next_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A flush raising (a bug: bad input is dead-lettered, Kafka's refusals are retried) is
+    counted and logged with its traceback; the ticker lives on, so a quiet stream is still
+    flushed and committed afterwards."""
+    handled: list[int] = []
+    flushed: list[dict[Any, int]] = []
+    failures: list[int] = []
+
+    async def flush(taken: Taken) -> None:
+        if not failures:
+            raise RuntimeError("a bug in a stage")
+        flushed.append(dict(taken.offsets))
+
+    feed: asyncio.Queue[int | None] = asyncio.Queue()
+
+    async def events() -> AsyncIterator[Any]:
+        while (offset := await feed.get()) is not None:
+            yield SimpleNamespace(message=SimpleNamespace(tp="a", offset=offset), value=b"")
+
+    ticks = Ticks()
+    loop = BatchLoop(
+        lambda event: handled.append(event.message.offset),
+        flush,
+        BatchPolicy(max_events=1_000, max_delay_s=60),
+        name="messages",
+        on_flush_failure=lambda: failures.append(1),
+        sleep=ticks.sleep,
+    )
+    run = asyncio.ensure_future(loop.run(events()))
+    for offset in (0, 1):
+        feed.put_nowait(offset)
+    await until(lambda: len(handled) == 2)
+    with caplog.at_level(logging.ERROR, logger="streams.runtime.batching"):
+        ticks.tick()
+        await until(lambda: failures)
+    (failed,) = [r for r in caplog.records if "a flush failed" in r.getMessage()]
+    assert failed.getMessage().startswith("messages:") and failed.exc_info is not None
+    feed.put_nowait(2)
+    await until(lambda: len(handled) == 3)
+    ticks.tick()
+    await until(lambda: flushed)
+    assert flushed == [{"a": 3}] and failures == [1]
+    feed.put_nowait(None)
+    await run
+
+
+async def test_a_flush_failing_inline_is_counted_and_raised_to_the_runtime() -> None:
+    """A batch flushed because it is full: the failure goes up to the agent's runtime (Faust
+    restarts the agent), counted first."""
+    failures: list[int] = []
+
+    async def flush(taken: Taken) -> None:
+        raise RuntimeError("a bug in a stage")
+
+    loop = BatchLoop(
+        lambda event: None,
+        flush,
+        BatchPolicy(max_events=2, max_delay_s=60),
+        on_flush_failure=lambda: failures.append(1),
+        sleep=Ticks().sleep,
+    )
+    with pytest.raises(RuntimeError, match="a bug"):
+        await loop.run(FakeStream([("a", 0), ("a", 1), ("a", 2)]).events())
+    assert failures == [1]
