@@ -145,6 +145,8 @@ class CaughtUp:
 
     def close(self) -> None:
         for asked in self._asked.values():
+            if asked.done() and not asked.cancelled():
+                asked.exception()  # retrieved: asyncio does not report it as lost
             asked.cancel()
         self._asked.clear()
 
@@ -253,6 +255,9 @@ async def consume_raw(
             except KafkaError as exc:
                 log.warning("raw offsets not committed (%s); they will be read again", exc)
     finally:
+        # stopped (or failed, to be started again): this reader has no partition any more,
+        # and aiokafka's stop does not say so (their marks are their next reader's to send)
+        reader.revoke(sorted({tp.partition for tp in consumer.assignment()} | set(reader.marks)))
         caught_up.close()
         await consumer.stop()
 

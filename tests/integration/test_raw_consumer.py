@@ -202,3 +202,16 @@ async def test_marks_are_committed_with_the_offsets_and_restored_after_a_restart
         await eventually(restored, "the committed marks restored")
     finally:
         await stop(restarted)
+
+
+async def test_a_stopped_consumer_gives_up_its_partitions(kafka_bootstrap: str) -> None:
+    """However the consumer ends (cancelled, or failed and started again by the worker), its
+    reader no longer counts the partitions as its own: their marks are their next reader's."""
+    recorder, _, _, task, _ = await run_consumer(kafka_bootstrap, BatchPolicy(max_events=50))
+
+    async def assigned() -> bool:
+        return recorder.assigned == {0, 1}
+
+    await eventually(assigned, "both partitions assigned")
+    await stop(task)
+    assert recorder.assigned == set()
