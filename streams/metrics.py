@@ -169,6 +169,14 @@ class CappedLabel:
 AGENTS = ("messages", "recipients", "alerting", "notifier")
 
 
+def per_agent_counter(registry: CollectorRegistry, name: str, doc: str) -> Counter:
+    """A counter labelled by agent, every agent's series exported from the start (at 0)."""
+    counter = Counter(f"{PREFIX}_{name}", doc, ["agent"], registry=registry)
+    for agent in AGENTS:
+        counter.labels(agent=agent)
+    return counter
+
+
 @dataclass(frozen=True, slots=True)
 class StateSnapshot:
     """What the scrape-time gauges show, read from the stages (see :func:`monitor_state`)."""
@@ -285,24 +293,18 @@ class MonitorMetrics:
             ["stage"],
             registry=r,
         )
-        self.reads_again = Counter(
-            f"{PREFIX}_partition_reads_again",
+        self.reads_again = per_agent_counter(
+            r,
+            "partition_reads_again",
             "Times an agent found a record missing inside a rebalance generation (Faust's "
             "stream dropped it) and read its partition again from the missing offset",
-            ["agent"],
-            registry=r,
         )
-        for agent in AGENTS:
-            self.reads_again.labels(agent=agent)
-        self.flush_failures = Counter(
-            f"{PREFIX}_flush_failures",
+        self.flush_failures = per_agent_counter(
+            r,
+            "flush_failures",
             "Batches an agent failed to flush (an error in the monitor, logged with its "
             "traceback; the batch was not committed and its signals may be lost)",
-            ["agent"],
-            registry=r,
         )
-        for agent in AGENTS:
-            self.flush_failures.labels(agent=agent)
         self.raw_consumer_restarts = Counter(
             f"{PREFIX}_raw_consumer_restarts",
             "Times stage 1's raw topic consumer failed and was started again (it reads again "
