@@ -109,15 +109,20 @@ def read_running_broker(data_dir: Path) -> BrokerInfo | None:
 async def _admin_round_trip_async(bootstrap: str, timeout_s: float) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # refused connects are expected
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
-    )
-    await asyncio.wait_for(admin.start(), timeout_s)
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # refused connects are expected while the broker starts
     try:
-        await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+        )
+        await asyncio.wait_for(admin.start(), timeout_s)
+        try:
+            await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+        finally:
+            await admin.close()
     finally:
-        await admin.close()
+        quiet.setLevel(level)  # the process's own Kafka clients log as configured
 
 
 def admin_round_trip(bootstrap: str, timeout_s: float = 5.0) -> bool:
