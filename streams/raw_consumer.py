@@ -136,12 +136,11 @@ class CaughtUp:
             if not asked.done():
                 continue
             del self._asked[tp]
-            exc = None if asked.cancelled() else asked.exception()
             end = self.consumer.highwater(tp)
-            if asked.cancelled() or exc is not None or end is None or tp not in assigned:
-                log.debug("no position for raw partition %s: %r", tp.partition, exc)
-                continue
-            self.reader.caught_up(tp.partition, asked.result() >= end)
+            if asked.cancelled() or asked.exception() is not None or end is None:
+                continue  # taken by a rebalance, or not known: asked again at the next poll
+            if tp in assigned:
+                self.reader.caught_up(tp.partition, asked.result() >= end)
 
     def close(self) -> None:
         for asked in self._asked.values():
