@@ -3,10 +3,13 @@ install``) or, without it, the Python implementations they mirror byte for byte.
 
 The native module picks the partition of a key (Kafka's murmur2, stages 1 and 2), applies a
 status fact not applied before to a message's encoded state (the ledger's ``apply_status``) and
-adds the resulting deltas to the minute buckets and the signal cells of the batch; replayed
-inputs, send-log records and everything else stay in Python. ``DELIVERY_MONITOR_NATIVE=0``
+adds the resulting deltas to the minute buckets and the signal cells of the batch, and applies a
+recipient fact other than a failure to a recipient's encoded state (stage 3's ``apply_fact`` and
+``premature_resends``); replayed inputs, send-log records, failures (their retry plans) and
+everything else stay in Python. ``DELIVERY_MONITOR_NATIVE=0``
 picks the Python implementations (a comparison, or a machine without the build);
-tests/unit/test_native.py and tests/unit/test_partitioning.py run both on the same inputs.
+tests/unit/test_native.py, tests/unit/test_native_recipients.py and
+tests/unit/test_partitioning.py run both on the same inputs.
 """
 
 from __future__ import annotations
@@ -35,12 +38,13 @@ DUPLICATE, REPLAYED, LATE, FIRST_STATUS, COUNTED = 1, 2, 4, 8, 16
 
 @dataclass(frozen=True)
 class Implementations:
-    """The bucket writer and signal cells classes, and the native status step (None: the
-    Python ledger applies every status)."""
+    """The bucket writer and signal cells classes, and the native status and recipient fact
+    steps (None: the Python ledger and recipient state apply every input)."""
 
     bucket_writer: Any
     signal_cells: Any
     apply_status: Any
+    apply_recipient_fact: Any
 
 
 def implementations(native: bool | None = None) -> Implementations:
@@ -50,8 +54,13 @@ def implementations(native: bool | None = None) -> Implementations:
     if native:
         if _native is None:
             raise RuntimeError("the native module streams_native is not installed: make install")
-        return Implementations(_native.BucketWriter, _native.SignalCells, _native.apply_status)
-    return Implementations(aggregates.BucketWriter, aggregates.SignalCells, None)
+        return Implementations(
+            _native.BucketWriter,
+            _native.SignalCells,
+            _native.apply_status,
+            _native.apply_recipient_fact,
+        )
+    return Implementations(aggregates.BucketWriter, aggregates.SignalCells, None, None)
 
 
 def native_partition_for() -> Any:

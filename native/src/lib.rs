@@ -6,6 +6,7 @@
 
 mod ledger;
 mod msgpack;
+mod recipient;
 mod state;
 
 use std::collections::HashMap;
@@ -744,6 +745,97 @@ fn reencode_message_state<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Bound<'p
     Ok(PyBytes::new(py, &state.encode()))
 }
 
+/// Stage 3's step for one recipient fact (`apply_fact`, then `premature_resends`) on the
+/// recipient's encoded state (`raw`, None: a new recipient), the failures', engagement's and
+/// attempts' windows given. None when the state absorbed the fact's position already.
+/// Returns (state, last_ts, last_engagement, opted_out, open plans, (opted out, last 131049)
+/// before, last 131049 after, resends [(template, ts, sender, campaign, wamid_hash)], new).
+#[pyfunction]
+#[pyo3(signature = (raw, fact, failures, engagement, attempts))]
+fn apply_recipient_fact<'py>(
+    py: Python<'py>,
+    raw: Option<&[u8]>,
+    fact: &Bound<'py, PyAny>,
+    failures: i64,
+    engagement: i64,
+    attempts: i64,
+) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    let mut state = match raw {
+        None => recipient::RecipientState::default(),
+        Some(raw) => recipient::RecipientState::decode(raw).map_err(PyValueError::new_err)?,
+    };
+    let before = (state.opted_out(), state.last_limit_failure());
+    let get = |name: &Bound<'py, PyString>| fact.getattr(name);
+    let other: Option<String> = get(intern!(py, "other"))?.extract()?;
+    let template: Option<String> = get(intern!(py, "template"))?.extract()?;
+    let wamid: Option<String> = get(intern!(py, "wamid"))?.extract()?;
+    let sender: Option<String> = get(intern!(py, "sender"))?.extract()?;
+    let campaign: Option<String> = get(intern!(py, "campaign"))?.extract()?;
+    let f = recipient::Fact {
+        kind: get(intern!(py, "kind"))?.extract()?,
+        timestamp: get(intern!(py, "timestamp"))?.extract()?,
+        position: get(intern!(py, "position"))?.extract()?,
+        other: other.as_deref(),
+        template: template.as_deref(),
+        wamid: wamid.as_deref(),
+        sender: sender.as_deref(),
+        campaign: campaign.as_deref(),
+    };
+    let windows = recipient::Windows {
+        failures,
+        engagement,
+        attempts,
+    };
+    if !recipient::apply_fact(&mut state, &f, &windows) {
+        return Ok(None);
+    }
+    let (resends, new) = recipient::premature_resends(&mut state, &f);
+    let signals = PyList::empty(py);
+    for a in resends {
+        signals.append((a.template, a.ts, a.sender, a.campaign, a.wamid_hash))?;
+    }
+    let encoded = PyBytes::new(py, &state.encode());
+    let result: [PyObject; 9] = [
+        encoded.into_any().unbind(),
+        state.last_ts.into_pyobject(py)?.into_any().unbind(),
+        state
+            .last_engagement()
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
+        PyObject::from(state.opted_out().into_pyobject(py)?.to_owned().into_any()),
+        PyObject::from(
+            (!state.plans.is_empty())
+                .into_pyobject(py)?
+                .to_owned()
+                .into_any(),
+        ),
+        before.into_pyobject(py)?.into_any().unbind(),
+        state
+            .last_limit_failure()
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
+        signals.into_any().unbind(),
+        new.into_pyobject(py)?.into_any().unbind(),
+    ];
+    Ok(Some(PyTuple::new(py, result)?))
+}
+
+/// Decode and encode a recipient state again (tests: the codec agrees with msgspec's).
+#[pyfunction]
+fn reencode_recipient_state<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let state = recipient::RecipientState::decode(raw).map_err(PyValueError::new_err)?;
+    Ok(PyBytes::new(py, &state.encode()))
+}
+
+/// `wamid_hash` (tests: the same as zlib's CRC-32).
+#[pyfunction(name = "wamid_hash")]
+#[pyo3(signature = (wamid))]
+fn wamid_hash_py(wamid: Option<&str>) -> i64 {
+    recipient::wamid_hash(wamid)
+}
+
 /// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`) as an unsigned 32-bit int.
 fn murmur2(data: &[u8]) -> u32 {
     const M: u32 = 0x5bd1_e995;
@@ -787,6 +879,9 @@ fn streams_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SignalCells>()?;
     m.add_function(wrap_pyfunction!(apply_status, m)?)?;
     m.add_function(wrap_pyfunction!(reencode_message_state, m)?)?;
+    m.add_function(wrap_pyfunction!(apply_recipient_fact, m)?)?;
+    m.add_function(wrap_pyfunction!(reencode_recipient_state, m)?)?;
+    m.add_function(wrap_pyfunction!(wamid_hash_py, m)?)?;
     m.add_function(wrap_pyfunction!(partition_for, m)?)?;
     m.add_function(wrap_pyfunction!(murmur2_py, m)?)?;
     Ok(())

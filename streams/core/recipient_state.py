@@ -239,14 +239,34 @@ def is_idle(
     """True when the state may be dropped: nothing happened within the retention, no
     engagement (marketing delivered or read, an inbound message) within the engagement's
     retention, and no opt-out (kept ``opt_out_retention``: it lasts until resume)."""
-    if state.opted_out:
-        return state.last_ts < watermark - opt_out_retention
-    if state.plans:
-        return False
-    return (
-        state.last_ts < watermark - retention
-        and state.last_engagement < watermark - engaged_retention
+    return idle_at(
+        state.opted_out,
+        bool(state.plans),
+        state.last_ts,
+        state.last_engagement,
+        watermark,
+        retention,
+        opt_out_retention,
+        engaged_retention,
     )
+
+
+def idle_at(
+    opted_out: bool,
+    open_plans: bool,
+    last_ts: int,
+    last_engagement: int,
+    watermark: int,
+    retention: int,
+    opt_out_retention: int,
+    engaged_retention: int = 0,
+) -> bool:
+    """:func:`is_idle` of a state with these properties (the native step returns them)."""
+    if opted_out:
+        return last_ts < watermark - opt_out_retention
+    if open_plans:
+        return False
+    return last_ts < watermark - retention and last_engagement < watermark - engaged_retention
 
 
 def recipient_view(

@@ -14,11 +14,13 @@ move with the partition in a rebalance.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
+from streams import native
 from streams.core.expiry import ExpiryIndex, SweepCursor
 from streams.core.facts import RecipientFact, RecipientFactKind, decode_batch, source_topic
 from streams.core.keys import (
@@ -31,10 +33,12 @@ from streams.core.keys import (
     recipients_meta_key,
 )
 from streams.core.recipient_state import (
+    Attempt,
     OpenPlan,
     RecipientState,
     Windows,
     apply_fact,
+    idle_at,
     is_idle,
     premature_resends,
     wamid_hash,
@@ -119,11 +123,12 @@ def _gauge_view(state: RecipientState | None) -> tuple[bool, int]:
     return (state.opted_out, state.last_limit_failure) if state is not None else (False, 0)
 
 
-def _track_gauges(meta: RecipientMeta, before: tuple[bool, int], state: RecipientState) -> None:
-    """Move the partition's gauge counts for one recipient's transition."""
+def _track_gauges(meta: RecipientMeta, before: tuple[bool, int], after: tuple[bool, int]) -> None:
+    """Move the partition's gauge counts for one recipient's transition ((opted out, last
+    131049) before and after it)."""
     was_opted_out, was_limit = before
-    meta.opted_out += state.opted_out - was_opted_out
-    limit = state.last_limit_failure
+    opted_out, limit = after
+    meta.opted_out += opted_out - was_opted_out
     if limit != was_limit:
         slots = meta.cooldown_slots
         if was_limit:
@@ -182,6 +187,14 @@ class RecipientRetention:
         return max(state.last_ts + self.idle, state.last_engagement + self.engaged)
 
 
+#: A premature resend to signal: (template, ts, sender, campaign, wamid_hash) of its attempt.
+_Signalled = tuple[str | None, int, str | None, str | None, int]
+
+
+def _signalled(attempt: Attempt) -> _Signalled:
+    return attempt.template, attempt.ts, attempt.sender, attempt.campaign, attempt.wamid_hash
+
+
 #: The retry timers' "day" (see streams.core.expiry): a minute.
 _TIMER_UNIT = 60
 
@@ -193,10 +206,14 @@ class RecipientStage:
         retention: RecipientRetention = RecipientRetention(),
         retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
         status_sources: int = 0,
+        use_native: bool | None = None,
     ) -> None:
         """``status_sources``: the stage-2 (messages topic) partitions, each of which sends
         this stage statuses; expiry and retry timers wait for all of them (see
-        :func:`timer_clock`; 0: they follow the newest fact)."""
+        :func:`timer_clock`; 0: they follow the newest fact). ``use_native``: apply facts
+        other than failures in native code (default: when built, see :mod:`streams.native`)."""
+        #: the native step (None: every fact in Python)
+        self._native_step: Any = native.implementations(use_native).apply_recipient_fact
         self.state = WriteBack(kv)
         self.status_sources = status_sources
         self.retention = retention
@@ -246,40 +263,118 @@ class RecipientStage:
             self._relay(partition, batch.progress)
         meta = self.meta(partition)
         index = self._index_for(partition)
+        step = self._native_step
         for fact in batch.recipients:
             self.stats.facts += 1
-            key = recipient_key(fact.recipient)
-            state = self.state.get(partition, key, RecipientState)
             self._max_ts = max(self._max_ts, fact.timestamp)
-            if state is None and fact.kind == RecipientFactKind.SEND_ATTEMPT:
-                continue  # a non-marketing send matters only to a recipient already tracked
-            gauge_before = _gauge_view(state) if fact.kind in _GAUGE_KINDS else None
-            state, changed = apply_fact(state, fact, self.retention.windows, self.windows)
-            if not changed:
-                self.stats.replays += 1
-                continue
-            self.stats.applied += 1
-            self._changed.setdefault(partition, set()).add(fact.recipient)
-            _advance(meta, fact)
-            self._signal_resends(partition, state, fact)
-            if fact.kind in _FAILURES:
-                self._plan(partition, state, fact, meta)
-            elif fact.kind in _SENDS and state.plans:
-                self._cancel(partition, state, fact.timestamp, fact.template, fact.wamid)
-            if gauge_before is not None:
-                _track_gauges(meta, gauge_before, state)
-            r = self.retention
-            if is_idle(state, timer_clock(meta, self.status_sources), *r.idle_args):
-                # facts older than the retention (a backlog, a late send log) would make a
-                # state the sweep already passed: gone, as if they had come in time
-                meta.opted_out -= state.opted_out
-                self.state.delete(partition, key)
-                continue
-            self.state.put(partition, key, state)
-            index.touch(recipient_entry(fact.recipient), state.last_ts, meta.cursor)
+            if step is not None and fact.kind not in _FAILURES:
+                self._apply_native(partition, fact, meta, index, step)
+            else:
+                self._apply(partition, fact, meta, index)
         self.state.put(partition, recipients_meta_key(partition), meta)
         if self._resend_count >= MAX_SIGNAL_ITEMS:
             self.full = True
+
+    def _apply(
+        self, partition: int, fact: RecipientFact, meta: RecipientMeta, index: ExpiryIndex
+    ) -> None:
+        """One fact, in Python."""
+        key = recipient_key(fact.recipient)
+        state = self.state.get(partition, key, RecipientState)
+        if state is None and fact.kind == RecipientFactKind.SEND_ATTEMPT:
+            return  # a non-marketing send matters only to a recipient already tracked
+        gauge_before = _gauge_view(state) if fact.kind in _GAUGE_KINDS else None
+        state, changed = apply_fact(state, fact, self.retention.windows, self.windows)
+        if not changed:
+            self.stats.replays += 1
+            return
+        self._applied(partition, fact, meta)
+        resends, new = premature_resends(state, fact)
+        self._signal_resends(partition, fact.recipient, new, [_signalled(a) for a in resends])
+        if fact.kind in _FAILURES:
+            self._plan(partition, state, fact, meta)
+        elif fact.kind in _SENDS and state.plans:
+            self._cancel(partition, state, fact.timestamp, fact.template, fact.wamid)
+        if gauge_before is not None:
+            _track_gauges(meta, gauge_before, _gauge_view(state))
+        self._keep(partition, key, fact.recipient, meta, index, state)
+
+    def _apply_native(
+        self,
+        partition: int,
+        fact: RecipientFact,
+        meta: RecipientMeta,
+        index: ExpiryIndex,
+        step: Any,
+    ) -> None:
+        """:meth:`_apply` of a fact other than a failure, its state change in native code."""
+        key = recipient_key(fact.recipient)
+        raw = self.state.get_raw(partition, key)
+        if raw is None and fact.kind == RecipientFactKind.SEND_ATTEMPT:
+            return  # a non-marketing send matters only to a recipient already tracked
+        w = self.windows
+        result = step(raw, fact, w.failures, w.engagement, w.attempts)
+        if result is None:
+            self.stats.replays += 1
+            return
+        encoded, last_ts, last_engagement, opted_out, plans, before, limit, resends, new = result
+        self._applied(partition, fact, meta)
+        self._signal_resends(partition, fact.recipient, new, resends)
+        if fact.kind in _GAUGE_KINDS:
+            _track_gauges(meta, before, (opted_out, limit))
+        if plans and fact.kind in _SENDS:  # the plans it may cancel: in Python
+            self.state.put_encoded(partition, key, encoded)
+            state = self.state.get(partition, key, RecipientState)
+            assert state is not None
+            self._cancel(partition, state, fact.timestamp, fact.template, fact.wamid)
+            self._keep(partition, key, fact.recipient, meta, index, state)
+            return
+        if self._expired(meta, opted_out, plans, last_ts, last_engagement):
+            self.state.delete(partition, key)
+            return
+        self.state.put_encoded(partition, key, encoded)
+        index.touch(recipient_entry(fact.recipient), last_ts, meta.cursor)
+
+    def _applied(self, partition: int, fact: RecipientFact, meta: RecipientMeta) -> None:
+        self.stats.applied += 1
+        self._changed.setdefault(partition, set()).add(fact.recipient)
+        _advance(meta, fact)
+
+    def _keep(
+        self,
+        partition: int,
+        key: bytes,
+        recipient: str,
+        meta: RecipientMeta,
+        index: ExpiryIndex,
+        state: RecipientState,
+    ) -> None:
+        """Write ``state`` back and index it, unless it is idle already."""
+        if self._expired(
+            meta, state.opted_out, bool(state.plans), state.last_ts, state.last_engagement
+        ):
+            self.state.delete(partition, key)
+            return
+        self.state.put(partition, key, state)
+        index.touch(recipient_entry(recipient), state.last_ts, meta.cursor)
+
+    def _expired(
+        self,
+        meta: RecipientMeta,
+        opted_out: bool,
+        open_plans: bool,
+        last_ts: int,
+        last_engagement: int,
+    ) -> bool:
+        """Whether a state just changed is idle (see :func:`is_idle`): facts older than the
+        retention (a backlog, a late send log) would make a state the sweep already passed;
+        it goes, as if they had come in time (the caller deletes it)."""
+        clock = timer_clock(meta, self.status_sources)
+        r = self.retention
+        if idle_at(opted_out, open_plans, last_ts, last_engagement, clock, *r.idle_args):
+            meta.opted_out -= opted_out
+            return True
+        return False
 
     def _relay(self, partition: int, progress: dict[int, int]) -> None:
         """Tell alerting (with the next signals, after this batch's resends) how far this
@@ -290,20 +385,22 @@ class RecipientStage:
                 relayed[source] = seq
                 self._relayed_changed.setdefault(partition, {})[source] = seq
 
-    def _signal_resends(self, partition: int, state: RecipientState, fact: RecipientFact) -> None:
-        """Tell the alerting stage of the premature resends ``fact`` reveals (each once)."""
-        resends, new = premature_resends(state, fact)
+    def _signal_resends(
+        self, partition: int, recipient: str, new: int, resends: Iterable[_Signalled]
+    ) -> None:
+        """Tell the alerting stage of the premature resends a fact revealed (see
+        :func:`premature_resends`: ``new`` of them not reported before)."""
         self.stats.premature_resends += new
-        for attempt in resends:
+        for template, ts, sender, campaign, sent_hash in resends:
             self._resend_count += 1
             self._resends.setdefault(partition, []).append(
                 ResendSignal(
-                    attempt.template or "unknown",
-                    attempt.ts,
-                    recipient_digest(fact.recipient),
-                    attempt.sender or "",
-                    attempt.campaign or "",
-                    attempt.wamid_hash,
+                    template or "unknown",
+                    ts,
+                    recipient_digest(recipient),
+                    sender or "",
+                    campaign or "",
+                    sent_hash,
                 )
             )
 
