@@ -49,7 +49,6 @@ from typing import Any, Protocol
 
 import orjson
 
-from streams.core.advice import advice_record  # the worker's own advice records
 from streams.core.expiry import SweepCursor
 from streams.core.keys import (
     BUCKET_INDEX,
@@ -621,7 +620,7 @@ class Soak:
                 self.recipients.handle_batch(p, self._recipient_offsets[p], value)
                 self._recipient_offsets[p] += 1
         for p in self.recipients.state.partitions():
-            self.recipients.changed_advice(p, advice_record)
+            self.recipients.changed_advice(p)
             self.recipients.flush(p)
             self.rkv.commit(p)
         self.recipients.drain_signals()

@@ -3,10 +3,11 @@ install``) or, without it, the Python implementations they mirror byte for byte.
 
 The native module picks the partition of a key (Kafka's murmur2, stages 1 and 2), applies a
 status fact not applied before to a message's encoded state (the ledger's ``apply_status``) and
-adds the resulting deltas to the minute buckets and the signal cells of the batch, and applies a
-recipient fact other than a failure to a recipient's encoded state (stage 3's ``apply_fact`` and
-``premature_resends``); replayed inputs, send-log records, failures (their retry plans) and
-everything else stay in Python. ``DELIVERY_MONITOR_NATIVE=0``
+adds the resulting deltas to the minute buckets and the signal cells of the batch, applies a
+recipient fact other than a failure to a recipient's encoded state (stage 3's ``apply_fact``
+and ``premature_resends``) and computes a changed recipient's advice and its record; replayed
+inputs, send-log records, failures (their retry plans) and everything else stay in Python.
+``DELIVERY_MONITOR_NATIVE=0``
 picks the Python implementations (a comparison, or a machine without the build);
 tests/unit/test_native.py, tests/unit/test_native_recipients.py and
 tests/unit/test_partitioning.py run both on the same inputs.
@@ -38,13 +39,14 @@ DUPLICATE, REPLAYED, LATE, FIRST_STATUS, COUNTED = 1, 2, 4, 8, 16
 
 @dataclass(frozen=True)
 class Implementations:
-    """The bucket writer and signal cells classes, and the native status and recipient fact
-    steps (None: the Python ledger and recipient state apply every input)."""
+    """The bucket writer and signal cells classes, and the native status, recipient fact and
+    advice steps (None: the Python ledger, recipient state and advice do all)."""
 
     bucket_writer: Any
     signal_cells: Any
     apply_status: Any
     apply_recipient_fact: Any
+    advise_recipient: Any
 
 
 def implementations(native: bool | None = None) -> Implementations:
@@ -59,8 +61,9 @@ def implementations(native: bool | None = None) -> Implementations:
             _native.SignalCells,
             _native.apply_status,
             _native.apply_recipient_fact,
+            _native.advise_recipient,
         )
-    return Implementations(aggregates.BucketWriter, aggregates.SignalCells, None, None)
+    return Implementations(aggregates.BucketWriter, aggregates.SignalCells, None, None, None)
 
 
 def native_partition_for() -> Any:

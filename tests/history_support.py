@@ -195,7 +195,7 @@ class Pipeline:
             for p, value in sorted(source.items()):
                 self.recipients.handle_batch(p, self._offset("recipients", p), value)
         for p in self.recipients.state.partitions():
-            self.recipients.changed_advice(p, lambda s, r, now: (str(now), b""))
+            self.recipients.changed_advice(p, advise=lambda s, r, now: (str(now), b""))
             self.recipients.flush(p)
         self.retries += [json.loads(r) for _, r in self.recipients.drain_retries()]
         signals = self.recipients.drain_signals()

@@ -4,6 +4,7 @@
 //! Both mirror the Python reference implementations (`streams.core.aggregates.BucketWriter`,
 //! `streams.core.signals.SignalCells`) call for call and byte for byte; the tests run both.
 
+mod advice;
 mod ledger;
 mod msgpack;
 mod recipient;
@@ -822,6 +823,42 @@ fn apply_recipient_fact<'py>(
     Ok(Some(PyTuple::new(py, result)?))
 }
 
+/// `changed_advice`'s step for one recipient: its advice at `now` (`advice_record` with the
+/// policy's fields, see `advice::Policy`) from its encoded state. None when the advice's
+/// signature is the one last published; else (the state with the new signature, encoded;
+/// the advice record, JSON).
+#[pyfunction]
+#[pyo3(signature = (raw, recipient, now, is_us, policy))]
+fn advise_recipient<'py>(
+    py: Python<'py>,
+    raw: &[u8],
+    recipient: &str,
+    now: i64,
+    is_us: bool,
+    policy: (i64, i64, usize, i64, i64, i64, i64, i64),
+) -> PyResult<Option<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+    let mut state = recipient::RecipientState::decode(raw).map_err(PyValueError::new_err)?;
+    let policy = advice::Policy {
+        cooldown_s: policy.0,
+        resend_extension_s: policy.1,
+        undeliverable_threshold: policy.2,
+        undeliverable_window_s: policy.3,
+        undeliverable_suppress_s: policy.4,
+        recent_s: policy.5,
+        window_s: policy.6,
+        unengaged_min_delivered: policy.7,
+    };
+    let (signature, record) = advice::advice_record(&state, recipient, now, is_us, &policy);
+    if signature == state.advice_signature {
+        return Ok(None);
+    }
+    state.advice_signature = signature;
+    Ok(Some((
+        PyBytes::new(py, &state.encode()),
+        PyBytes::new(py, record.as_bytes()),
+    )))
+}
+
 /// Decode and encode a recipient state again (tests: the codec agrees with msgspec's).
 #[pyfunction]
 fn reencode_recipient_state<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
@@ -880,6 +917,7 @@ fn streams_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(apply_status, m)?)?;
     m.add_function(wrap_pyfunction!(reencode_message_state, m)?)?;
     m.add_function(wrap_pyfunction!(apply_recipient_fact, m)?)?;
+    m.add_function(wrap_pyfunction!(advise_recipient, m)?)?;
     m.add_function(wrap_pyfunction!(reencode_recipient_state, m)?)?;
     m.add_function(wrap_pyfunction!(wamid_hash_py, m)?)?;
     m.add_function(wrap_pyfunction!(partition_for, m)?)?;

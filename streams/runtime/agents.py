@@ -20,10 +20,9 @@ import time
 from collections.abc import AsyncIterable, Callable
 from typing import Any
 
-from streams.core.advice import AdvicePolicy, advice_record
+from streams.core.advice import AdvicePolicy
 from streams.core.alerts import Notification, decode_notification, encode_notification
 from streams.core.eventtime import received_at
-from streams.core.recipient_state import RecipientState
 from streams.core.signals import decode_signals
 from streams.core.times import iso_utc
 from streams.metrics import MonitorMetrics
@@ -161,14 +160,11 @@ class RecipientsAgent:
         msg = event.message
         self.stage.handle_batch(msg.partition, msg.offset, event.value)
 
-    def _advice_record(self, state: RecipientState, recipient: str, now: int) -> tuple[str, bytes]:
-        return advice_record(state, recipient, now, self.advice_policy)
-
     async def flush(self, taken: Taken) -> None:
         stage = self.stage
         published: list[tuple[str, bytes]] = []
         for partition in stage.state.partitions():
-            published += stage.changed_advice(partition, self._advice_record)
+            published += stage.changed_advice(partition, self.advice_policy)
             stage.flush(partition)
         # taken before the first await (see MessagesAgent.flush)
         retries = stage.drain_retries()

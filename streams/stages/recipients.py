@@ -16,13 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import msgspec
 
 from streams import native
+from streams.core.advice import AdvicePolicy, advice_record
 from streams.core.expiry import ExpiryIndex, SweepCursor
 from streams.core.facts import RecipientFact, RecipientFactKind, decode_batch, source_topic
+from streams.core.geography import is_us_recipient
 from streams.core.keys import (
     RECIPIENT_INDEX,
     RETRY_TIMERS,
@@ -195,6 +198,8 @@ def _signalled(attempt: Attempt) -> _Signalled:
     return attempt.template, attempt.ts, attempt.sender, attempt.campaign, attempt.wamid_hash
 
 
+DEFAULT_ADVICE = AdvicePolicy()
+
 #: The retry timers' "day" (see streams.core.expiry): a minute.
 _TIMER_UNIT = 60
 
@@ -212,8 +217,10 @@ class RecipientStage:
         this stage statuses; expiry and retry timers wait for all of them (see
         :func:`timer_clock`; 0: they follow the newest fact). ``use_native``: apply facts
         other than failures in native code (default: when built, see :mod:`streams.native`)."""
-        #: the native step (None: every fact in Python)
-        self._native_step: Any = native.implementations(use_native).apply_recipient_fact
+        impl = native.implementations(use_native)
+        #: the native steps (None: every fact and advice in Python)
+        self._native_step: Any = impl.apply_recipient_fact
+        self._native_advise: Any = impl.advise_recipient
         self.state = WriteBack(kv)
         self.status_sources = status_sources
         self.retention = retention
@@ -626,17 +633,26 @@ class RecipientStage:
         return self.state.flush(partition)
 
     def changed_advice(
-        self, partition: int, advise: Callable[[RecipientState, str, int], tuple[str, bytes]]
+        self,
+        partition: int,
+        policy: AdvicePolicy = DEFAULT_ADVICE,
+        advise: Callable[[RecipientState, str, int], tuple[str, bytes]] | None = None,
     ) -> list[tuple[str, bytes]]:
         """(recipient, advice record) for recipients whose advice changed in this batch.
 
         ``advise(state, recipient, now)`` returns the advice's signature (what a sender acts on)
-        and its encoded record; a record is published only when the signature changed.
+        and its encoded record (default: :func:`advice_record` with ``policy``, in native code
+        when built); a record is published only when the signature changed.
         Call before :meth:`flush` (it updates the states' last published signature).
         """
         out = []
         now = self.meta(partition).watermark
-        for recipient in sorted(self._changed.pop(partition, ())):
+        changed = sorted(self._changed.pop(partition, ()))
+        if advise is None:
+            if self._native_advise is not None:
+                return self._changed_advice_native(partition, changed, now, policy)
+            advise = partial(advice_record, policy=policy)
+        for recipient in changed:
             key = recipient_key(recipient)
             state = self.state.get(partition, key, RecipientState)
             if state is None:
@@ -645,6 +661,33 @@ class RecipientStage:
             if signature != state.advice_signature:
                 state.advice_signature = signature
                 self.state.put(partition, key, state)
+                out.append((recipient, record))
+        return out
+
+    def _changed_advice_native(
+        self, partition: int, changed: list[str], now: int, policy: AdvicePolicy
+    ) -> list[tuple[str, bytes]]:
+        out = []
+        e = policy.engagement
+        fields = (
+            policy.cooldown_s,
+            policy.resend_extension_s,
+            policy.undeliverable_threshold,
+            policy.undeliverable_window_s,
+            policy.undeliverable_suppress_s,
+            e.recent_s,
+            e.window_s,
+            e.unengaged_min_delivered,
+        )
+        for recipient in changed:
+            key = recipient_key(recipient)
+            raw = self.state.get_raw(partition, key)
+            if raw is None:
+                continue
+            result = self._native_advise(raw, recipient, now, is_us_recipient(recipient), fields)
+            if result is not None:
+                encoded, record = result
+                self.state.put_encoded(partition, key, encoded)
                 out.append((recipient, record))
         return out
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import zlib
+from typing import Any
 
 import msgspec
 import pytest
@@ -21,14 +22,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams import native
-from streams.core.advice import advice_record
+from streams.core.advice import AdvicePolicy, advice_record
+from streams.core.engagement import EngagementPolicy
 from streams.core.facts import FactBatch, RecipientFact, RecipientFactKind, encode_batch, source_id
+from streams.core.geography import is_us_recipient
 from streams.core.keys import recipient_key
 from streams.core.recipient_state import MAX_EVENTS, RecipientState, apply_fact
 from streams.core.signals import encode_signals
 from streams.stages import MESSAGES, SEND_LOG
 from streams.stages.recipients import RecipientStage
-from streams.state import DictKeyValue, encode
+from streams.state import DictKeyValue, decode, encode
 
 # CI builds the native module (make install): there, a missing one fails instead of skipping
 pytestmark = pytest.mark.skipif(
@@ -91,7 +94,7 @@ def run(steps: list[Step], use_native: bool, sources: int) -> list[object]:
             stage.handle_batch(partition, offset, encode_batch(FactBatch(recipients=batch)))  # type: ignore[arg-type]
             continue
         for p in sorted(stage.state.partitions()):
-            seen.append(stage.changed_advice(p, advice_record))
+            seen.append(stage.changed_advice(p))
             stage.flush(p)
         seen.append(stage.drain_retries())
         signals = stage.drain_signals()
@@ -180,7 +183,97 @@ def test_the_native_wamid_hash_is_zlibs_crc32(wamid: str) -> None:
     assert native_module().wamid_hash(None) == 0
 
 
-def native_module() -> object:
+POLICIES = [
+    AdvicePolicy(),
+    AdvicePolicy(cooldown_s=3_600, resend_extension_s=7_200, undeliverable_threshold=1),
+    AdvicePolicy(engagement=EngagementPolicy(recent_s=DAY, window_s=3 * DAY)),
+]
+
+
+#: offsets of ``now`` from a fact's time: the edges of every window the advice looks at
+EDGES = [0, 3_600, 7_200, DAY, 3 * DAY, 7 * DAY, 30 * DAY]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(facts(), min_size=1, max_size=12),
+    st.data(),
+    st.one_of(st.sampled_from(RECIPIENTS), st.text()),
+    st.sampled_from(POLICIES),
+    st.sampled_from(["", "True||None|None|unknown"]),
+)
+def test_the_native_advice_is_the_python_advice_record(
+    inputs: list[RecipientFact],
+    data: st.DataObject,
+    recipient: str,
+    policy: AdvicePolicy,
+    signature: str,
+) -> None:
+    """Signature and JSON record, from any history at any time (on the edges of the windows
+    too), for any recipient id and policy; nothing when the signature is the one last
+    published."""
+    state = None
+    for fact in inputs:
+        state, _ = apply_fact(state, fact)
+    assert state is not None
+    state.advice_signature = signature
+    base = data.draw(st.sampled_from([T0] + [f.timestamp for f in inputs]))
+    now = base + data.draw(st.sampled_from(EDGES)) + data.draw(st.sampled_from([-1, 0, 1]))
+    advise_both(state, recipient, now, policy, signature)
+
+
+@pytest.mark.parametrize("kind", list(K))
+def test_the_native_advice_is_the_python_one_on_every_window_edge(kind: RecipientFactKind) -> None:
+    """One fact of ``kind`` (after a marketing send a day earlier), asked at each edge."""
+    send = RecipientFact(
+        RECIPIENTS[1], K.MARKETING_ATTEMPT, T0 - DAY + 60, (SOURCES[2], 0, 0), None,
+        "spring_sale", "wamid.A", "1065",
+    )  # fmt: skip
+    state, _ = apply_fact(None, send)
+    fact = RecipientFact(RECIPIENTS[1], kind, T0, (SOURCES[0], 0, 0), wamid="wamid.B")
+    state, _ = apply_fact(state, fact)
+    published = 0
+    for policy in POLICIES:
+        for edge in EDGES:
+            for step in (-1, 0, 1):
+                published += advise_both(state, RECIPIENTS[1], T0 + edge + step, policy, "")
+    assert published  # (an empty signature never matches)
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    ["".join(map(chr, range(0x20))), 'a"b\\c', "\x7f\x80é€😀", "US.1234567890"],
+)
+def test_the_native_advice_writes_json_strings_as_msgspec_does(recipient: str) -> None:
+    fact = RecipientFact(RECIPIENTS[1], K.LIMIT_FAILURE, T0, (SOURCES[0], 0, 0))
+    state, _ = apply_fact(None, fact)
+    assert advise_both(state, recipient, T0 + 60, AdvicePolicy(), "")
+
+
+def advise_both(
+    state: RecipientState, recipient: str, now: int, policy: AdvicePolicy, signature: str
+) -> bool:
+    """Asserts the native advice is the Python one; True when a record was published."""
+    expected_signature, expected_record = advice_record(state, recipient, now, policy)
+    e = policy.engagement
+    fields = (
+        policy.cooldown_s, policy.resend_extension_s, policy.undeliverable_threshold,
+        policy.undeliverable_window_s, policy.undeliverable_suppress_s,
+        e.recent_s, e.window_s, e.unengaged_min_delivered,
+    )  # fmt: skip
+    is_us = is_us_recipient(recipient)
+    result = native_module().advise_recipient(encode(state), recipient, now, is_us, fields)
+    if expected_signature == signature:
+        assert result is None
+        return False
+    assert result is not None
+    raw, record = result
+    assert record == expected_record
+    assert decode(raw, RecipientState).advice_signature == expected_signature
+    return True
+
+
+def native_module() -> Any:
     import streams_native
 
     return streams_native
