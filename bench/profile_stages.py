@@ -133,6 +133,8 @@ def run(
         for partition in sorted(topic.records):
             for value, _ in topic.records[partition]:
                 digest.update(value)
+    for recipient, record in p.advice:
+        digest.update(b"%s %s;" % (recipient.encode(), record))
     assert p.messages.stats.statuses == n, "every status reached stage 2"
     scale = 1e6 / n
     per_stage = {k: round(v * scale, 2) for k, v in spent.items()}

@@ -88,6 +88,7 @@ class Pipeline:
         self.notifications: list[Notification] = []
         self.dead_letters: list[DeadLetter] = []  # of stage 1
         self.refused_logs = 0  # send-log records refused (SendLogError)
+        self.advice: list[tuple[str, bytes]] = []  # (recipient, record) of the advice topic
 
     # -- producing -------------------------------------------------------------------------------
     def post(self, body: bytes, received: int, partition: int) -> None:
@@ -132,6 +133,7 @@ class Pipeline:
         for offset, value, _ in self.recipients_topic.take(partition, n):
             self.recipients.handle_batch(partition, offset, value)
         for p in self.recipients.state.partitions():
+            self.advice += self.recipients.changed_advice(p)  # as the worker's flush does
             self.recipients.flush(p)
         self._signal(self.recipients.drain_signals())
 
