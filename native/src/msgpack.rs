@@ -1,5 +1,6 @@
-//! The msgpack subset of stage 2's bucket records, byte for byte as msgspec writes them: the
-//! smallest integer and string forms, maps in insertion order.
+//! The msgpack subset of the native stages' records, byte for byte as msgspec writes them: the
+//! smallest integer and string forms, maps in insertion order; and the pieces the state
+//! codecs share (array-like structs, optional strings, a state's applied positions).
 
 pub fn write_int(out: &mut Vec<u8>, v: i64) {
     if v >= 0 {
@@ -71,6 +72,57 @@ pub fn write_array_len(out: &mut Vec<u8>, n: usize) {
 
 pub fn write_map_len(out: &mut Vec<u8>, n: usize) {
     write_len(out, n, 0x80, 0xde, 0xdf);
+}
+
+pub fn write_opt_str(o: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => write_str(o, s),
+        None => o.push(0xc0),
+    }
+}
+
+/// A state's applied positions (`dict[int, tuple[int, int]]`, in insertion order).
+pub fn write_applied(o: &mut Vec<u8>, applied: &[(i64, (i64, i64))]) {
+    write_map_len(o, applied.len());
+    for (source, (offset, index)) in applied {
+        write_int(o, *source);
+        write_array_len(o, 2);
+        write_int(o, *offset);
+        write_int(o, *index);
+    }
+}
+
+/// The number of fields of an array-like struct, refused outside `least..=most`.
+pub fn fields(r: &mut Reader, most: usize, least: usize, what: &str) -> R<usize> {
+    let n = r.array_len()?;
+    if n > most || n < least {
+        return Err(format!(
+            "{what}: expected {least} to {most} fields, found {n}"
+        ));
+    }
+    Ok(n)
+}
+
+pub fn opt_string(r: &mut Reader) -> R<Option<String>> {
+    if r.nil()? {
+        Ok(None)
+    } else {
+        r.string().map(Some)
+    }
+}
+
+/// See :func:`write_applied`.
+pub fn read_applied(r: &mut Reader) -> R<Vec<(i64, (i64, i64))>> {
+    let n = r.map_len()?;
+    let mut applied = Vec::with_capacity(n);
+    for _ in 0..n {
+        let source = r.int()?;
+        if r.array_len()? != 2 {
+            return Err("an applied position has 2 items".to_owned());
+        }
+        applied.push((source, (r.int()?, r.int()?)));
+    }
+    Ok(applied)
 }
 
 /// A reader over one encoded value; every error is a message for a ``ValueError``.

@@ -3,7 +3,7 @@
 //! `premature_resends`, each a line-by-line mirror of the Python, which stays the
 //! specification (tests/unit/test_native_recipients.py runs both on the same inputs).
 
-use crate::msgpack::{self, Reader};
+use crate::msgpack::{self, fields, opt_string, write_opt_str, Reader};
 
 type R<T> = Result<T, String>;
 
@@ -86,24 +86,6 @@ pub struct Windows {
 
 // -- the codec ----------------------------------------------------------------------------------
 
-fn fields(r: &mut Reader, most: usize, least: usize, what: &str) -> R<usize> {
-    let n = r.array_len()?;
-    if n > most || n < least {
-        return Err(format!(
-            "{what}: expected {least} to {most} fields, found {n}"
-        ));
-    }
-    Ok(n)
-}
-
-fn opt_string(r: &mut Reader) -> R<Option<String>> {
-    if r.nil()? {
-        Ok(None)
-    } else {
-        r.string().map(Some)
-    }
-}
-
 fn ints(r: &mut Reader) -> R<Vec<i64>> {
     let n = r.array_len()?;
     let mut out = Vec::with_capacity(n);
@@ -155,13 +137,6 @@ fn write_ints(o: &mut Vec<u8>, v: &[i64]) {
     }
 }
 
-fn write_opt_str(o: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => msgpack::write_str(o, s),
-        None => o.push(0xc0),
-    }
-}
-
 impl RecipientState {
     pub fn decode(raw: &[u8]) -> R<RecipientState> {
         let mut r = Reader::new(raw);
@@ -180,15 +155,7 @@ impl RecipientState {
                 8 => s.csw_open_until = r.int()?,
                 9 => s.link = opt_string(&mut r)?,
                 10 => s.last_ts = r.int()?,
-                11 => {
-                    for _ in 0..r.map_len()? {
-                        let source = r.int()?;
-                        if r.array_len()? != 2 {
-                            return Err("an applied position has 2 items".to_owned());
-                        }
-                        s.applied.push((source, (r.int()?, r.int()?)));
-                    }
-                }
+                11 => s.applied = msgpack::read_applied(&mut r)?,
                 12 => s.premature_resends = ints(&mut r)?,
                 13 => s.advice_signature = r.string()?,
                 14 => s.marketing_read = ints(&mut r)?,
@@ -226,13 +193,7 @@ impl RecipientState {
         msgpack::write_int(o, self.csw_open_until);
         write_opt_str(o, self.link.as_deref());
         msgpack::write_int(o, self.last_ts);
-        msgpack::write_map_len(o, self.applied.len());
-        for (source, (offset, index)) in &self.applied {
-            msgpack::write_int(o, *source);
-            msgpack::write_array_len(o, 2);
-            msgpack::write_int(o, *offset);
-            msgpack::write_int(o, *index);
-        }
+        msgpack::write_applied(o, &self.applied);
         write_ints(o, &self.premature_resends);
         msgpack::write_str(o, &self.advice_signature);
         write_ints(o, &self.marketing_read);

@@ -2,7 +2,7 @@
 //! bytes msgspec reads and writes (array-like structs: every field in declaration order; a
 //! shorter array, an older save, leaves the trailing fields at their defaults).
 
-use crate::msgpack::{self, Reader};
+use crate::msgpack::{self, fields, opt_string, write_opt_str, Reader};
 
 pub type Position = (i64, i64, i64);
 type R<T> = Result<T, String>;
@@ -76,16 +76,6 @@ pub struct MessageState {
 
 // -- decoding ---------------------------------------------------------------------------------
 
-fn fields(r: &mut Reader, most: usize, least: usize, what: &str) -> R<usize> {
-    let n = r.array_len()?;
-    if n > most || n < least {
-        return Err(format!(
-            "{what}: expected {least} to {most} fields, found {n}"
-        ));
-    }
-    Ok(n)
-}
-
 fn position(r: &mut Reader) -> R<Position> {
     if r.array_len()? != 3 {
         return Err("a position has 3 items".to_owned());
@@ -98,14 +88,6 @@ fn opt_position(r: &mut Reader) -> R<Option<Position>> {
         Ok(None)
     } else {
         position(r).map(Some)
-    }
-}
-
-fn opt_string(r: &mut Reader) -> R<Option<String>> {
-    if r.nil()? {
-        Ok(None)
-    } else {
-        r.string().map(Some)
     }
 }
 
@@ -230,15 +212,7 @@ impl MessageState {
                 11 => s.delivered_ts = r.int()?,
                 12 => s.first_ts = r.int()?,
                 13 => s.last_ts = r.int()?,
-                14 => {
-                    for _ in 0..r.map_len()? {
-                        let source = r.int()?;
-                        if r.array_len()? != 2 {
-                            return Err("an applied position has 2 items".to_owned());
-                        }
-                        s.applied.push((source, (r.int()?, r.int()?)));
-                    }
-                }
+                14 => s.applied = msgpack::read_applied(&mut r)?,
                 15 => s.log_mark = r.int()?,
                 16 => s.campaign_mark = r.int()?,
                 17 => s.read_ts = r.int()?,
@@ -299,13 +273,7 @@ impl MessageState {
         msgpack::write_int(o, self.delivered_ts);
         msgpack::write_int(o, self.first_ts);
         msgpack::write_int(o, self.last_ts);
-        msgpack::write_map_len(o, self.applied.len());
-        for (source, (offset, index)) in &self.applied {
-            msgpack::write_int(o, *source);
-            msgpack::write_array_len(o, 2);
-            msgpack::write_int(o, *offset);
-            msgpack::write_int(o, *index);
-        }
+        msgpack::write_applied(o, &self.applied);
         msgpack::write_int(o, self.log_mark);
         msgpack::write_int(o, self.campaign_mark);
         msgpack::write_int(o, self.read_ts);
@@ -324,13 +292,6 @@ fn write_position(o: &mut Vec<u8>, p: Position) {
 fn write_opt_position(o: &mut Vec<u8>, p: Option<Position>) {
     match p {
         Some(p) => write_position(o, p),
-        None => o.push(0xc0),
-    }
-}
-
-fn write_opt_str(o: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => msgpack::write_str(o, s),
         None => o.push(0xc0),
     }
 }
