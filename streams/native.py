@@ -7,9 +7,8 @@ adds the resulting deltas to the minute buckets and the signal cells of the batc
 recipient fact other than a failure to a recipient's encoded state (stage 3's ``apply_fact``
 and ``premature_resends``) and computes a changed recipient's advice and its record; replayed
 inputs, send-log records, failures (their retry plans) and everything else stay in Python.
-``DELIVERY_MONITOR_NATIVE=0``
-picks the Python implementations (a comparison, or a machine without the build);
-tests/unit/test_native.py, tests/unit/test_native_recipients.py and
+``DELIVERY_MONITOR_NATIVE=0`` picks the Python implementations (a comparison, or a machine
+without the build); tests/unit/test_native.py, tests/unit/test_native_recipients.py and
 tests/unit/test_partitioning.py run both on the same inputs.
 """
 
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams.core import aggregates
+from streams.core.advice import AdvicePolicy
 
 _native: Any
 try:
@@ -66,9 +66,31 @@ def implementations(native: bool | None = None) -> Implementations:
     return Implementations(aggregates.BucketWriter, aggregates.SignalCells, None, None, None)
 
 
+def advice_policy_fields(policy: AdvicePolicy) -> tuple[int, ...]:
+    """``policy`` as the native ``advise_recipient`` takes it."""
+    e = policy.engagement
+    return (
+        policy.cooldown_s,
+        policy.resend_extension_s,
+        policy.undeliverable_threshold,
+        policy.undeliverable_window_s,
+        policy.undeliverable_suppress_s,
+        e.recent_s,
+        e.window_s,
+        e.unengaged_min_delivered,
+    )
+
+
 def native_partition_for() -> Any:
     """The native ``partition_for(key, partitions)`` when :data:`ENABLED`, else None."""
     return _native.partition_for if ENABLED else None
 
 
-__all__ = ["AVAILABLE", "ENABLED", "Implementations", "implementations", "native_partition_for"]
+__all__ = [
+    "AVAILABLE",
+    "ENABLED",
+    "Implementations",
+    "advice_policy_fields",
+    "implementations",
+    "native_partition_for",
+]

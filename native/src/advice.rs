@@ -74,12 +74,14 @@ fn write_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-fn opt_int(n: Option<i64>) -> String {
-    n.map_or_else(|| "null".to_owned(), |n| n.to_string())
+/// Python's `n or None`.
+fn nonzero(n: i64) -> Option<i64> {
+    (n != 0).then_some(n)
 }
 
-fn py_opt_int(n: Option<i64>) -> String {
-    n.map_or_else(|| "None".to_owned(), |n| n.to_string())
+/// An optional number written as JSON (`none` "null") or as Python's `str` (`none` "None").
+fn show(n: Option<i64>, none: &str) -> String {
+    n.map_or_else(|| none.to_owned(), |n| n.to_string())
 }
 
 fn py_bool(b: bool) -> &'static str {
@@ -145,14 +147,10 @@ pub fn advice_record(
     let not_before = if never {
         None
     } else {
-        Some(if not_before > now { not_before } else { now })
+        Some(not_before.max(now))
     };
     let csw_open = window_open(s, now);
-    let csw_until = if s.csw_open_until != 0 {
-        Some(s.csw_open_until)
-    } else {
-        None
-    };
+    let csw_until = nonzero(s.csw_open_until);
     // engagement
     let (recent_since, window_since) = (now - p.recent_s, now - p.window_s);
     let (delivered, read) = (&s.marketing_delivered, &s.marketing_read);
@@ -178,8 +176,8 @@ pub fn advice_record(
         "{}|{}|{}|{}|{}",
         py_bool(may_send),
         reasons.join(","),
-        py_opt_int(if may_send { None } else { not_before }),
-        py_opt_int(csw_until),
+        show(if may_send { None } else { not_before }, "None"),
+        show(csw_until, "None"),
         tier
     );
     let mut j = String::with_capacity(512);
@@ -188,20 +186,8 @@ pub fn advice_record(
     j.push_str(&format!(
         ",\"as_of\":{now},\"may_send_marketing\":{may_send},\"reasons\":["
     ));
-    for (i, r) in reasons.iter().enumerate() {
-        if i > 0 {
-            j.push(',');
-        }
-        j.push('"');
-        j.push_str(r);
-        j.push('"');
-    }
-    let last_limit = if last_limit != 0 {
-        Some(last_limit)
-    } else {
-        None
-    };
-    let inbound = if inbound != 0 { Some(inbound) } else { None };
+    let quoted: Vec<String> = reasons.iter().map(|r| format!("\"{r}\"")).collect();
+    j.push_str(&quoted.join(","));
     j.push_str(&format!(
         "],\"not_before\":{},\"never_until_resume\":{opted_out},\
          \"customer_service_window_open\":{csw_open},\
@@ -212,12 +198,12 @@ pub fn advice_record(
          \"marketing_delivered_30d\":{d30},\"marketing_read_7d\":{r7},\
          \"marketing_read_30d\":{r30},\"last_inbound\":{},\
          \"customer_service_window_open\":{csw_open}}}}}",
-        opt_int(not_before),
-        opt_int(csw_until),
+        show(not_before, "null"),
+        show(csw_until, "null"),
         count_since(delivered, now - DAY, now),
         count_since(delivered, now - 7 * DAY, now),
-        opt_int(last_limit),
-        opt_int(inbound),
+        show(nonzero(last_limit), "null"),
+        show(nonzero(inbound), "null"),
     ));
     (signature, j)
 }

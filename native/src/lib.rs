@@ -746,6 +746,19 @@ fn reencode_message_state<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Bound<'p
     Ok(PyBytes::new(py, &state.encode()))
 }
 
+/// What `apply_recipient_fact` returns for a fact not applied before.
+type Applied<'py> = (
+    Bound<'py, PyBytes>,
+    i64,
+    i64,
+    bool,
+    bool,
+    (bool, i64),
+    i64,
+    Bound<'py, PyList>,
+    usize,
+);
+
 /// Stage 3's step for one recipient fact (`apply_fact`, then `premature_resends`) on the
 /// recipient's encoded state (`raw`, None: a new recipient), the failures', engagement's and
 /// attempts' windows given. None when the state absorbed the fact's position already.
@@ -760,22 +773,23 @@ fn apply_recipient_fact<'py>(
     failures: i64,
     engagement: i64,
     attempts: i64,
-) -> PyResult<Option<Bound<'py, PyTuple>>> {
+) -> PyResult<Option<Applied<'py>>> {
     let mut state = match raw {
         None => recipient::RecipientState::default(),
         Some(raw) => recipient::RecipientState::decode(raw).map_err(PyValueError::new_err)?,
     };
     let before = (state.opted_out(), state.last_limit_failure());
-    let get = |name: &Bound<'py, PyString>| fact.getattr(name);
-    let other: Option<String> = get(intern!(py, "other"))?.extract()?;
-    let template: Option<String> = get(intern!(py, "template"))?.extract()?;
-    let wamid: Option<String> = get(intern!(py, "wamid"))?.extract()?;
-    let sender: Option<String> = get(intern!(py, "sender"))?.extract()?;
-    let campaign: Option<String> = get(intern!(py, "campaign"))?.extract()?;
+    let text =
+        |name: &Bound<'py, PyString>| -> PyResult<Option<String>> { fact.getattr(name)?.extract() };
+    let other = text(intern!(py, "other"))?;
+    let template = text(intern!(py, "template"))?;
+    let wamid = text(intern!(py, "wamid"))?;
+    let sender = text(intern!(py, "sender"))?;
+    let campaign = text(intern!(py, "campaign"))?;
     let f = recipient::Fact {
-        kind: get(intern!(py, "kind"))?.extract()?,
-        timestamp: get(intern!(py, "timestamp"))?.extract()?,
-        position: get(intern!(py, "position"))?.extract()?,
+        kind: fact.getattr(intern!(py, "kind"))?.extract()?,
+        timestamp: fact.getattr(intern!(py, "timestamp"))?.extract()?,
+        position: fact.getattr(intern!(py, "position"))?.extract()?,
         other: other.as_deref(),
         template: template.as_deref(),
         wamid: wamid.as_deref(),
@@ -795,32 +809,17 @@ fn apply_recipient_fact<'py>(
     for a in resends {
         signals.append((a.template, a.ts, a.sender, a.campaign, a.wamid_hash))?;
     }
-    let encoded = PyBytes::new(py, &state.encode());
-    let result: [PyObject; 9] = [
-        encoded.into_any().unbind(),
-        state.last_ts.into_pyobject(py)?.into_any().unbind(),
-        state
-            .last_engagement()
-            .into_pyobject(py)?
-            .into_any()
-            .unbind(),
-        PyObject::from(state.opted_out().into_pyobject(py)?.to_owned().into_any()),
-        PyObject::from(
-            (!state.plans.is_empty())
-                .into_pyobject(py)?
-                .to_owned()
-                .into_any(),
-        ),
-        before.into_pyobject(py)?.into_any().unbind(),
-        state
-            .last_limit_failure()
-            .into_pyobject(py)?
-            .into_any()
-            .unbind(),
-        signals.into_any().unbind(),
-        new.into_pyobject(py)?.into_any().unbind(),
-    ];
-    Ok(Some(PyTuple::new(py, result)?))
+    Ok(Some((
+        PyBytes::new(py, &state.encode()),
+        state.last_ts,
+        state.last_engagement(),
+        state.opted_out(),
+        !state.plans.is_empty(),
+        before,
+        state.last_limit_failure(),
+        signals,
+        new,
+    )))
 }
 
 /// `changed_advice`'s step for one recipient: its advice at `now` (`advice_record` with the

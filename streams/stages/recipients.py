@@ -668,17 +668,7 @@ class RecipientStage:
         self, partition: int, changed: list[str], now: int, policy: AdvicePolicy
     ) -> list[tuple[str, bytes]]:
         out = []
-        e = policy.engagement
-        fields = (
-            policy.cooldown_s,
-            policy.resend_extension_s,
-            policy.undeliverable_threshold,
-            policy.undeliverable_window_s,
-            policy.undeliverable_suppress_s,
-            e.recent_s,
-            e.window_s,
-            e.unengaged_min_delivered,
-        )
+        fields = native.advice_policy_fields(policy)
         for recipient in changed:
             key = recipient_key(recipient)
             raw = self.state.get_raw(partition, key)

@@ -255,12 +255,7 @@ def advise_both(
 ) -> bool:
     """Asserts the native advice is the Python one; True when a record was published."""
     expected_signature, expected_record = advice_record(state, recipient, now, policy)
-    e = policy.engagement
-    fields = (
-        policy.cooldown_s, policy.resend_extension_s, policy.undeliverable_threshold,
-        policy.undeliverable_window_s, policy.undeliverable_suppress_s,
-        e.recent_s, e.window_s, e.unengaged_min_delivered,
-    )  # fmt: skip
+    fields = native.advice_policy_fields(policy)
     is_us = is_us_recipient(recipient)
     result = native_module().advise_recipient(encode(state), recipient, now, is_us, fields)
     if expected_signature == signature:
